@@ -1,0 +1,133 @@
+//! `jetfold build`: turns a plugin's source into the component its manifest names.
+//!
+//! Rust plugins are compiled for `wasm32-unknown-unknown` (no WASI) and the core module is
+//! wrapped into a component with `wit-component`, so the result imports nothing.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::component::{PluginDigest, write_atomically};
+use crate::manifest::{BuildLang, Manifest};
+
+/// Where and how to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Cargo's target directory (default: cargo's own choice).
+    pub target_dir: Option<PathBuf>,
+    /// Build with cargo's `dev` profile instead of `release`.
+    pub debug: bool,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The component file written.
+    pub wasm: PathBuf,
+    /// Its digest: the plugin version's identity.
+    pub digest: PluginDigest,
+}
+
+/// Builds the plugin whose manifest is at `path` (a `plugin.toml` or its directory).
+pub fn build_plugin(path: &Path, options: &BuildOptions) -> anyhow::Result<Built> {
+    let manifest = Manifest::load(path)?;
+    let lang = match &manifest.build {
+        Some(build) => build.lang,
+        None if manifest.dir.join("Cargo.toml").exists() => BuildLang::Rust,
+        None => bail!(
+            "{}: no [build] section and no Cargo.toml beside it, so jetfold does not know how to build this plugin",
+            manifest.dir.join(crate::manifest::MANIFEST_FILE).display()
+        ),
+    };
+    let core = match lang {
+        BuildLang::Rust => build_rust(&manifest, options)?,
+    };
+    let bytes =
+        std::fs::read(&core).with_context(|| format!("failed to read {}", core.display()))?;
+    let component = wit_component::ComponentEncoder::default()
+        .module(&bytes)
+        .and_then(|encoder| encoder.validate(true).encode())
+        .with_context(|| format!("failed to turn {} into a component", core.display()))?;
+    let wasm = manifest.wasm_path();
+    write_atomically(&wasm, &component)
+        .with_context(|| format!("failed to write {}", wasm.display()))?;
+    Ok(Built {
+        wasm,
+        digest: PluginDigest::of(&component),
+    })
+}
+
+fn build_rust(manifest: &Manifest, options: &BuildOptions) -> anyhow::Result<PathBuf> {
+    let cargo_toml = manifest.dir.join("Cargo.toml");
+    let cargo_toml = cargo_toml
+        .canonicalize()
+        .with_context(|| format!("failed to find {}", cargo_toml.display()))?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--message-format=json-render-diagnostics",
+    ])
+    .arg("--manifest-path")
+    .arg(&cargo_toml)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    if !options.debug {
+        cmd.arg("--release");
+    }
+    if let Some(dir) = &options.target_dir {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    let mut child = cmd
+        .spawn()
+        .context("failed to run cargo (is a Rust toolchain installed?)")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut artifact = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let same_crate = msg["manifest_path"]
+            .as_str()
+            .map(Path::new)
+            .and_then(|p| p.canonicalize().ok())
+            .as_deref()
+            == Some(cargo_toml.as_path());
+        let is_cdylib = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+        if same_crate && is_cdylib {
+            artifact = msg["filenames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f.as_str())
+                .find(|f| f.ends_with(".wasm"))
+                .map(PathBuf::from);
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!(
+            "cargo failed to build {} for wasm32-unknown-unknown ({status}); if the target is missing, run `rustup target add wasm32-unknown-unknown`",
+            cargo_toml.display()
+        );
+    }
+    artifact.with_context(|| {
+        format!(
+            "cargo built no .wasm for {}: is its [lib] crate-type = [\"cdylib\", \"rlib\"]?",
+            cargo_toml.display()
+        )
+    })
+}

@@ -1,0 +1,381 @@
+//! Effects as the host holds them, and the check against the manifest's `[allow]`.
+//!
+//! A guest's JSON documents stay as validated raw JSON: checked once here, then written
+//! verbatim by the executors.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::bindings::types;
+use crate::manifest::{Allow, EffectKind};
+
+/// Whether a message states a fact or asks for an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MessageKind {
+    /// An event.
+    Event,
+    /// A command.
+    Command,
+}
+
+/// Log severities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogLevel {
+    /// Trace.
+    Trace,
+    /// Debug.
+    Debug,
+    /// Info.
+    Info,
+    /// Warn.
+    Warn,
+    /// Error.
+    Error,
+}
+
+/// An effect a guest asked for, JSON documents validated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "effect", rename_all = "kebab-case")]
+pub enum Effect {
+    /// Insert or replace a row.
+    Upsert {
+        /// Table.
+        table: String,
+        /// Primary key.
+        key: String,
+        /// The row (a JSON object).
+        row: Box<RawValue>,
+    },
+    /// Merge a patch into a row.
+    Update {
+        /// Table.
+        table: String,
+        /// Primary key.
+        key: String,
+        /// The patch (a JSON object).
+        patch: Box<RawValue>,
+    },
+    /// Delete a row.
+    Delete {
+        /// Table.
+        table: String,
+        /// Primary key.
+        key: String,
+    },
+    /// Publish an event or a command.
+    Emit {
+        /// Event or command.
+        kind: MessageKind,
+        /// Subject.
+        subject: String,
+        /// Message type.
+        #[serde(rename = "type")]
+        message_type: String,
+        /// Payload (JSON).
+        payload: Box<RawValue>,
+        /// Extra headers.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        headers: Vec<(String, String)>,
+    },
+    /// Write a log line.
+    Log {
+        /// Severity.
+        level: LogLevel,
+        /// Text.
+        message: String,
+    },
+}
+
+impl PartialEq for Effect {
+    fn eq(&self, other: &Self) -> bool {
+        serde_json::to_value(self).ok() == serde_json::to_value(other).ok()
+    }
+}
+
+/// Why an effect was refused before it was run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EffectRejection {
+    /// A row, patch or payload is not valid JSON (or a row/patch is not an object).
+    #[error("effect #{index} ({kind}): {what} is not a JSON object: {reason}")]
+    InvalidDocument {
+        /// Position in the guest's list, from 0.
+        index: usize,
+        /// The effect kind.
+        kind: EffectKind,
+        /// Which document.
+        what: &'static str,
+        /// The parser's message.
+        reason: String,
+    },
+    /// The manifest does not allow this kind of effect.
+    #[error("effect #{index}: `{kind}` effects are not allowed by the manifest")]
+    KindNotAllowed {
+        /// Position in the guest's list.
+        index: usize,
+        /// The effect kind.
+        kind: EffectKind,
+    },
+    /// The manifest does not allow writing this table.
+    #[error(
+        "effect #{index} ({kind}): table `{table}` is not declared in the manifest's allow.tables"
+    )]
+    TableNotAllowed {
+        /// Position in the guest's list.
+        index: usize,
+        /// The effect kind.
+        kind: EffectKind,
+        /// The table.
+        table: String,
+    },
+    /// The manifest does not allow publishing to this subject.
+    #[error(
+        "effect #{index} ({kind}): subject `{subject}` is not declared in the manifest's allow.subjects"
+    )]
+    SubjectNotAllowed {
+        /// Position in the guest's list.
+        index: usize,
+        /// The effect kind.
+        kind: EffectKind,
+        /// The subject.
+        subject: String,
+    },
+}
+
+impl Effect {
+    /// The kind of this effect, as a manifest names it.
+    pub fn kind(&self) -> EffectKind {
+        match self {
+            Effect::Upsert { .. } => EffectKind::Upsert,
+            Effect::Update { .. } => EffectKind::Update,
+            Effect::Delete { .. } => EffectKind::Delete,
+            Effect::Emit {
+                kind: MessageKind::Event,
+                ..
+            } => EffectKind::Emit,
+            Effect::Emit {
+                kind: MessageKind::Command,
+                ..
+            } => EffectKind::Command,
+            Effect::Log { .. } => EffectKind::Log,
+        }
+    }
+
+    /// Converts a guest effect, validating its JSON; `index` is its position for errors.
+    pub fn from_guest(index: usize, effect: types::Effect) -> Result<Effect, EffectRejection> {
+        let object = |kind, what, text: String| -> Result<Box<RawValue>, EffectRejection> {
+            let invalid = |reason: String| EffectRejection::InvalidDocument {
+                index,
+                kind,
+                what,
+                reason,
+            };
+            let raw = RawValue::from_string(text).map_err(|e| invalid(e.to_string()))?;
+            if !raw.get().trim_start().starts_with('{') {
+                return Err(invalid("expected an object".into()));
+            }
+            Ok(raw)
+        };
+        Ok(match effect {
+            types::Effect::Upsert(r) => Effect::Upsert {
+                row: object(EffectKind::Upsert, "row", r.row)?,
+                table: r.table,
+                key: r.key,
+            },
+            types::Effect::Update(r) => Effect::Update {
+                patch: object(EffectKind::Update, "patch", r.patch)?,
+                table: r.table,
+                key: r.key,
+            },
+            types::Effect::Delete(r) => Effect::Delete {
+                table: r.table,
+                key: r.key,
+            },
+            types::Effect::Emit(m) => Effect::from_message(index, m)?,
+            types::Effect::Log(l) => Effect::Log {
+                level: l.level.into(),
+                message: l.message,
+            },
+        })
+    }
+
+    /// Converts a guest message (an emit effect or a policy's command decision).
+    pub fn from_message(index: usize, m: types::Message) -> Result<Effect, EffectRejection> {
+        let kind = match m.kind {
+            types::MessageKind::Event => MessageKind::Event,
+            types::MessageKind::Command => MessageKind::Command,
+        };
+        let effect_kind = if kind == MessageKind::Event {
+            EffectKind::Emit
+        } else {
+            EffectKind::Command
+        };
+        let payload =
+            RawValue::from_string(m.payload).map_err(|e| EffectRejection::InvalidDocument {
+                index,
+                kind: effect_kind,
+                what: "payload",
+                reason: e.to_string(),
+            })?;
+        Ok(Effect::Emit {
+            kind,
+            subject: m.subject,
+            message_type: m.message_type,
+            payload,
+            headers: m.headers,
+        })
+    }
+
+    /// Checks this effect against the manifest's `[allow]`.
+    pub fn check(&self, index: usize, allow: &Allow) -> Result<(), EffectRejection> {
+        let kind = self.kind();
+        if !allow.effects.is_empty() && !allow.effects.contains(&kind) {
+            return Err(EffectRejection::KindNotAllowed { index, kind });
+        }
+        match self {
+            Effect::Upsert { table, .. }
+            | Effect::Update { table, .. }
+            | Effect::Delete { table, .. } => {
+                if !allow.tables.iter().any(|t| t == table) {
+                    return Err(EffectRejection::TableNotAllowed {
+                        index,
+                        kind,
+                        table: table.clone(),
+                    });
+                }
+            }
+            Effect::Emit { subject, .. } => {
+                let valid = !subject.is_empty()
+                    && subject.split('.').all(|t| {
+                        !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace)
+                    });
+                if !valid
+                    || !allow
+                        .subjects
+                        .iter()
+                        .any(|pattern| subject_matches(pattern, subject))
+                {
+                    return Err(EffectRejection::SubjectNotAllowed {
+                        index,
+                        kind,
+                        subject: subject.clone(),
+                    });
+                }
+            }
+            Effect::Log { .. } => {}
+        }
+        Ok(())
+    }
+}
+
+impl From<types::LogLevel> for LogLevel {
+    fn from(level: types::LogLevel) -> Self {
+        match level {
+            types::LogLevel::Trace => LogLevel::Trace,
+            types::LogLevel::Debug => LogLevel::Debug,
+            types::LogLevel::Info => LogLevel::Info,
+            types::LogLevel::Warn => LogLevel::Warn,
+            types::LogLevel::Error => LogLevel::Error,
+        }
+    }
+}
+
+/// Whether a concrete `subject` matches a NATS subject `pattern` (`*` one token, `>` the rest).
+pub fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut subject_tokens = subject.split('.');
+    for p in pattern.split('.') {
+        match (p, subject_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(s)) if p == s => {}
+            _ => return false,
+        }
+    }
+    subject_tokens.next().is_none()
+}
+
+/// Converts and checks a guest's effects; the first refusal rejects the whole list.
+pub fn accept(effects: Vec<types::Effect>, allow: &Allow) -> Result<Vec<Effect>, EffectRejection> {
+    effects
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let effect = Effect::from_guest(i, e)?;
+            effect.check(i, allow)?;
+            Ok(effect)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_match_nats_wildcards() {
+        assert!(subject_matches("a.b.c", "a.b.c"));
+        assert!(subject_matches("a.*.c", "a.x.c"));
+        assert!(subject_matches("a.>", "a.x.y.z"));
+        assert!(!subject_matches("a.>", "a"));
+        assert!(!subject_matches("a.*", "a.x.y"));
+        assert!(!subject_matches("a.b", "a.b.c"));
+        assert!(!subject_matches("a.b.c", "a.b"));
+    }
+
+    fn allow(tables: &[&str], subjects: &[&str], effects: Vec<EffectKind>) -> Allow {
+        Allow {
+            tables: tables.iter().map(|s| s.to_string()).collect(),
+            subjects: subjects.iter().map(|s| s.to_string()).collect(),
+            effects,
+        }
+    }
+
+    #[test]
+    fn undeclared_tables_subjects_and_kinds_are_rejected() {
+        let upsert = |table: &str, row: &str| {
+            types::Effect::Upsert(types::UpsertRow {
+                table: table.into(),
+                key: "k".into(),
+                row: row.into(),
+            })
+        };
+        let a = allow(&["t"], &["out.>"], vec![]);
+        assert!(accept(vec![upsert("t", "{\"a\":1}")], &a).is_ok());
+        let e = accept(vec![upsert("t", "{}"), upsert("secrets", "{}")], &a).unwrap_err();
+        assert!(
+            matches!(e, EffectRejection::TableNotAllowed { index: 1, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("secrets"));
+        let e = accept(vec![upsert("t", "[1]")], &a).unwrap_err();
+        assert!(matches!(e, EffectRejection::InvalidDocument { .. }), "{e}");
+        let e = accept(vec![upsert("t", "{nope")], &a).unwrap_err();
+        assert!(matches!(e, EffectRejection::InvalidDocument { .. }), "{e}");
+
+        let emit = |subject: &str| {
+            types::Effect::Emit(types::Message {
+                kind: types::MessageKind::Command,
+                subject: subject.into(),
+                message_type: "Do".into(),
+                payload: "{}".into(),
+                headers: vec![],
+            })
+        };
+        assert!(accept(vec![emit("out.x")], &a).is_ok());
+        assert!(matches!(
+            accept(vec![emit("other.x")], &a),
+            Err(EffectRejection::SubjectNotAllowed { .. })
+        ));
+        assert!(matches!(
+            accept(vec![emit("out.*")], &a),
+            Err(EffectRejection::SubjectNotAllowed { .. })
+        ));
+        let only_upserts = allow(&["t"], &["out.>"], vec![EffectKind::Upsert]);
+        assert!(matches!(
+            accept(vec![emit("out.x")], &only_upserts),
+            Err(EffectRejection::KindNotAllowed { .. })
+        ));
+    }
+}

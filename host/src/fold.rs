@@ -1,0 +1,567 @@
+//! The offline runner behind `jetfold test`: folds a fixture file through a plugin, keyed state
+//! as the daemon keeps it, and reports every step. The report is also the golden-file format.
+
+use std::{
+    collections::BTreeMap,
+    fmt::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::bindings::types;
+use crate::component::{ComponentLoader, LoadedComponent};
+use crate::effect::{self, Effect};
+use crate::event::{Event, EventRecord};
+use crate::guest::{GuestError, GuestInstance};
+use crate::manifest::{GLOBAL_KEY, Manifest, PluginKind, StateKey};
+
+/// A loaded plugin: its manifest, its checked component and a live instance.
+pub struct Plugin {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The component.
+    pub component: LoadedComponent,
+    /// The instance.
+    pub guest: GuestInstance,
+}
+
+impl Plugin {
+    /// Reads the manifest at `path` (a file or a plugin directory), loads and initialises the
+    /// plugin. Errors name the file at fault.
+    pub fn open(path: &Path, loader: &ComponentLoader) -> anyhow::Result<Plugin> {
+        let manifest = Manifest::load(path)?;
+        let wasm = manifest.wasm_path();
+        let component = loader.load(manifest.kind, &wasm).map_err(|e| {
+            if matches!(&e, crate::component::LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+                && manifest.build.is_some()
+            {
+                anyhow::anyhow!("{e}\n  build it first: jetfold build {}", manifest.dir.display())
+            } else {
+                anyhow::Error::new(e)
+            }
+        })?;
+        let guest = GuestInstance::new(
+            &component,
+            loader.engine(),
+            manifest.limits.clone(),
+            manifest.config_json(),
+        )
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "plugin `{}` ({}) failed to start: {e}",
+                manifest.name,
+                wasm.display()
+            )
+        })?;
+        Ok(Plugin {
+            manifest,
+            component,
+            guest,
+        })
+    }
+}
+
+/// One line of a fixture file: an event, or a query against the states so far.
+#[derive(Debug, Clone)]
+pub enum FixtureLine {
+    /// An event to fold.
+    Event(Event),
+    /// A read-model request.
+    Query {
+        /// The request document.
+        query: Value,
+        /// Only this key's state, or all states.
+        key: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryLine {
+    query: Value,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+/// A fixture file that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {message}", path.display())]
+pub struct FixtureError {
+    /// The file.
+    pub path: PathBuf,
+    /// The line, from 1 (0: the whole file).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Reads a JSONL fixture file: one event (or query) per line; blank lines and lines starting
+/// with `//` are skipped.
+pub fn read_fixture(path: &Path) -> Result<Vec<(usize, FixtureLine)>, FixtureError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FixtureError {
+        path: path.to_path_buf(),
+        line: 0,
+        message: format!("cannot read: {e}"),
+    })?;
+    let mut lines = Vec::new();
+    let mut position = 0;
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with("//") {
+            continue;
+        }
+        let err = |message: String| FixtureError {
+            path: path.to_path_buf(),
+            line: line_no,
+            message,
+        };
+        let value: Value =
+            serde_json::from_str(trimmed).map_err(|e| err(format!("not JSON: {e}")))?;
+        if value.get("query").is_some() {
+            let q: QueryLine =
+                serde_json::from_value(value).map_err(|e| err(format!("not a query line: {e}")))?;
+            lines.push((
+                line_no,
+                FixtureLine::Query {
+                    query: q.query,
+                    key: q.key,
+                },
+            ));
+            continue;
+        }
+        position += 1;
+        let record: EventRecord =
+            serde_json::from_value(value).map_err(|e| err(format!("not an event: {e}")))?;
+        let event = record
+            .into_event(position)
+            .map_err(|m| err(format!("not an event: {m}")))?;
+        lines.push((line_no, FixtureLine::Event(event)));
+    }
+    Ok(lines)
+}
+
+/// A step's failure, as recorded in the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    /// `error` (returned by the guest), `trap`, `fuel`, `memory`, `invalid-output` or
+    /// `rejected-effect`.
+    pub kind: String,
+    /// The guest's error code, for `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// What happened.
+    pub message: String,
+    /// The guest's stack for traps (not part of golden comparisons).
+    #[serde(skip)]
+    pub backtrace: Option<String>,
+}
+
+impl From<GuestError> for StepError {
+    fn from(e: GuestError) -> Self {
+        let kind = e.kind().to_string();
+        match e {
+            GuestError::Returned { code, message, .. } => StepError {
+                kind,
+                code: Some(code),
+                message,
+                backtrace: None,
+            },
+            GuestError::Trap { ref backtrace, .. } => StepError {
+                kind,
+                code: None,
+                backtrace: backtrace.clone(),
+                message: e.to_string(),
+            },
+            other => StepError {
+                kind,
+                code: None,
+                message: other.to_string(),
+                backtrace: None,
+            },
+        }
+    }
+}
+
+/// One step of a fold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
+pub enum Step {
+    /// An event went through the plugin.
+    Event {
+        /// Line in the fixture file.
+        line: usize,
+        /// Stream sequence.
+        sequence: u64,
+        /// Event type.
+        #[serde(rename = "type")]
+        event_type: String,
+        /// State key.
+        key: String,
+        /// The effects (projection) or decisions (policy), if the event was accepted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effects: Option<Vec<Effect>>,
+        /// The upcast event (upcaster).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upcast: Option<Box<EventRecord>>,
+        /// Why the event was rejected; its key's state is unchanged.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<StepError>,
+    },
+    /// A query was answered.
+    Query {
+        /// Line in the fixture file (0: from the command line).
+        line: usize,
+        /// The request.
+        request: Value,
+        /// The key whose state was asked, if one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// The answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        response: Option<Value>,
+        /// Why there is no answer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<StepError>,
+    },
+}
+
+impl Step {
+    /// The failure of this step, if any.
+    pub fn error(&self) -> Option<&StepError> {
+        match self {
+            Step::Event { error, .. } | Step::Query { error, .. } => error.as_ref(),
+        }
+    }
+}
+
+/// Everything a fold did: the golden-file format.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Its kind.
+    pub kind: PluginKind,
+    /// Each event and query, in order.
+    pub steps: Vec<Step>,
+    /// The final state of every key (JSON where the state is JSON, else `{"base64": …}`).
+    pub state: BTreeMap<String, Value>,
+}
+
+impl Report {
+    /// How many steps failed.
+    pub fn failures(&self) -> usize {
+        self.steps.iter().filter(|s| s.error().is_some()).count()
+    }
+
+    /// The report as the golden file stores it: pretty JSON with a final newline.
+    pub fn to_golden(&self) -> String {
+        // Through a `Value`, so raw JSON documents (rows, payloads) are laid out like the rest.
+        let value = serde_json::to_value(self).expect("a report is always JSON");
+        let mut text = serde_json::to_string_pretty(&value).expect("a value is always JSON");
+        text.push('\n');
+        text
+    }
+}
+
+/// A fold in progress: a plugin and the state of every key it has seen.
+pub struct Fold {
+    plugin: Plugin,
+    states: BTreeMap<String, Vec<u8>>,
+    steps: Vec<Step>,
+}
+
+impl Fold {
+    /// Starts a fold with no state.
+    pub fn new(plugin: Plugin) -> Self {
+        Fold {
+            plugin,
+            states: BTreeMap::new(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// The plugin being folded.
+    pub fn plugin(&self) -> &Plugin {
+        &self.plugin
+    }
+
+    /// The state key of `event` under the manifest's `[state]` rule.
+    pub fn key_of(&self, event: &Event) -> String {
+        let state = &self.plugin.manifest.state;
+        match state.key {
+            StateKey::AggregateId => event.aggregate_id.clone(),
+            StateKey::Global => GLOBAL_KEY.to_string(),
+            StateKey::SubjectToken => {
+                let index = state.token.unwrap_or(0);
+                event
+                    .subject
+                    .split('.')
+                    .nth(index)
+                    .unwrap_or(GLOBAL_KEY)
+                    .to_string()
+            }
+        }
+    }
+
+    /// Folds one event; a failure leaves the key's state as it was.
+    pub fn feed(&mut self, line: usize, event: &Event) -> &Step {
+        let key = self.key_of(event);
+        let mut effects = None;
+        let mut upcast = None;
+        let mut error = None;
+        let allow = &self.plugin.manifest.allow;
+        let state = self.states.get(&key);
+        match self.plugin.manifest.kind {
+            PluginKind::Projection => match self.plugin.guest.apply(state, event) {
+                Ok((new_state, raw)) => match effect::accept(raw, allow) {
+                    Ok(accepted) => {
+                        self.states.insert(key.clone(), new_state);
+                        effects = Some(accepted);
+                    }
+                    Err(rejection) => error = Some(rejected_effect(rejection)),
+                },
+                Err(e) => error = Some(e.into()),
+            },
+            PluginKind::Policy => match self.plugin.guest.decide(state, event) {
+                Ok((new_state, decisions)) => match accept_decisions(decisions, allow) {
+                    Ok(accepted) => {
+                        self.states.insert(key.clone(), new_state);
+                        effects = Some(accepted);
+                    }
+                    Err(rejection) => error = Some(rejected_effect(rejection)),
+                },
+                Err(e) => error = Some(e.into()),
+            },
+            PluginKind::Upcaster => match self.plugin.guest.upcast(event) {
+                Ok(out) => upcast = Some(Box::new(EventRecord::from_event(&out))),
+                Err(e) => error = Some(e.into()),
+            },
+        }
+        self.steps.push(Step::Event {
+            line,
+            sequence: event.sequence,
+            event_type: event.event_type.clone(),
+            key,
+            effects,
+            upcast,
+            error,
+        });
+        self.steps.last().expect("just pushed")
+    }
+
+    /// Asks the projection `request` over one key's state or all of them.
+    pub fn query(&mut self, line: usize, request: Value, key: Option<String>) -> &Step {
+        let states: Vec<types::KeyedState> = self
+            .states
+            .iter()
+            .filter(|(k, _)| key.as_deref().is_none_or(|wanted| wanted == k.as_str()))
+            .map(|(k, s)| types::KeyedState {
+                key: k.clone(),
+                state: s.clone(),
+            })
+            .collect();
+        let (response, error) = if self.plugin.manifest.kind != PluginKind::Projection {
+            let message = format!(
+                "only projections answer queries; this plugin is a {}",
+                self.plugin.manifest.kind
+            );
+            (
+                None,
+                Some(StepError {
+                    kind: "invalid-query".into(),
+                    code: None,
+                    message,
+                    backtrace: None,
+                }),
+            )
+        } else {
+            match self.plugin.guest.query(&states, &request.to_string()) {
+                Ok(text) => match serde_json::from_str(&text) {
+                    Ok(v) => (Some(v), None),
+                    Err(e) => {
+                        let message = format!("query returned text that is not JSON: {e}");
+                        (
+                            None,
+                            Some(StepError {
+                                kind: "invalid-output".into(),
+                                code: None,
+                                message,
+                                backtrace: None,
+                            }),
+                        )
+                    }
+                },
+                Err(e) => (None, Some(e.into())),
+            }
+        };
+        self.steps.push(Step::Query {
+            line,
+            request,
+            key,
+            response,
+            error,
+        });
+        self.steps.last().expect("just pushed")
+    }
+
+    /// Ends the fold.
+    pub fn finish(self) -> Report {
+        let state = self
+            .states
+            .into_iter()
+            .map(|(k, bytes)| (k, state_document(&bytes)))
+            .collect();
+        Report {
+            plugin: self.plugin.manifest.name.clone(),
+            kind: self.plugin.manifest.kind,
+            steps: self.steps,
+            state,
+        }
+    }
+}
+
+fn rejected_effect(rejection: effect::EffectRejection) -> StepError {
+    StepError {
+        kind: "rejected-effect".into(),
+        code: None,
+        message: rejection.to_string(),
+        backtrace: None,
+    }
+}
+
+/// Converts and checks a policy's decisions: commands become command messages.
+pub fn accept_decisions(
+    decisions: Vec<types::Decision>,
+    allow: &crate::manifest::Allow,
+) -> Result<Vec<Effect>, effect::EffectRejection> {
+    decisions
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let effect = match d {
+                types::Decision::Command(mut m) => {
+                    m.kind = types::MessageKind::Command;
+                    Effect::from_message(i, m)?
+                }
+                types::Decision::Effect(e) => Effect::from_guest(i, e)?,
+            };
+            effect.check(i, allow)?;
+            Ok(effect)
+        })
+        .collect()
+}
+
+/// A state as JSON when it is JSON, else as `{"base64": …}`.
+pub fn state_document(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }))
+}
+
+/// A line-by-line diff of two golden texts, `-` expected and `+` actual, with context.
+pub fn golden_diff(expected: &str, actual: &str) -> String {
+    let diff = similar::TextDiff::from_lines(expected, actual);
+    let mut out = String::new();
+    for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
+        let _ = write!(out, "{hunk}");
+    }
+    out
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for step in &self.steps {
+            match step {
+                Step::Event {
+                    line,
+                    sequence,
+                    event_type,
+                    key,
+                    effects,
+                    upcast,
+                    error,
+                } => {
+                    write!(f, "line {line} · #{sequence} {event_type} [{key}]")?;
+                    if let Some(e) = error {
+                        match &e.code {
+                            Some(code) => writeln!(f, " ✗ {code}: {}", e.message)?,
+                            None => writeln!(f, " ✗ {}: {}", e.kind, e.message)?,
+                        }
+                        if let Some(bt) = &e.backtrace {
+                            for frame in bt.lines().take(12) {
+                                writeln!(f, "      {frame}")?;
+                            }
+                        }
+                    } else if let Some(effects) = effects {
+                        writeln!(
+                            f,
+                            " → {} effect{}",
+                            effects.len(),
+                            if effects.len() == 1 { "" } else { "s" }
+                        )?;
+                        for effect in effects {
+                            writeln!(f, "    {}", describe(effect))?;
+                        }
+                    } else if let Some(up) = upcast {
+                        writeln!(f, " → v{}", up.schema_version.unwrap_or(1))?;
+                        writeln!(f, "    {}", serde_json::to_string(up).unwrap_or_default())?;
+                    }
+                }
+                Step::Query {
+                    line,
+                    request,
+                    key,
+                    response,
+                    error,
+                } => {
+                    let scope = key
+                        .as_deref()
+                        .map(|k| format!(" [{k}]"))
+                        .unwrap_or_default();
+                    write!(f, "line {line} · query{scope} {request}")?;
+                    match (response, error) {
+                        (_, Some(e)) => writeln!(f, " ✗ {}", e.message)?,
+                        (Some(r), None) => writeln!(f, "\n    = {r}")?,
+                        (None, None) => writeln!(f)?,
+                    }
+                }
+            }
+        }
+        writeln!(
+            f,
+            "final state ({} key{}):",
+            self.state.len(),
+            if self.state.len() == 1 { "" } else { "s" }
+        )?;
+        for (key, state) in &self.state {
+            writeln!(f, "  {key}: {state}")?;
+        }
+        Ok(())
+    }
+}
+
+fn describe(effect: &Effect) -> String {
+    match effect {
+        Effect::Upsert { table, key, row } => format!("upsert {table}[{key}] {}", row.get()),
+        Effect::Update { table, key, patch } => format!("update {table}[{key}] {}", patch.get()),
+        Effect::Delete { table, key } => format!("delete {table}[{key}]"),
+        Effect::Emit {
+            kind,
+            subject,
+            message_type,
+            payload,
+            ..
+        } => {
+            let what = match kind {
+                crate::effect::MessageKind::Event => "emit",
+                crate::effect::MessageKind::Command => "command",
+            };
+            format!("{what} {message_type} → {subject} {}", payload.get())
+        }
+        Effect::Log { level, message } => format!("log {level:?}: {message}"),
+    }
+}

@@ -1,0 +1,332 @@
+//! Calling a guest: one instance per plugin, fuel and memory limits on every call.
+//!
+//! Guests are deterministic, so a failure is a property of (state, event): the caller decides
+//! what to do with the event, never retries the call. A trap poisons the instance; the next
+//! call gets a fresh one from the pre-instantiated component, initialised again.
+
+use std::fmt;
+
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+
+use crate::bindings::{policy::Policy, projection::Projection, types, upcaster::Upcaster};
+use crate::component::{LoadedComponent, PluginPre};
+use crate::event::Event;
+use crate::manifest::{Limits, PluginKind};
+
+/// What a store carries: its resource limits.
+pub struct HostState {
+    limits: StoreLimits,
+}
+
+/// Which export was called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestCall {
+    /// `init`.
+    Init,
+    /// `apply`.
+    Apply,
+    /// `query`.
+    Query,
+    /// `decide`.
+    Decide,
+    /// `upcast`.
+    Upcast,
+}
+
+impl fmt::Display for GuestCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GuestCall::Init => "init",
+            GuestCall::Apply => "apply",
+            GuestCall::Query => "query",
+            GuestCall::Decide => "decide",
+            GuestCall::Upcast => "upcast",
+        })
+    }
+}
+
+/// Why a guest call produced no result.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// The guest returned an error: a business failure, as data.
+    #[error("{call} returned an error: {code}: {message}")]
+    Returned {
+        /// The export.
+        call: GuestCall,
+        /// The guest's code.
+        code: String,
+        /// The guest's message.
+        message: String,
+    },
+    /// The guest trapped (a Rust guest's panic aborts this way).
+    #[error("{call} trapped: {message}")]
+    Trap {
+        /// The export.
+        call: GuestCall,
+        /// What wasmtime reported.
+        message: String,
+        /// The guest's stack, innermost frame first.
+        backtrace: Option<String>,
+    },
+    /// The call used all the fuel the manifest allows.
+    #[error("{call} ran out of fuel after {fuel} units (limits.fuel); the guest may loop")]
+    OutOfFuel {
+        /// The export.
+        call: GuestCall,
+        /// The limit.
+        fuel: u64,
+    },
+    /// The guest tried to grow memory past the manifest's cap.
+    #[error("{call} exceeded the memory cap of {mib} MiB (limits.memory-mib)")]
+    OutOfMemory {
+        /// The export.
+        call: GuestCall,
+        /// The cap.
+        mib: u64,
+    },
+    /// The guest returned something the contract does not allow.
+    #[error("{call} returned an invalid result: {message}")]
+    InvalidOutput {
+        /// The export.
+        call: GuestCall,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl GuestError {
+    /// A short name of the failure's kind: `error`, `trap`, `fuel`, `memory`, `invalid-output`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GuestError::Returned { .. } => "error",
+            GuestError::Trap { .. } => "trap",
+            GuestError::OutOfFuel { .. } => "fuel",
+            GuestError::OutOfMemory { .. } => "memory",
+            GuestError::InvalidOutput { .. } => "invalid-output",
+        }
+    }
+}
+
+enum Bound {
+    Projection(Projection),
+    Policy(Policy),
+    Upcaster(Upcaster),
+}
+
+/// A live instance of one plugin version.
+pub struct GuestInstance {
+    pre: PluginPre,
+    engine: wasmtime::Engine,
+    limits: Limits,
+    config: String,
+    live: Option<(Store<HostState>, Bound)>,
+    instantiations: u64,
+}
+
+impl GuestInstance {
+    /// Instantiates `component` and calls its `init` with `config` (JSON), if its world has one.
+    pub fn new(
+        component: &LoadedComponent,
+        engine: &wasmtime::Engine,
+        limits: Limits,
+        config: String,
+    ) -> Result<Self, GuestError> {
+        let mut guest = GuestInstance {
+            pre: component.pre.clone(),
+            engine: engine.clone(),
+            limits,
+            config,
+            live: None,
+            instantiations: 0,
+        };
+        guest.ensure_live()?;
+        Ok(guest)
+    }
+
+    /// The world this instance serves.
+    pub fn kind(&self) -> PluginKind {
+        match self.pre {
+            PluginPre::Projection(_) => PluginKind::Projection,
+            PluginPre::Policy(_) => PluginKind::Policy,
+            PluginPre::Upcaster(_) => PluginKind::Upcaster,
+        }
+    }
+
+    /// How many times an instance was created (1 + one per trap recovered from).
+    pub fn instantiations(&self) -> u64 {
+        self.instantiations
+    }
+
+    fn ensure_live(&mut self) -> Result<(), GuestError> {
+        if self.live.is_some() {
+            return Ok(());
+        }
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(
+                usize::try_from(self.limits.memory_mib.saturating_mul(1 << 20))
+                    .unwrap_or(usize::MAX),
+            )
+            .instances(16)
+            .tables(16)
+            .memories(4)
+            .trap_on_grow_failure(true)
+            .build();
+        let mut store = Store::new(&self.engine, HostState { limits });
+        store.limiter(|s| &mut s.limits);
+        self.instantiations += 1;
+        let fail = |e| classify(GuestCall::Init, e, &self.limits);
+        store.set_fuel(self.limits.fuel).map_err(fail)?;
+        let bound = match &self.pre {
+            PluginPre::Projection(pre) => {
+                let p = pre.instantiate(&mut store).map_err(fail)?;
+                p.call_init(&mut store, &self.config)
+                    .map_err(fail)?
+                    .map_err(|e| returned(GuestCall::Init, e))?;
+                Bound::Projection(p)
+            }
+            PluginPre::Policy(pre) => {
+                let p = pre.instantiate(&mut store).map_err(fail)?;
+                p.call_init(&mut store, &self.config)
+                    .map_err(fail)?
+                    .map_err(|e| returned(GuestCall::Init, e))?;
+                Bound::Policy(p)
+            }
+            PluginPre::Upcaster(pre) => Bound::Upcaster(pre.instantiate(&mut store).map_err(fail)?),
+        };
+        self.live = Some((store, bound));
+        Ok(())
+    }
+
+    /// Runs one call with a fresh fuel budget; a trap drops the instance.
+    fn call<T>(
+        &mut self,
+        call: GuestCall,
+        f: impl FnOnce(&mut Store<HostState>, &Bound) -> wasmtime::Result<Result<T, types::Error>>,
+    ) -> Result<T, GuestError> {
+        self.ensure_live()?;
+        let limits = self.limits.clone();
+        let (store, bound) = self.live.as_mut().expect("instance is live");
+        store
+            .set_fuel(limits.fuel)
+            .map_err(|e| classify(call, e, &limits))?;
+        match f(store, bound) {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(returned(call, e)),
+            Err(e) => {
+                self.live = None;
+                Err(classify(call, e, &limits))
+            }
+        }
+    }
+
+    /// `apply`: folds `event` into `state` (a projection).
+    pub fn apply(
+        &mut self,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<types::Effect>), GuestError> {
+        let event = types::Event::from(event);
+        self.call(GuestCall::Apply, |store, bound| match bound {
+            Bound::Projection(p) => p.call_apply(store, state, &event),
+            _ => Err(wasmtime::Error::msg("this plugin is not a projection")),
+        })
+    }
+
+    /// `decide`: a policy's decisions about `event`.
+    pub fn decide(
+        &mut self,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<types::Decision>), GuestError> {
+        let event = types::Event::from(event);
+        self.call(GuestCall::Decide, |store, bound| match bound {
+            Bound::Policy(p) => p.call_decide(store, state, &event),
+            _ => Err(wasmtime::Error::msg("this plugin is not a policy")),
+        })
+    }
+
+    /// `query`: a projection's answer to `request` over `states`.
+    pub fn query(
+        &mut self,
+        states: &[types::KeyedState],
+        request: &str,
+    ) -> Result<String, GuestError> {
+        self.call(GuestCall::Query, |store, bound| match bound {
+            Bound::Projection(p) => p.call_query(store, states, request),
+            _ => Err(wasmtime::Error::msg("this plugin is not a projection")),
+        })
+    }
+
+    /// `upcast`: the event in its next schema version.
+    pub fn upcast(&mut self, event: &Event) -> Result<Event, GuestError> {
+        let wit_event = types::Event::from(event);
+        let out = self.call(GuestCall::Upcast, |store, bound| match bound {
+            Bound::Upcaster(u) => u.call_upcast(store, &wit_event),
+            _ => Err(wasmtime::Error::msg("this plugin is not an upcaster")),
+        })?;
+        let out = Event::try_from(out).map_err(|message| GuestError::InvalidOutput {
+            call: GuestCall::Upcast,
+            message,
+        })?;
+        if out.schema_version <= event.schema_version {
+            return Err(GuestError::InvalidOutput {
+                call: GuestCall::Upcast,
+                message: format!(
+                    "schema version went from {} to {}; an upcaster must raise it",
+                    event.schema_version, out.schema_version
+                ),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn returned(call: GuestCall, e: types::Error) -> GuestError {
+    GuestError::Returned {
+        call,
+        code: e.code,
+        message: e.message,
+    }
+}
+
+/// Turns a wasmtime error into the failure's cause.
+fn classify(call: GuestCall, error: wasmtime::Error, limits: &Limits) -> GuestError {
+    let backtrace = error
+        .downcast_ref::<wasmtime::WasmBacktrace>()
+        .map(|b| b.to_string());
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => GuestError::OutOfFuel {
+            call,
+            fuel: limits.fuel,
+        },
+        Some(Trap::UnreachableCodeReached) => GuestError::Trap {
+            call,
+            message: "wasm `unreachable` instruction executed (a Rust guest panicked or aborted; \
+                      run its native tests to see the panic message)"
+                .into(),
+            backtrace,
+        },
+        Some(trap) => GuestError::Trap {
+            call,
+            message: trap.to_string(),
+            backtrace,
+        },
+        None => {
+            // The store limiter's refusal (`trap_on_grow_failure`) surfaces as a plain error.
+            let cause = error.root_cause().to_string();
+            if cause.contains("growing memory") || cause.contains("memory growth") {
+                GuestError::OutOfMemory {
+                    call,
+                    mib: limits.memory_mib,
+                }
+            } else {
+                GuestError::Trap {
+                    call,
+                    message: cause,
+                    backtrace,
+                }
+            }
+        }
+    }
+}

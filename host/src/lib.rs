@@ -1,0 +1,23 @@
+//! jetfold: folds NATS JetStream events through sandboxed WebAssembly plugins.
+//!
+//! # Layout
+//!
+//! The modules follow the path of an event, and none calls back up the line:
+//!
+//! - [`manifest`]: `plugin.toml`, what a plugin is and what it may do.
+//! - [`event`]: the event record and its JSON form (fixtures, exports).
+//! - [`component`]: loading a component: digest, precompiled cache, sandbox and world checks.
+//! - [`bindings`]: the generated WIT bindings (the only `bindgen!`).
+//! - [`guest`]: calling a guest under fuel and memory limits; traps and errors by cause.
+//! - [`effect`]: the effects guests return, checked against the manifest.
+//! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
+//! - [`builder`]: `jetfold build`, source to component.
+
+pub mod bindings;
+pub mod builder;
+pub mod component;
+pub mod effect;
+pub mod event;
+pub mod fold;
+pub mod guest;
+pub mod manifest;

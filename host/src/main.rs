@@ -1,0 +1,234 @@
+//! The `jetfold` command: plugin runner and builder.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use jetfold_host::{
+    builder::{BuildOptions, build_plugin},
+    component::ComponentLoader,
+    fold::{FixtureLine, Fold, Plugin, golden_diff, read_fixture},
+};
+
+/// Exit code: the run failed a check (golden file differs, or events were rejected).
+const EXIT_CHECK_FAILED: u8 = 1;
+/// Exit code: the command could not run (bad arguments, manifest, component or fixture).
+const EXIT_ERROR: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "jetfold",
+    version,
+    about = "Folds NATS JetStream events through sandboxed WebAssembly plugins"
+)]
+#[command(
+    after_help = "Exit codes: 0 success; 1 a check failed (golden file differs, or events were rejected \
+without --expect); 2 the command could not run (arguments, manifest, component or fixture)."
+)]
+struct Cli {
+    /// Directory of precompiled components [default: $JETFOLD_CACHE_DIR, else ~/.cache/jetfold]
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components every time instead of using the precompiled cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fold a file of events through a plugin and show each step's effects and the final state.
+    Test(TestArgs),
+    /// Build plugins from source into the components their manifests name.
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args)]
+struct TestArgs {
+    /// The plugin: its directory or its plugin.toml.
+    plugin: PathBuf,
+    /// The events, one JSON object per line [default: <plugin dir>/fixtures/events.jsonl].
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Compare the run with this golden file; exit 1 with a diff if it differs.
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
+    /// Write the run into the --expect file instead of comparing.
+    #[arg(long, requires = "expect")]
+    update: bool,
+    /// A query (JSON) to ask the projection after the last event; repeatable.
+    #[arg(long, value_name = "JSON")]
+    query: Vec<String>,
+    /// Ask the --query of this state key only.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    /// Readable steps and final state.
+    Text,
+    /// The report, as a golden file stores it.
+    Json,
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Plugin directories or plugin.toml files.
+    #[arg(required = true)]
+    plugins: Vec<PathBuf>,
+    /// Cargo target directory for Rust plugins.
+    #[arg(long, value_name = "DIR")]
+    target_dir: Option<PathBuf>,
+    /// Build without optimisations.
+    #[arg(long)]
+    debug: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JETFOLD_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Test(args) => run_test(&cli, args),
+        Command::Build(args) => run_build(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+fn loader(cli: &Cli) -> anyhow::Result<ComponentLoader> {
+    let cache = if cli.no_cache {
+        None
+    } else {
+        cli.cache_dir
+            .clone()
+            .or_else(ComponentLoader::default_cache_dir)
+    };
+    ComponentLoader::new(cache)
+}
+
+fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
+    let loader = loader(cli)?;
+    let plugin = Plugin::open(&args.plugin, &loader)?;
+    let events = args
+        .events
+        .clone()
+        .unwrap_or_else(|| plugin.manifest.dir.join("fixtures/events.jsonl"));
+    let lines = read_fixture(&events)?;
+    let mut queries = Vec::new();
+    for (i, q) in args.query.iter().enumerate() {
+        let value: serde_json::Value = serde_json::from_str(q)
+            .with_context(|| format!("--query #{} is not JSON: {q}", i + 1))?;
+        queries.push(value);
+    }
+
+    if matches!(args.format, Format::Text) {
+        println!(
+            "{} ({}, {}) over {}",
+            plugin.manifest.name,
+            plugin.manifest.kind,
+            plugin.component.digest,
+            events.display()
+        );
+    }
+    let mut fold = Fold::new(plugin);
+    for (line, entry) in lines {
+        match entry {
+            FixtureLine::Event(event) => {
+                fold.feed(line, &event);
+            }
+            FixtureLine::Query { query, key } => {
+                fold.query(line, query, key);
+            }
+        }
+    }
+    for q in queries {
+        fold.query(0, q, args.key.clone());
+    }
+    let report = fold.finish();
+    match args.format {
+        Format::Text => print!("{report}"),
+        Format::Json => print!("{}", report.to_golden()),
+    }
+
+    let Some(expect) = &args.expect else {
+        let failures = report.failures();
+        if failures > 0 {
+            eprintln!(
+                "{failures} step{} failed (record expected failures in a golden file with --expect FILE --update)",
+                if failures == 1 { "" } else { "s" }
+            );
+            return Ok(ExitCode::from(EXIT_CHECK_FAILED));
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let actual = report.to_golden();
+    if args.update {
+        write_file(expect, &actual)?;
+        eprintln!("wrote {}", expect.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let expected = std::fs::read_to_string(expect).with_context(|| {
+        format!(
+            "failed to read the golden file {} (create it with --update)",
+            expect.display()
+        )
+    })?;
+    let expected = normalise(&expected)?;
+    if expected == actual {
+        eprintln!("ok: matches {}", expect.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "golden file {} differs (- expected, + actual):",
+            expect.display()
+        );
+        eprint!("{}", golden_diff(&expected, &actual));
+        eprintln!("if the new behaviour is right, rerun with --update");
+        Ok(ExitCode::from(EXIT_CHECK_FAILED))
+    }
+}
+
+/// Re-renders a golden text so formatting differences never count as changes.
+fn normalise(text: &str) -> anyhow::Result<String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).context("the golden file is not JSON")?;
+    let mut out = serde_json::to_string_pretty(&value)?;
+    out.push('\n');
+    Ok(out)
+}
+
+fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
+    jetfold_host::component::write_atomically(path, text.as_bytes())
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
+fn run_build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
+    let options = BuildOptions {
+        target_dir: args.target_dir.clone(),
+        debug: args.debug,
+    };
+    for plugin in &args.plugins {
+        let built = build_plugin(plugin, &options)?;
+        println!("{} {}", built.digest, built.wasm.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,393 @@
+//! `plugin.toml`: what a plugin is, where its component is, what it may do.
+//!
+//! Unknown keys are refused so that a typo never silently weakens a limit or a permission.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+/// The file name of a manifest inside a plugin directory.
+pub const MANIFEST_FILE: &str = "plugin.toml";
+
+/// Why a manifest could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read plugin manifest {path}: {source}")]
+    Read {
+        /// The manifest path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, has an unknown key, misses a field or has a wrong type.
+    #[error("invalid plugin manifest {path}: {message}")]
+    Invalid {
+        /// The manifest path.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+}
+
+/// The kinds of plugin, one per world of the WIT contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PluginKind {
+    /// Folds events into state and a read model (`init`, `apply`, `query`).
+    Projection,
+    /// Turns events into commands (`init`, `decide`).
+    Policy,
+    /// Rewrites events to the next schema version (`upcast`).
+    Upcaster,
+}
+
+impl PluginKind {
+    /// The WIT world a component of this kind must export.
+    pub fn world(self) -> &'static str {
+        match self {
+            PluginKind::Projection => "projection",
+            PluginKind::Policy => "policy",
+            PluginKind::Upcaster => "upcaster",
+        }
+    }
+}
+
+impl fmt::Display for PluginKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.world())
+    }
+}
+
+/// A plugin manifest (`plugin.toml`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Manifest {
+    /// The plugin's name: names its durable consumer, its checkpoint and its log lines.
+    pub name: String,
+    /// Which world the component exports.
+    pub kind: PluginKind,
+    /// The component file, relative to the manifest's directory.
+    pub wasm: PathBuf,
+    /// A line for people.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Where the plugin's events come from.
+    #[serde(default)]
+    pub source: Source,
+    /// How events map to state keys.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The effects the plugin may make; anything else is rejected.
+    #[serde(default)]
+    pub allow: Allow,
+    /// Resource limits for each guest call.
+    #[serde(default)]
+    pub limits: Limits,
+    /// How to build the component from source (`jetfold build`).
+    #[serde(default)]
+    pub build: Option<Build>,
+    /// The plugin's configuration, handed to its `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// The directory the manifest was read from (not part of the file).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// The stream and subjects a plugin consumes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Source {
+    /// The JetStream stream name.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Filter subjects (NATS wildcards allowed); empty means the whole stream.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+/// How an event's state key is chosen.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct StateConfig {
+    /// `aggregate-id` (default), `global` (one state for the whole plugin) or `subject-token`.
+    #[serde(default)]
+    pub key: StateKey,
+    /// With `key = "subject-token"`: which dot-separated token of the subject (from 0).
+    #[serde(default)]
+    pub token: Option<usize>,
+}
+
+/// The ways to derive a state key from an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StateKey {
+    /// The event's aggregate id.
+    #[default]
+    AggregateId,
+    /// One key for every event.
+    Global,
+    /// A token of the subject, chosen by `state.token`.
+    SubjectToken,
+}
+
+/// The key used when a plugin keeps one global state.
+pub const GLOBAL_KEY: &str = "_global";
+
+/// The effects a plugin may make.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Allow {
+    /// Tables the plugin may write.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Subjects the plugin may publish to (NATS wildcards `*` and `>` allowed).
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Effect kinds the plugin may make; empty means every kind its tables and subjects allow.
+    #[serde(default)]
+    pub effects: Vec<EffectKind>,
+}
+
+/// The kinds of effect a manifest can allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EffectKind {
+    /// Insert or replace a row.
+    Upsert,
+    /// Merge into a row.
+    Update,
+    /// Delete a row.
+    Delete,
+    /// Publish an event.
+    Emit,
+    /// Publish a command.
+    Command,
+    /// Write a log line.
+    Log,
+}
+
+impl fmt::Display for EffectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match self {
+            EffectKind::Upsert => "upsert",
+            EffectKind::Update => "update",
+            EffectKind::Delete => "delete",
+            EffectKind::Emit => "emit",
+            EffectKind::Command => "command",
+            EffectKind::Log => "log",
+        };
+        f.write_str(name)
+    }
+}
+
+/// Limits on each guest call, enforced by wasmtime.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Fuel (roughly, WebAssembly instructions) one call may use before it is stopped.
+    #[serde(default = "Limits::default_fuel")]
+    pub fuel: u64,
+    /// The most linear memory one instance may grow to, in MiB.
+    #[serde(default = "Limits::default_memory_mib")]
+    pub memory_mib: u64,
+}
+
+impl Limits {
+    fn default_fuel() -> u64 {
+        1_000_000_000
+    }
+    fn default_memory_mib() -> u64 {
+        64
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: Self::default_fuel(),
+            memory_mib: Self::default_memory_mib(),
+        }
+    }
+}
+
+/// How `jetfold build` turns the plugin's source into its component.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Build {
+    /// The source language: `rust` builds the crate in the plugin directory.
+    pub lang: BuildLang,
+}
+
+/// Source languages `jetfold build` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildLang {
+    /// A Rust crate using `jetfold-guest`, built for `wasm32-unknown-unknown`.
+    Rust,
+}
+
+impl Manifest {
+    /// Reads a manifest from a `plugin.toml` path or from a plugin directory containing one.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let path = if path.is_dir() {
+            path.join(MANIFEST_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Self::parse(&text, &path, dir)
+    }
+
+    /// Parses manifest text; `path` names it in errors, `dir` anchors relative paths.
+    pub fn parse(text: &str, path: &Path, dir: PathBuf) -> Result<Manifest, ManifestError> {
+        let invalid = |message: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut manifest: Manifest =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        manifest.dir = dir;
+        manifest.validate().map_err(invalid)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = !self.name.is_empty()
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "`name` must be non-empty lowercase letters, digits, `-` or `_` (it names a durable consumer), got {:?}",
+                self.name
+            ));
+        }
+        if self.state.key == StateKey::SubjectToken && self.state.token.is_none() {
+            return Err(
+                "`state.key = \"subject-token\"` needs `state.token`, the token's index".into(),
+            );
+        }
+        if self.state.key != StateKey::SubjectToken && self.state.token.is_some() {
+            return Err(
+                "`state.token` is only meaningful with `state.key = \"subject-token\"`".into(),
+            );
+        }
+        if self.limits.fuel == 0 || self.limits.memory_mib == 0 {
+            return Err("`limits.fuel` and `limits.memory-mib` must be above zero".into());
+        }
+        for table in &self.allow.tables {
+            if !is_identifier(table) {
+                return Err(format!(
+                    "`allow.tables` entry {table:?} is not a table name (letters, digits and `_`, not starting with a digit)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The component's path, resolved against the manifest's directory.
+    pub fn wasm_path(&self) -> PathBuf {
+        self.dir.join(&self.wasm)
+    }
+
+    /// The `[config]` table as the JSON document `init` receives.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+/// Whether `name` is a plain SQL identifier, safe to use as a table name.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 63
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("plugin.toml"), PathBuf::from("/p"))
+    }
+
+    #[test]
+    fn a_full_manifest_parses() {
+        let m = parse(
+            r#"
+            name = "compute-resource"
+            kind = "projection"
+            wasm = "compute_resource.wasm"
+            [source]
+            stream = "INFRA"
+            subjects = ["infra.resource.>"]
+            [allow]
+            tables = ["compute_resources"]
+            effects = ["upsert", "log"]
+            [limits]
+            fuel = 5000
+            [config]
+            region = "eu"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.kind, PluginKind::Projection);
+        assert_eq!(m.wasm_path(), PathBuf::from("/p/compute_resource.wasm"));
+        assert_eq!(m.limits.fuel, 5000);
+        assert_eq!(m.limits.memory_mib, 64);
+        assert_eq!(m.config_json(), r#"{"region":"eu"}"#);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_fields_are_refused() {
+        let e = parse("name = \"a\"\nkind = \"projection\"\nwasm = \"a.wasm\"\nfule = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("plugin.toml") && e.contains("unknown field `fule`"),
+            "{e}"
+        );
+        let e = parse("name = \"a\"\nkind = \"projection\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `wasm`"), "{e}");
+        let e = parse("name = \"a\"\nkind = \"projector\"\nwasm = \"a.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("projector"), "{e}");
+        let e = parse("name = \"a\"\nkind = \"policy\"\nwasm = \"a.wasm\"\n[limits]\nmemory = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `memory`"), "{e}");
+    }
+
+    #[test]
+    fn names_and_tables_are_checked() {
+        let e = parse("name = \"Bad Name\"\nkind = \"policy\"\nwasm = \"a.wasm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`name`"), "{e}");
+        let e = parse(
+            "name = \"a\"\nkind = \"policy\"\nwasm = \"a.wasm\"\n[allow]\ntables = [\"x; drop\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not a table name"), "{e}");
+        let e = parse("name = \"a\"\nkind = \"policy\"\nwasm = \"a.wasm\"\n[state]\nkey = \"subject-token\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("state.token"), "{e}");
+    }
+}

@@ -1,0 +1,58 @@
+//! A test fixture that misbehaves on demand, one way per event type:
+//!
+//! - `Ok`: counts and upserts a row into `faults`;
+//! - `Fail`: returns a business error;
+//! - `Panic`: panics (a trap in WebAssembly);
+//! - `Loop`: never returns (stopped by the fuel limit);
+//! - `Bomb`: allocates without bound (stopped by the memory cap);
+//! - `Sneak`: writes a table its manifest does not declare.
+
+use jetfold_guest::prelude::*;
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Seen {
+    pub ok: u64,
+}
+
+#[derive(Deserialize)]
+pub enum Fault {
+    Ok,
+    Fail,
+    Panic,
+    Loop,
+    Bomb,
+    Sneak,
+}
+
+impl Projection<Fault> for Seen {
+    fn apply(&mut self, event: Event<Fault>, cx: &mut Context) -> Result<()> {
+        match event.payload {
+            Fault::Ok => {
+                self.ok += 1;
+                cx.upsert("faults", &event.aggregate_id, &json!({ "ok": self.ok }));
+            }
+            Fault::Fail => return Err(Error::rejected("asked to fail")),
+            Fault::Panic => panic!("asked to panic at sequence {}", event.sequence),
+            Fault::Loop => {
+                let mut n: u64 = event.sequence;
+                loop {
+                    n = std::hint::black_box(n.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+            Fault::Bomb => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Fault::Sneak => cx.upsert("secrets", "k", &json!({ "stolen": true })),
+        }
+        Ok(())
+    }
+}
+
+export_projection!(Seen);

@@ -1,0 +1,10 @@
+//! Integration tests, one binary (`cargo test --test all`), one module per area.
+//!
+//! Plugins are built from `plugins/` by `jetfold build` into real components; the `jetfold`
+//! binary is run as a user runs it.
+
+mod faults;
+mod loading;
+mod readme;
+mod runner;
+mod support;

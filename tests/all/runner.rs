@@ -1,0 +1,242 @@
+//! `jetfold test`: golden files, --update, diffs, exit codes, fixture errors.
+
+use std::path::Path;
+
+use crate::support::{jetfold, plugin, plugin_copy};
+
+fn golden_passes(name: &str) {
+    let dir = plugin(name);
+    let expected = dir.join("fixtures/expected.json");
+    let run = jetfold([Path::new("test"), &dir, Path::new("--expect"), &expected]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("ok: matches"), "{}", run.all());
+}
+
+#[test]
+fn compute_resource_matches_its_golden_file() {
+    golden_passes("compute-resource");
+    let run = jetfold([Path::new("test"), &plugin("compute-resource")]);
+    // Shown to the user: effects per event, rejections with their codes, queries, final state.
+    assert!(
+        run.stdout.contains("upsert compute_resources[r-1]"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout.contains(
+            "invalid-transition: resource r-2 cannot go from Provisioning to Maintenance"
+        )
+    );
+    assert!(run.stdout.contains("already-registered"));
+    assert!(
+        run.stdout
+            .contains(r#"= {"Decommissioned":1,"Provisioning":1}"#),
+        "{}",
+        run.all()
+    );
+    assert!(run.stdout.contains("final state (2 keys)"));
+    // Without a golden file, rejected events make the run fail.
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("5 steps failed"), "{}", run.all());
+}
+
+#[test]
+fn person_archive_matches_its_golden_file() {
+    golden_passes("person-archive");
+    let run = jetfold([Path::new("test"), &plugin("person-archive")]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("command ArchivePerson → people.commands.linus.ArchivePerson"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout
+            .contains("command ArchivePerson → people.commands.ada.ArchivePerson")
+    );
+    assert!(
+        !run.stdout.contains("people.commands.grace"),
+        "grace stayed active: {}",
+        run.all()
+    );
+}
+
+#[test]
+fn event_counter_matches_its_golden_file() {
+    golden_passes("event-counter");
+}
+
+#[test]
+fn a_changed_outcome_fails_with_a_readable_diff_and_update_rewrites_it() {
+    let tmp = plugin_copy("event-counter");
+    let expected = tmp.path().join("fixtures/expected.json");
+    let run = jetfold([
+        Path::new("test"),
+        tmp.path(),
+        Path::new("--expect"),
+        &expected,
+        Path::new("--update"),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let golden = std::fs::read_to_string(&expected).unwrap();
+    assert!(golden.contains("\"r-1\": 2"), "{golden}");
+
+    std::fs::write(&expected, golden.replace("\"r-1\": 2", "\"r-1\": 3")).unwrap();
+    let run = jetfold([
+        Path::new("test"),
+        tmp.path(),
+        Path::new("--expect"),
+        &expected,
+    ]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("differs"), "{}", run.all());
+    assert!(run.stderr.contains("-    \"r-1\": 3,"), "{}", run.all());
+    assert!(run.stderr.contains("+    \"r-1\": 2,"), "{}", run.all());
+    assert_eq!(
+        run.stderr
+            .lines()
+            .filter(|l| l.starts_with('+') || l.starts_with('-'))
+            .count(),
+        2,
+        "{}",
+        run.all()
+    );
+
+    let run = jetfold([
+        Path::new("test"),
+        tmp.path(),
+        Path::new("--expect"),
+        &expected,
+        Path::new("--update"),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(std::fs::read_to_string(&expected).unwrap(), golden);
+}
+
+#[test]
+fn json_output_is_the_golden_format() {
+    let dir = plugin("event-counter");
+    let run = jetfold([
+        Path::new("test"),
+        &dir,
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let actual: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("fixtures/expected.json")).unwrap())
+            .unwrap();
+    assert_eq!(actual, golden);
+}
+
+#[test]
+fn command_line_queries_see_the_final_state() {
+    let dir = plugin("compute-resource");
+    let run = jetfold([
+        Path::new("test"),
+        &dir,
+        Path::new("--query"),
+        Path::new(r#"{"resource":{"id":"r-2"}}"#),
+        Path::new("--key"),
+        Path::new("r-2"),
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let last = report["steps"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["step"], "query");
+    assert_eq!(last["key"], "r-2");
+    assert_eq!(last["response"]["name"], "db-1");
+
+    let run = jetfold([
+        Path::new("test"),
+        &dir,
+        Path::new("--query"),
+        Path::new("{not json"),
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains("--query #1 is not JSON"),
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
+fn a_line_that_is_not_an_event_names_file_and_line() {
+    let tmp = plugin_copy("event-counter");
+    let events = tmp.path().join("bad.jsonl");
+    let cases = [
+        (
+            "{\"subject\":\"a.b.c.D\",\"time\":\"2026-01-01T00:00:00Z\"}\n{oops\n",
+            ":2: not JSON",
+        ),
+        (
+            "{\"subject\":\"a.b.c.D\"}\n",
+            ":1: not an event: missing field `time`",
+        ),
+        (
+            "\n\n{\"subject\":\"a.b.c.D\",\"time\":\"2026-01-01T00:00:00Z\",\"color\":1}\n",
+            ":3: not an event: unknown field `color`",
+        ),
+        (
+            "{\"subject\":\"ab\",\"time\":\"2026-01-01T00:00:00Z\"}\n",
+            ":1: not an event: no `aggregate_id`",
+        ),
+        ("[1,2]\n", ":1: not an event"),
+    ];
+    for (text, wanted) in cases {
+        std::fs::write(&events, text).unwrap();
+        let run = jetfold([
+            Path::new("test"),
+            tmp.path(),
+            Path::new("--events"),
+            &events,
+        ]);
+        assert_eq!(run.code, 2, "{text}: {}", run.all());
+        assert!(
+            run.stderr.contains(&format!("bad.jsonl{wanted}")),
+            "{text}: {}",
+            run.all()
+        );
+    }
+    let run = jetfold([
+        Path::new("test"),
+        tmp.path(),
+        Path::new("--events"),
+        &tmp.path().join("missing.jsonl"),
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("missing.jsonl") && run.stderr.contains("cannot read"),
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
+fn a_payload_that_is_not_json_reaches_the_plugin_which_decides() {
+    let tmp = plugin_copy("compute-resource");
+    let events = tmp.path().join("raw.jsonl");
+    std::fs::write(
+        &events,
+        "{\"subject\":\"infra.resource.r-1.ResourceRegistered\",\"time\":\"2026-01-01T00:00:00Z\",\
+         \"payload_base64\":\"AAEC\",\"content_type\":\"application/octet-stream\"}\n",
+    )
+    .unwrap();
+    let run = jetfold([
+        Path::new("test"),
+        tmp.path(),
+        Path::new("--events"),
+        &events,
+    ]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(
+        run.stdout
+            .contains("invalid-payload: cannot decode a `ResourceRegistered` payload"),
+        "{}",
+        run.all()
+    );
+}
