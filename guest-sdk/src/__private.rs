@@ -59,26 +59,15 @@ fn config<C: 'static>() -> Result<&'static C, Error> {
     CONFIG
         .get()
         .and_then(|c| c.downcast_ref::<C>())
-        .ok_or_else(|| {
-            Error::new(
-                "not-initialised",
-                "the host called the plugin before `init`",
-            )
-        })
+        .ok_or_else(|| Error::new("not-initialised", "the host called the plugin before `init`"))
 }
 
 fn decode_event<T: DeserializeOwned>(raw: RawEvent) -> Result<Event<T>, Error> {
     let time = DateTime::<Utc>::from_timestamp(raw.seconds, raw.nanoseconds).ok_or_else(|| {
-        Error::new(
-            "invalid-event",
-            format!("event time {}s is out of range", raw.seconds),
-        )
+        Error::new("invalid-event", format!("event time {}s is out of range", raw.seconds))
     })?;
     let payload = payload::decode::<T>(&raw.event_type, &raw.payload).map_err(|e| {
-        Error::new(
-            "invalid-payload",
-            format!("cannot decode a `{}` payload: {e}", raw.event_type),
-        )
+        Error::new("invalid-payload", format!("cannot decode a `{}` payload: {e}", raw.event_type))
     })?;
     Ok(Event {
         sequence: raw.sequence,
@@ -100,10 +89,7 @@ fn decode_state<S: Default + DeserializeOwned>(state: Option<Vec<u8>>) -> Result
     match state {
         None => Ok(S::default()),
         Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            Error::new(
-                "invalid-state",
-                format!("cannot decode the stored state: {e}"),
-            )
+            Error::new("invalid-state", format!("cannot decode the stored state: {e}"))
         }),
     }
 }

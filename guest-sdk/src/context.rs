@@ -119,11 +119,7 @@ pub struct Context<'a, C = NoConfig> {
 impl<'a, C> Context<'a, C> {
     /// A context over `config` with no effects recorded; use it in native unit tests.
     pub fn new(config: &'a C) -> Self {
-        Context {
-            config,
-            effects: Vec::new(),
-            failure: None,
-        }
+        Context { config, effects: Vec::new(), failure: None }
     }
 
     /// The plugin's configuration.
@@ -147,31 +143,20 @@ impl<'a, C> Context<'a, C> {
     /// Insert `row` into `table` under `key`, or replace the row there.
     pub fn upsert(&mut self, table: &str, key: &str, row: &impl Serialize) {
         if let Some(row) = self.encode(row) {
-            self.effects.push(Effect::Upsert {
-                table: table.into(),
-                key: key.into(),
-                row,
-            });
+            self.effects.push(Effect::Upsert { table: table.into(), key: key.into(), row });
         }
     }
 
     /// Merge the fields of `patch` into the row of `table` under `key`, if it exists.
     pub fn update(&mut self, table: &str, key: &str, patch: &impl Serialize) {
         if let Some(patch) = self.encode(patch) {
-            self.effects.push(Effect::Update {
-                table: table.into(),
-                key: key.into(),
-                patch,
-            });
+            self.effects.push(Effect::Update { table: table.into(), key: key.into(), patch });
         }
     }
 
     /// Delete the row of `table` under `key`.
     pub fn delete(&mut self, table: &str, key: &str) {
-        self.effects.push(Effect::Delete {
-            table: table.into(),
-            key: key.into(),
-        });
+        self.effects.push(Effect::Delete { table: table.into(), key: key.into() });
     }
 
     /// Publish an event of type `event_type` on `subject`.
@@ -187,10 +172,7 @@ impl<'a, C> Context<'a, C> {
 
     /// Write a log line under the plugin's name.
     pub fn log(&mut self, level: LogLevel, message: impl Into<String>) {
-        self.effects.push(Effect::Log {
-            level,
-            message: message.into(),
-        });
+        self.effects.push(Effect::Log { level, message: message.into() });
     }
 
     fn message(

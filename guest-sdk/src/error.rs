@@ -17,10 +17,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error with the given code and message.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Error {
-            code: code.into(),
-            message: message.into(),
-        }
+        Error { code: code.into(), message: message.into() }
     }
 
     /// The event is not valid for the current state (a rule of the domain says no).

@@ -75,10 +75,7 @@ where
     /// Answers a read-model request from the states the host selected (one key, or all).
     fn query(states: Vec<(String, Self)>, request: Json, config: &C) -> Result<Json> {
         let _ = (states, request, config);
-        Err(Error::new(
-            "unsupported",
-            "this projection answers no queries",
-        ))
+        Err(Error::new("unsupported", "this projection answers no queries"))
     }
 }
 

@@ -148,10 +148,7 @@ mod tests {
             decode::<Ev>("Registered", br#"{"name":"a"}"#).unwrap(),
             Ev::Registered { name: "a".into() }
         );
-        assert_eq!(
-            decode::<Ev>("Renamed", br#""b""#).unwrap(),
-            Ev::Renamed("b".into())
-        );
+        assert_eq!(decode::<Ev>("Renamed", br#""b""#).unwrap(), Ev::Renamed("b".into()));
         assert_eq!(decode::<Ev>("Pinged", b"").unwrap(), Ev::Pinged);
         assert_eq!(decode::<Ev>("Pair", b"[1, 2] ").unwrap(), Ev::Pair(1, 2));
     }

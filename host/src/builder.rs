@@ -55,10 +55,7 @@ pub fn build_plugin(path: &Path, options: &BuildOptions) -> anyhow::Result<Built
     let wasm = manifest.wasm_path();
     write_atomically(&wasm, &component)
         .with_context(|| format!("failed to write {}", wasm.display()))?;
-    Ok(Built {
-        wasm,
-        digest: PluginDigest::of(&component),
-    })
+    Ok(Built { wasm, digest: PluginDigest::of(&component) })
 }
 
 fn build_rust(manifest: &Manifest, options: &BuildOptions) -> anyhow::Result<PathBuf> {
@@ -85,9 +82,7 @@ fn build_rust(manifest: &Manifest, options: &BuildOptions) -> anyhow::Result<Pat
     if let Some(dir) = &options.target_dir {
         cmd.env("CARGO_TARGET_DIR", dir);
     }
-    let mut child = cmd
-        .spawn()
-        .context("failed to run cargo (is a Rust toolchain installed?)")?;
+    let mut child = cmd.spawn().context("failed to run cargo (is a Rust toolchain installed?)")?;
     let stdout = child.stdout.take().expect("piped");
     let mut artifact = None;
     for line in BufReader::new(stdout).lines() {
@@ -104,9 +99,8 @@ fn build_rust(manifest: &Manifest, options: &BuildOptions) -> anyhow::Result<Pat
             .and_then(|p| p.canonicalize().ok())
             .as_deref()
             == Some(cargo_toml.as_path());
-        let is_cdylib = msg["target"]["kind"]
-            .as_array()
-            .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+        let is_cdylib =
+            msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "cdylib"));
         if same_crate && is_cdylib {
             artifact = msg["filenames"]
                 .as_array()

@@ -152,11 +152,7 @@ impl ComponentLoader {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish()).into();
-        Ok(ComponentLoader {
-            engine,
-            cache_dir,
-            engine_key,
-        })
+        Ok(ComponentLoader { engine, cache_dir, engine_key })
     }
 
     /// The default cache directory: `$JETFOLD_CACHE_DIR`, else `$XDG_CACHE_HOME/jetfold`, else
@@ -186,14 +182,10 @@ impl ComponentLoader {
     /// Reads, checks and compiles (or maps from cache) the component at `path` as a `kind`.
     pub fn load(&self, kind: PluginKind, path: &Path) -> Result<LoadedComponent, LoadError> {
         let started = Instant::now();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        check_component_header(&bytes).map_err(|reason| LoadError::NotAComponent {
-            path: path.to_path_buf(),
-            reason,
-        })?;
+        let bytes = std::fs::read(path)
+            .map_err(|source| LoadError::Read { path: path.to_path_buf(), source })?;
+        check_component_header(&bytes)
+            .map_err(|reason| LoadError::NotAComponent { path: path.to_path_buf(), reason })?;
         let digest = PluginDigest::of(&bytes);
         let (component, from_cache) = self.compile_cached(&bytes, &digest, path)?;
 
@@ -222,18 +214,12 @@ impl ComponentLoader {
             }
         }
         if !refused.is_empty() {
-            return Err(LoadError::Imports {
-                path: path.to_path_buf(),
-                imports: refused,
-            });
+            return Err(LoadError::Imports { path: path.to_path_buf(), imports: refused });
         }
         let wrong_world = |reason: wasmtime::Error| LoadError::WrongWorld {
             path: path.to_path_buf(),
             kind,
-            exports: ty
-                .exports(&self.engine)
-                .map(|(name, _)| name.to_string())
-                .collect(),
+            exports: ty.exports(&self.engine).map(|(name, _)| name.to_string()).collect(),
             reason: format!("{reason:#}"),
         };
         let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
@@ -248,13 +234,7 @@ impl ComponentLoader {
                 PluginPre::Upcaster(UpcasterPre::new(instance_pre).map_err(wrong_world)?)
             }
         };
-        Ok(LoadedComponent {
-            digest,
-            kind,
-            from_cache,
-            load_time: started.elapsed(),
-            pre,
-        })
+        Ok(LoadedComponent { digest, kind, from_cache, load_time: started.elapsed(), pre })
     }
 
     fn compile_cached(
@@ -268,10 +248,7 @@ impl ComponentLoader {
             reason: format!("{e:#}"),
         };
         let Some(cached) = self.cache_path(digest) else {
-            return Ok((
-                Component::new(&self.engine, bytes).map_err(compile_error)?,
-                false,
-            ));
+            return Ok((Component::new(&self.engine, bytes).map_err(compile_error)?, false));
         };
         // Read into memory rather than map the file: a cache file changed or truncated later
         // by someone else must not be able to fault a running host.
@@ -286,10 +263,7 @@ impl ComponentLoader {
                 }
             }
         }
-        let compiled = self
-            .engine
-            .precompile_component(bytes)
-            .map_err(compile_error)?;
+        let compiled = self.engine.precompile_component(bytes).map_err(compile_error)?;
         if let Err(e) = write_atomically(&cached, &compiled) {
             tracing::warn!(path = %cached.display(), error = %e, "cannot write the precompiled-component cache");
         }
@@ -333,11 +307,7 @@ mod tests {
 
     #[test]
     fn headers_are_told_apart() {
-        assert!(
-            check_component_header(b"hello world")
-                .unwrap_err()
-                .contains("magic")
-        );
+        assert!(check_component_header(b"hello world").unwrap_err().contains("magic"));
         assert!(
             check_component_header(b"\0asm\x01\0\0\0")
                 .unwrap_err()

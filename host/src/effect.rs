@@ -151,14 +151,8 @@ impl Effect {
             Effect::Upsert { .. } => EffectKind::Upsert,
             Effect::Update { .. } => EffectKind::Update,
             Effect::Delete { .. } => EffectKind::Delete,
-            Effect::Emit {
-                kind: MessageKind::Event,
-                ..
-            } => EffectKind::Emit,
-            Effect::Emit {
-                kind: MessageKind::Command,
-                ..
-            } => EffectKind::Command,
+            Effect::Emit { kind: MessageKind::Event, .. } => EffectKind::Emit,
+            Effect::Emit { kind: MessageKind::Command, .. } => EffectKind::Command,
             Effect::Log { .. } => EffectKind::Log,
         }
     }
@@ -166,12 +160,8 @@ impl Effect {
     /// Converts a guest effect, validating its JSON; `index` is its position for errors.
     pub fn from_guest(index: usize, effect: types::Effect) -> Result<Effect, EffectRejection> {
         let object = |kind, what, text: String| -> Result<Box<RawValue>, EffectRejection> {
-            let invalid = |reason: String| EffectRejection::InvalidDocument {
-                index,
-                kind,
-                what,
-                reason,
-            };
+            let invalid =
+                |reason: String| EffectRejection::InvalidDocument { index, kind, what, reason };
             let raw = RawValue::from_string(text).map_err(|e| invalid(e.to_string()))?;
             if !raw.get().trim_start().starts_with('{') {
                 return Err(invalid("expected an object".into()));
@@ -189,15 +179,9 @@ impl Effect {
                 table: r.table,
                 key: r.key,
             },
-            types::Effect::Delete(r) => Effect::Delete {
-                table: r.table,
-                key: r.key,
-            },
+            types::Effect::Delete(r) => Effect::Delete { table: r.table, key: r.key },
             types::Effect::Emit(m) => Effect::from_message(index, m)?,
-            types::Effect::Log(l) => Effect::Log {
-                level: l.level.into(),
-                message: l.message,
-            },
+            types::Effect::Log(l) => Effect::Log { level: l.level.into(), message: l.message },
         })
     }
 
@@ -207,11 +191,8 @@ impl Effect {
             types::MessageKind::Event => MessageKind::Event,
             types::MessageKind::Command => MessageKind::Command,
         };
-        let effect_kind = if kind == MessageKind::Event {
-            EffectKind::Emit
-        } else {
-            EffectKind::Command
-        };
+        let effect_kind =
+            if kind == MessageKind::Event { EffectKind::Emit } else { EffectKind::Command };
         let payload =
             RawValue::from_string(m.payload).map_err(|e| EffectRejection::InvalidDocument {
                 index,
@@ -251,11 +232,7 @@ impl Effect {
                     && subject.split('.').all(|t| {
                         !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace)
                     });
-                if !valid
-                    || !allow
-                        .subjects
-                        .iter()
-                        .any(|pattern| subject_matches(pattern, subject))
+                if !valid || !allow.subjects.iter().any(|pattern| subject_matches(pattern, subject))
                 {
                     return Err(EffectRejection::SubjectNotAllowed {
                         index,
@@ -344,10 +321,7 @@ mod tests {
         let a = allow(&["t"], &["out.>"], vec![]);
         assert!(accept(vec![upsert("t", "{\"a\":1}")], &a).is_ok());
         let e = accept(vec![upsert("t", "{}"), upsert("secrets", "{}")], &a).unwrap_err();
-        assert!(
-            matches!(e, EffectRejection::TableNotAllowed { index: 1, .. }),
-            "{e}"
-        );
+        assert!(matches!(e, EffectRejection::TableNotAllowed { index: 1, .. }), "{e}");
         assert!(e.to_string().contains("secrets"));
         let e = accept(vec![upsert("t", "[1]")], &a).unwrap_err();
         assert!(matches!(e, EffectRejection::InvalidDocument { .. }), "{e}");

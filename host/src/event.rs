@@ -92,10 +92,7 @@ impl EventRecord {
         let sequence = self.sequence.unwrap_or(position);
         let tokens: Vec<&str> = self.subject.split('.').collect();
         if self.subject.is_empty() || tokens.iter().any(|t| t.is_empty()) {
-            return Err(format!(
-                "subject {:?} is not a valid NATS subject",
-                self.subject
-            ));
+            return Err(format!("subject {:?} is not a valid NATS subject", self.subject));
         }
         let event_type = match self.event_type {
             Some(t) => t,
@@ -122,9 +119,7 @@ impl EventRecord {
         };
         Ok(Event {
             sequence,
-            message_id: self
-                .message_id
-                .unwrap_or_else(|| format!("{}:{sequence}", self.subject)),
+            message_id: self.message_id.unwrap_or_else(|| format!("{}:{sequence}", self.subject)),
             subject: self.subject,
             event_type,
             aggregate_id,
@@ -205,12 +200,7 @@ impl TryFrom<types::Event> for Event {
 
     fn try_from(e: types::Event) -> Result<Self, String> {
         let time = DateTime::<Utc>::from_timestamp(e.time.seconds, e.time.nanoseconds).ok_or_else(
-            || {
-                format!(
-                    "event time {}s {}ns is out of range",
-                    e.time.seconds, e.time.nanoseconds
-                )
-            },
+            || format!("event time {}s {}ns is out of range", e.time.seconds, e.time.nanoseconds),
         )?;
         Ok(Event {
             sequence: e.sequence,

@@ -50,17 +50,9 @@ impl Plugin {
             manifest.config_json(),
         )
         .map_err(|e| {
-            anyhow::anyhow!(
-                "plugin `{}` ({}) failed to start: {e}",
-                manifest.name,
-                wasm.display()
-            )
+            anyhow::anyhow!("plugin `{}` ({}) failed to start: {e}", manifest.name, wasm.display())
         })?;
-        Ok(Plugin {
-            manifest,
-            component,
-            guest,
-        })
+        Ok(Plugin { manifest, component, guest })
     }
 }
 
@@ -114,31 +106,20 @@ pub fn read_fixture(path: &Path) -> Result<Vec<(usize, FixtureLine)>, FixtureErr
         if trimmed.is_empty() || trimmed.starts_with("//") {
             continue;
         }
-        let err = |message: String| FixtureError {
-            path: path.to_path_buf(),
-            line: line_no,
-            message,
-        };
+        let err =
+            |message: String| FixtureError { path: path.to_path_buf(), line: line_no, message };
         let value: Value =
             serde_json::from_str(trimmed).map_err(|e| err(format!("not JSON: {e}")))?;
         if value.get("query").is_some() {
             let q: QueryLine =
                 serde_json::from_value(value).map_err(|e| err(format!("not a query line: {e}")))?;
-            lines.push((
-                line_no,
-                FixtureLine::Query {
-                    query: q.query,
-                    key: q.key,
-                },
-            ));
+            lines.push((line_no, FixtureLine::Query { query: q.query, key: q.key }));
             continue;
         }
         position += 1;
         let record: EventRecord =
             serde_json::from_value(value).map_err(|e| err(format!("not an event: {e}")))?;
-        let event = record
-            .into_event(position)
-            .map_err(|m| err(format!("not an event: {m}")))?;
+        let event = record.into_event(position).map_err(|m| err(format!("not an event: {m}")))?;
         lines.push((line_no, FixtureLine::Event(event)));
     }
     Ok(lines)
@@ -164,24 +145,13 @@ impl From<GuestError> for StepError {
     fn from(e: GuestError) -> Self {
         let kind = e.kind().to_string();
         match e {
-            GuestError::Returned { code, message, .. } => StepError {
-                kind,
-                code: Some(code),
-                message,
-                backtrace: None,
-            },
-            GuestError::Trap { ref backtrace, .. } => StepError {
-                kind,
-                code: None,
-                backtrace: backtrace.clone(),
-                message: e.to_string(),
-            },
-            other => StepError {
-                kind,
-                code: None,
-                message: other.to_string(),
-                backtrace: None,
-            },
+            GuestError::Returned { code, message, .. } => {
+                StepError { kind, code: Some(code), message, backtrace: None }
+            }
+            GuestError::Trap { ref backtrace, .. } => {
+                StepError { kind, code: None, backtrace: backtrace.clone(), message: e.to_string() }
+            }
+            other => StepError { kind, code: None, message: other.to_string(), backtrace: None },
         }
     }
 }
@@ -278,11 +248,7 @@ pub struct Fold {
 impl Fold {
     /// Starts a fold with no state.
     pub fn new(plugin: Plugin) -> Self {
-        Fold {
-            plugin,
-            states: BTreeMap::new(),
-            steps: Vec::new(),
-        }
+        Fold { plugin, states: BTreeMap::new(), steps: Vec::new() }
     }
 
     /// The plugin being folded.
@@ -298,12 +264,7 @@ impl Fold {
             StateKey::Global => GLOBAL_KEY.to_string(),
             StateKey::SubjectToken => {
                 let index = state.token.unwrap_or(0);
-                event
-                    .subject
-                    .split('.')
-                    .nth(index)
-                    .unwrap_or(GLOBAL_KEY)
-                    .to_string()
+                event.subject.split('.').nth(index).unwrap_or(GLOBAL_KEY).to_string()
             }
         }
     }
@@ -360,10 +321,7 @@ impl Fold {
             .states
             .iter()
             .filter(|(k, _)| key.as_deref().is_none_or(|wanted| wanted == k.as_str()))
-            .map(|(k, s)| types::KeyedState {
-                key: k.clone(),
-                state: s.clone(),
-            })
+            .map(|(k, s)| types::KeyedState { key: k.clone(), state: s.clone() })
             .collect();
         let (response, error) = if self.plugin.manifest.kind != PluginKind::Projection {
             let message = format!(
@@ -399,23 +357,13 @@ impl Fold {
                 Err(e) => (None, Some(e.into())),
             }
         };
-        self.steps.push(Step::Query {
-            line,
-            request,
-            key,
-            response,
-            error,
-        });
+        self.steps.push(Step::Query { line, request, key, response, error });
         self.steps.last().expect("just pushed")
     }
 
     /// Ends the fold.
     pub fn finish(self) -> Report {
-        let state = self
-            .states
-            .into_iter()
-            .map(|(k, bytes)| (k, state_document(&bytes)))
-            .collect();
+        let state = self.states.into_iter().map(|(k, bytes)| (k, state_document(&bytes))).collect();
         Report {
             plugin: self.plugin.manifest.name.clone(),
             kind: self.plugin.manifest.kind,
@@ -476,15 +424,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for step in &self.steps {
             match step {
-                Step::Event {
-                    line,
-                    sequence,
-                    event_type,
-                    key,
-                    effects,
-                    upcast,
-                    error,
-                } => {
+                Step::Event { line, sequence, event_type, key, effects, upcast, error } => {
                     write!(f, "line {line} · #{sequence} {event_type} [{key}]")?;
                     if let Some(e) = error {
                         match &e.code {
@@ -511,17 +451,8 @@ impl fmt::Display for Report {
                         writeln!(f, "    {}", serde_json::to_string(up).unwrap_or_default())?;
                     }
                 }
-                Step::Query {
-                    line,
-                    request,
-                    key,
-                    response,
-                    error,
-                } => {
-                    let scope = key
-                        .as_deref()
-                        .map(|k| format!(" [{k}]"))
-                        .unwrap_or_default();
+                Step::Query { line, request, key, response, error } => {
+                    let scope = key.as_deref().map(|k| format!(" [{k}]")).unwrap_or_default();
                     write!(f, "line {line} · query{scope} {request}")?;
                     match (response, error) {
                         (_, Some(e)) => writeln!(f, " ✗ {}", e.message)?,
@@ -530,6 +461,9 @@ impl fmt::Display for Report {
                     }
                 }
             }
+        }
+        if self.kind == PluginKind::Upcaster {
+            return Ok(());
         }
         writeln!(
             f,
@@ -549,13 +483,7 @@ fn describe(effect: &Effect) -> String {
         Effect::Upsert { table, key, row } => format!("upsert {table}[{key}] {}", row.get()),
         Effect::Update { table, key, patch } => format!("update {table}[{key}] {}", patch.get()),
         Effect::Delete { table, key } => format!("delete {table}[{key}]"),
-        Effect::Emit {
-            kind,
-            subject,
-            message_type,
-            payload,
-            ..
-        } => {
+        Effect::Emit { kind, subject, message_type, payload, .. } => {
             let what = match kind {
                 crate::effect::MessageKind::Event => "emit",
                 crate::effect::MessageKind::Command => "command",

@@ -207,9 +207,7 @@ impl GuestInstance {
         self.ensure_live()?;
         let limits = self.limits.clone();
         let (store, bound) = self.live.as_mut().expect("instance is live");
-        store
-            .set_fuel(limits.fuel)
-            .map_err(|e| classify(call, e, &limits))?;
+        store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
         match f(store, bound) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(returned(call, e)),
@@ -265,10 +263,14 @@ impl GuestInstance {
             Bound::Upcaster(u) => u.call_upcast(store, &wit_event),
             _ => Err(wasmtime::Error::msg("this plugin is not an upcaster")),
         })?;
-        let out = Event::try_from(out).map_err(|message| GuestError::InvalidOutput {
-            call: GuestCall::Upcast,
-            message,
-        })?;
+        let out = Event::try_from(out)
+            .map_err(|message| GuestError::InvalidOutput { call: GuestCall::Upcast, message })?;
+        if out.sequence != event.sequence || out.message_id != event.message_id {
+            return Err(GuestError::InvalidOutput {
+                call: GuestCall::Upcast,
+                message: "an upcaster must keep the event's sequence and message id".into(),
+            });
+        }
         if out.schema_version <= event.schema_version {
             return Err(GuestError::InvalidOutput {
                 call: GuestCall::Upcast,
@@ -283,23 +285,14 @@ impl GuestInstance {
 }
 
 fn returned(call: GuestCall, e: types::Error) -> GuestError {
-    GuestError::Returned {
-        call,
-        code: e.code,
-        message: e.message,
-    }
+    GuestError::Returned { call, code: e.code, message: e.message }
 }
 
 /// Turns a wasmtime error into the failure's cause.
 fn classify(call: GuestCall, error: wasmtime::Error, limits: &Limits) -> GuestError {
-    let backtrace = error
-        .downcast_ref::<wasmtime::WasmBacktrace>()
-        .map(|b| b.to_string());
+    let backtrace = error.downcast_ref::<wasmtime::WasmBacktrace>().map(|b| b.to_string());
     match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => GuestError::OutOfFuel {
-            call,
-            fuel: limits.fuel,
-        },
+        Some(Trap::OutOfFuel) => GuestError::OutOfFuel { call, fuel: limits.fuel },
         Some(Trap::UnreachableCodeReached) => GuestError::Trap {
             call,
             message: "wasm `unreachable` instruction executed (a Rust guest panicked or aborted; \
@@ -307,25 +300,14 @@ fn classify(call: GuestCall, error: wasmtime::Error, limits: &Limits) -> GuestEr
                 .into(),
             backtrace,
         },
-        Some(trap) => GuestError::Trap {
-            call,
-            message: trap.to_string(),
-            backtrace,
-        },
+        Some(trap) => GuestError::Trap { call, message: trap.to_string(), backtrace },
         None => {
             // The store limiter's refusal (`trap_on_grow_failure`) surfaces as a plain error.
             let cause = error.root_cause().to_string();
             if cause.contains("growing memory") || cause.contains("memory growth") {
-                GuestError::OutOfMemory {
-                    call,
-                    mib: limits.memory_mib,
-                }
+                GuestError::OutOfMemory { call, mib: limits.memory_mib }
             } else {
-                GuestError::Trap {
-                    call,
-                    message: cause,
-                    backtrace,
-                }
+                GuestError::Trap { call, message: cause, backtrace }
             }
         }
     }

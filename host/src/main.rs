@@ -118,9 +118,7 @@ fn loader(cli: &Cli) -> anyhow::Result<ComponentLoader> {
     let cache = if cli.no_cache {
         None
     } else {
-        cli.cache_dir
-            .clone()
-            .or_else(ComponentLoader::default_cache_dir)
+        cli.cache_dir.clone().or_else(ComponentLoader::default_cache_dir)
     };
     ComponentLoader::new(cache)
 }
@@ -128,10 +126,8 @@ fn loader(cli: &Cli) -> anyhow::Result<ComponentLoader> {
 fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
     let loader = loader(cli)?;
     let plugin = Plugin::open(&args.plugin, &loader)?;
-    let events = args
-        .events
-        .clone()
-        .unwrap_or_else(|| plugin.manifest.dir.join("fixtures/events.jsonl"));
+    let events =
+        args.events.clone().unwrap_or_else(|| plugin.manifest.dir.join("fixtures/events.jsonl"));
     let lines = read_fixture(&events)?;
     let mut queries = Vec::new();
     for (i, q) in args.query.iter().enumerate() {
@@ -187,20 +183,14 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let expected = std::fs::read_to_string(expect).with_context(|| {
-        format!(
-            "failed to read the golden file {} (create it with --update)",
-            expect.display()
-        )
+        format!("failed to read the golden file {} (create it with --update)", expect.display())
     })?;
     let expected = normalise(&expected)?;
     if expected == actual {
         eprintln!("ok: matches {}", expect.display());
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!(
-            "golden file {} differs (- expected, + actual):",
-            expect.display()
-        );
+        eprintln!("golden file {} differs (- expected, + actual):", expect.display());
         eprint!("{}", golden_diff(&expected, &actual));
         eprintln!("if the new behaviour is right, rerun with --update");
         Ok(ExitCode::from(EXIT_CHECK_FAILED))
@@ -222,10 +212,7 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn run_build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
-    let options = BuildOptions {
-        target_dir: args.target_dir.clone(),
-        debug: args.debug,
-    };
+    let options = BuildOptions { target_dir: args.target_dir.clone(), debug: args.debug };
     for plugin in &args.plugins {
         let built = build_plugin(plugin, &options)?;
         println!("{} {}", built.digest, built.wasm.display());

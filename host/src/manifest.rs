@@ -209,10 +209,7 @@ impl Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            fuel: Self::default_fuel(),
-            memory_mib: Self::default_memory_mib(),
-        }
+        Limits { fuel: Self::default_fuel(), memory_mib: Self::default_memory_mib() }
     }
 }
 
@@ -235,25 +232,17 @@ pub enum BuildLang {
 impl Manifest {
     /// Reads a manifest from a `plugin.toml` path or from a plugin directory containing one.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let path = if path.is_dir() {
-            path.join(MANIFEST_FILE)
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let path = if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ManifestError::Read { path: path.clone(), source })?;
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Self::parse(&text, &path, dir)
     }
 
     /// Parses manifest text; `path` names it in errors, `dir` anchors relative paths.
     pub fn parse(text: &str, path: &Path, dir: PathBuf) -> Result<Manifest, ManifestError> {
-        let invalid = |message: String| ManifestError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        };
+        let invalid =
+            |message: String| ManifestError::Invalid { path: path.to_path_buf(), message };
         let mut manifest: Manifest =
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
         manifest.dir = dir;
@@ -275,12 +264,12 @@ impl Manifest {
         }
         if self.state.key == StateKey::SubjectToken && self.state.token.is_none() {
             return Err(
-                "`state.key = \"subject-token\"` needs `state.token`, the token's index".into(),
+                "`state.key = \"subject-token\"` needs `state.token`, the token's index".into()
             );
         }
         if self.state.key != StateKey::SubjectToken && self.state.token.is_some() {
             return Err(
-                "`state.token` is only meaningful with `state.key = \"subject-token\"`".into(),
+                "`state.token` is only meaningful with `state.key = \"subject-token\"`".into()
             );
         }
         if self.limits.fuel == 0 || self.limits.memory_mib == 0 {
@@ -355,13 +344,8 @@ mod tests {
         let e = parse("name = \"a\"\nkind = \"projection\"\nwasm = \"a.wasm\"\nfule = 3\n")
             .unwrap_err()
             .to_string();
-        assert!(
-            e.contains("plugin.toml") && e.contains("unknown field `fule`"),
-            "{e}"
-        );
-        let e = parse("name = \"a\"\nkind = \"projection\"\n")
-            .unwrap_err()
-            .to_string();
+        assert!(e.contains("plugin.toml") && e.contains("unknown field `fule`"), "{e}");
+        let e = parse("name = \"a\"\nkind = \"projection\"\n").unwrap_err().to_string();
         assert!(e.contains("missing field `wasm`"), "{e}");
         let e = parse("name = \"a\"\nkind = \"projector\"\nwasm = \"a.wasm\"\n")
             .unwrap_err()

@@ -17,15 +17,10 @@ fn rust_plugins_import_nothing_but_the_contracts_types() {
     ] {
         let component =
             wasmtime::component::Component::from_file(&engine, plugin(name).join(file)).unwrap();
-        let imports: Vec<String> = component
-            .component_type()
-            .imports(&engine)
-            .map(|(n, _)| n.to_string())
-            .collect();
+        let imports: Vec<String> =
+            component.component_type().imports(&engine).map(|(n, _)| n.to_string()).collect();
         assert!(
-            imports
-                .iter()
-                .all(|i| i.starts_with("jetfold:plugin/types@")),
+            imports.iter().all(|i| i.starts_with("jetfold:plugin/types@")),
             "{name} imports {imports:?}"
         );
     }
@@ -39,25 +34,16 @@ fn a_file_that_is_not_a_component_is_refused_by_name() {
     let run = jetfold([Path::new("test"), tmp.path()]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(
-        run.stderr
-            .contains("event_counter.wasm is not a WebAssembly component"),
+        run.stderr.contains("event_counter.wasm is not a WebAssembly component"),
         "{}",
         run.all()
     );
 
     // A core module (what cargo builds) is not a component either.
-    std::fs::write(
-        &wasm,
-        wat::parse_str("(module (func (export \"apply\")))").unwrap(),
-    )
-    .unwrap();
+    std::fs::write(&wasm, wat::parse_str("(module (func (export \"apply\")))").unwrap()).unwrap();
     let run = jetfold([Path::new("test"), tmp.path()]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr.contains("core WebAssembly module"),
-        "{}",
-        run.all()
-    );
+    assert!(run.stderr.contains("core WebAssembly module"), "{}", run.all());
 }
 
 #[test]
@@ -70,17 +56,8 @@ fn a_component_of_another_world_is_refused() {
     .unwrap();
     let run = jetfold([Path::new("test"), tmp.path()]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr
-            .contains("does not export the `projection` world"),
-        "{}",
-        run.all()
-    );
-    assert!(
-        run.stderr.contains("`decide`"),
-        "names what it does export: {}",
-        run.all()
-    );
+    assert!(run.stderr.contains("does not export the `projection` world"), "{}", run.all());
+    assert!(run.stderr.contains("`decide`"), "names what it does export: {}", run.all());
 }
 
 #[test]
@@ -110,18 +87,9 @@ fn broken_manifests_are_refused_naming_the_file_and_key() {
     let good = std::fs::read_to_string(&manifest).unwrap();
     let cases = [
         (format!("{good}\nretries = 3\n"), "unknown field `retries`"),
-        (
-            good.replace("wasm = \"event_counter.wasm\"", ""),
-            "missing field `wasm`",
-        ),
-        (
-            good.replace("kind = \"projection\"", "kind = \"reducer\""),
-            "unknown variant `reducer`",
-        ),
-        (
-            format!("{good}\n[limits]\nfuel = \"lots\"\n"),
-            "invalid type",
-        ),
+        (good.replace("wasm = \"event_counter.wasm\"", ""), "missing field `wasm`"),
+        (good.replace("kind = \"projection\"", "kind = \"reducer\""), "unknown variant `reducer`"),
+        (format!("{good}\n[limits]\nfuel = \"lots\"\n"), "invalid type"),
         (good.replace("[allow]", "[allow\n"), "invalid"),
     ];
     for (text, wanted) in cases {
@@ -136,11 +104,7 @@ fn broken_manifests_are_refused_naming_the_file_and_key() {
     }
     let run = jetfold([Path::new("test"), &tmp.path().join("nowhere")]);
     assert_eq!(run.code, 2);
-    assert!(
-        run.stderr.contains("cannot read plugin manifest"),
-        "{}",
-        run.all()
-    );
+    assert!(run.stderr.contains("cannot read plugin manifest"), "{}", run.all());
 }
 
 #[test]
@@ -152,14 +116,7 @@ fn compiled_components_are_cached_by_digest_and_engine() {
     assert!(!cold.from_cache);
     let cached = loader.cache_path(&cold.digest).unwrap();
     assert!(cached.exists(), "{}", cached.display());
-    assert!(
-        cached
-            .file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with(&cold.digest.hex())
-    );
+    assert!(cached.file_name().unwrap().to_str().unwrap().starts_with(&cold.digest.hex()));
 
     let warm = ComponentLoader::new(Some(cache.path().to_path_buf()))
         .unwrap()

@@ -10,12 +10,6 @@ fn the_readme_plugin_is_the_event_counter_source() {
         readme.contains(&source),
         "README.md must quote plugins/event-counter/src/lib.rs verbatim"
     );
-    let body = source
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("use "))
-        .count();
-    assert!(
-        body <= 10,
-        "the README plugin is {body} lines besides imports"
-    );
+    let body = source.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("use ")).count();
+    assert!(body <= 10, "the README plugin is {body} lines besides imports");
 }

@@ -17,23 +17,14 @@ fn compute_resource_matches_its_golden_file() {
     golden_passes("compute-resource");
     let run = jetfold([Path::new("test"), &plugin("compute-resource")]);
     // Shown to the user: effects per event, rejections with their codes, queries, final state.
-    assert!(
-        run.stdout.contains("upsert compute_resources[r-1]"),
-        "{}",
-        run.all()
-    );
+    assert!(run.stdout.contains("upsert compute_resources[r-1]"), "{}", run.all());
     assert!(
         run.stdout.contains(
             "invalid-transition: resource r-2 cannot go from Provisioning to Maintenance"
         )
     );
     assert!(run.stdout.contains("already-registered"));
-    assert!(
-        run.stdout
-            .contains(r#"= {"Decommissioned":1,"Provisioning":1}"#),
-        "{}",
-        run.all()
-    );
+    assert!(run.stdout.contains(r#"= {"Decommissioned":1,"Provisioning":1}"#), "{}", run.all());
     assert!(run.stdout.contains("final state (2 keys)"));
     // Without a golden file, rejected events make the run fail.
     assert_eq!(run.code, 1, "{}", run.all());
@@ -46,20 +37,24 @@ fn person_archive_matches_its_golden_file() {
     let run = jetfold([Path::new("test"), &plugin("person-archive")]);
     assert_eq!(run.code, 0, "{}", run.all());
     assert!(
-        run.stdout
-            .contains("command ArchivePerson → people.commands.linus.ArchivePerson"),
+        run.stdout.contains("command ArchivePerson → people.commands.linus.ArchivePerson"),
         "{}",
         run.all()
     );
-    assert!(
-        run.stdout
-            .contains("command ArchivePerson → people.commands.ada.ArchivePerson")
-    );
-    assert!(
-        !run.stdout.contains("people.commands.grace"),
-        "grace stayed active: {}",
-        run.all()
-    );
+    assert!(run.stdout.contains("command ArchivePerson → people.commands.ada.ArchivePerson"));
+    assert!(!run.stdout.contains("people.commands.grace"), "grace stayed active: {}", run.all());
+}
+
+#[test]
+fn resource_upcaster_matches_its_golden_file() {
+    golden_passes("resource-upcaster");
+    let dir = plugin("resource-upcaster");
+    let run = jetfold([Path::new("test"), &dir, Path::new("--format"), Path::new("json")]);
+    let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let first = &report["steps"][0]["upcast"];
+    assert_eq!(first["schema_version"], 2);
+    assert_eq!(first["payload"]["region"], "eu-west-1");
+    assert_eq!(report["steps"][3]["error"]["code"], "unsupported-version");
 }
 
 #[test]
@@ -83,21 +78,13 @@ fn a_changed_outcome_fails_with_a_readable_diff_and_update_rewrites_it() {
     assert!(golden.contains("\"r-1\": 2"), "{golden}");
 
     std::fs::write(&expected, golden.replace("\"r-1\": 2", "\"r-1\": 3")).unwrap();
-    let run = jetfold([
-        Path::new("test"),
-        tmp.path(),
-        Path::new("--expect"),
-        &expected,
-    ]);
+    let run = jetfold([Path::new("test"), tmp.path(), Path::new("--expect"), &expected]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(run.stderr.contains("differs"), "{}", run.all());
     assert!(run.stderr.contains("-    \"r-1\": 3,"), "{}", run.all());
     assert!(run.stderr.contains("+    \"r-1\": 2,"), "{}", run.all());
     assert_eq!(
-        run.stderr
-            .lines()
-            .filter(|l| l.starts_with('+') || l.starts_with('-'))
-            .count(),
+        run.stderr.lines().filter(|l| l.starts_with('+') || l.starts_with('-')).count(),
         2,
         "{}",
         run.all()
@@ -117,12 +104,7 @@ fn a_changed_outcome_fails_with_a_readable_diff_and_update_rewrites_it() {
 #[test]
 fn json_output_is_the_golden_format() {
     let dir = plugin("event-counter");
-    let run = jetfold([
-        Path::new("test"),
-        &dir,
-        Path::new("--format"),
-        Path::new("json"),
-    ]);
+    let run = jetfold([Path::new("test"), &dir, Path::new("--format"), Path::new("json")]);
     assert_eq!(run.code, 0, "{}", run.all());
     let actual: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     let golden: serde_json::Value =
@@ -150,18 +132,9 @@ fn command_line_queries_see_the_final_state() {
     assert_eq!(last["key"], "r-2");
     assert_eq!(last["response"]["name"], "db-1");
 
-    let run = jetfold([
-        Path::new("test"),
-        &dir,
-        Path::new("--query"),
-        Path::new("{not json"),
-    ]);
+    let run = jetfold([Path::new("test"), &dir, Path::new("--query"), Path::new("{not json")]);
     assert_eq!(run.code, 2, "{}", run.all());
-    assert!(
-        run.stderr.contains("--query #1 is not JSON"),
-        "{}",
-        run.all()
-    );
+    assert!(run.stderr.contains("--query #1 is not JSON"), "{}", run.all());
 }
 
 #[test]
@@ -169,14 +142,8 @@ fn a_line_that_is_not_an_event_names_file_and_line() {
     let tmp = plugin_copy("event-counter");
     let events = tmp.path().join("bad.jsonl");
     let cases = [
-        (
-            "{\"subject\":\"a.b.c.D\",\"time\":\"2026-01-01T00:00:00Z\"}\n{oops\n",
-            ":2: not JSON",
-        ),
-        (
-            "{\"subject\":\"a.b.c.D\"}\n",
-            ":1: not an event: missing field `time`",
-        ),
+        ("{\"subject\":\"a.b.c.D\",\"time\":\"2026-01-01T00:00:00Z\"}\n{oops\n", ":2: not JSON"),
+        ("{\"subject\":\"a.b.c.D\"}\n", ":1: not an event: missing field `time`"),
         (
             "\n\n{\"subject\":\"a.b.c.D\",\"time\":\"2026-01-01T00:00:00Z\",\"color\":1}\n",
             ":3: not an event: unknown field `color`",
@@ -189,18 +156,9 @@ fn a_line_that_is_not_an_event_names_file_and_line() {
     ];
     for (text, wanted) in cases {
         std::fs::write(&events, text).unwrap();
-        let run = jetfold([
-            Path::new("test"),
-            tmp.path(),
-            Path::new("--events"),
-            &events,
-        ]);
+        let run = jetfold([Path::new("test"), tmp.path(), Path::new("--events"), &events]);
         assert_eq!(run.code, 2, "{text}: {}", run.all());
-        assert!(
-            run.stderr.contains(&format!("bad.jsonl{wanted}")),
-            "{text}: {}",
-            run.all()
-        );
+        assert!(run.stderr.contains(&format!("bad.jsonl{wanted}")), "{text}: {}", run.all());
     }
     let run = jetfold([
         Path::new("test"),
@@ -226,16 +184,10 @@ fn a_payload_that_is_not_json_reaches_the_plugin_which_decides() {
          \"payload_base64\":\"AAEC\",\"content_type\":\"application/octet-stream\"}\n",
     )
     .unwrap();
-    let run = jetfold([
-        Path::new("test"),
-        tmp.path(),
-        Path::new("--events"),
-        &events,
-    ]);
+    let run = jetfold([Path::new("test"), tmp.path(), Path::new("--events"), &events]);
     assert_eq!(run.code, 1, "{}", run.all());
     assert!(
-        run.stdout
-            .contains("invalid-payload: cannot decode a `ResourceRegistered` payload"),
+        run.stdout.contains("invalid-payload: cannot decode a `ResourceRegistered` payload"),
         "{}",
         run.all()
     );

@@ -11,10 +11,7 @@ use jetfold_host::builder::{BuildOptions, build_plugin};
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// Cargo's target directory of this test run (the test binary lives in `<target>/debug/deps`).
@@ -31,19 +28,14 @@ pub fn cache_dir() -> PathBuf {
 /// Builds `plugins/<name>` once per test binary and returns its directory.
 pub fn plugin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(dir) = built.get(name) {
         return dir.clone();
     }
     let dir = root().join("plugins").join(name);
     // A target directory of its own: the outer `cargo test` holds the lock on the main one.
-    let options = BuildOptions {
-        target_dir: Some(target_dir().join("jetfold-guests")),
-        debug: false,
-    };
+    let options =
+        BuildOptions { target_dir: Some(target_dir().join("jetfold-guests")), debug: false };
     let out =
         build_plugin(&dir, &options).unwrap_or_else(|e| panic!("building plugin {name}: {e:#}"));
     assert!(out.wasm.exists());
@@ -80,10 +72,7 @@ pub struct Run {
 impl Run {
     /// Both streams, for assertion messages.
     pub fn all(&self) -> String {
-        format!(
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
+        format!("exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
     }
 }
 
@@ -93,11 +82,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_jetfold"))
+    let Output { status, stdout, stderr } = Command::new(env!("CARGO_BIN_EXE_jetfold"))
         .args(args)
         .env("JETFOLD_CACHE_DIR", cache_dir())
         .output()

@@ -108,13 +108,7 @@ impl Projection<ResourceEvent> for ResourceState {
     fn apply(&mut self, event: Event<ResourceEvent>, cx: &mut Context) -> Result<()> {
         let id = event.aggregate_id.clone();
         let time = event.time;
-        if let ResourceEvent::ResourceRegistered {
-            name,
-            kind,
-            region,
-            labels,
-        } = event.payload
-        {
+        if let ResourceEvent::ResourceRegistered { name, kind, region, labels } = event.payload {
             if self.0.is_some() {
                 return Err(Error::new(
                     "already-registered",
@@ -153,25 +147,16 @@ impl Projection<ResourceEvent> for ResourceState {
                 ResourceEvent::OrganizationAssigned { organization_id } => {
                     resource.organization_id = Some(organization_id);
                 }
-                ResourceEvent::PolicyAdded {
-                    policy_id,
-                    name,
-                    rules,
-                } => {
+                ResourceEvent::PolicyAdded { policy_id, name, rules } => {
                     if resource.policies.contains_key(&policy_id) {
                         return Err(Error::new(
                             "policy-exists",
                             format!("policy {policy_id} is already on {id}"),
                         ));
                     }
-                    resource.policies.insert(
-                        policy_id,
-                        AttachedPolicy {
-                            name,
-                            rules,
-                            added_at: time,
-                        },
-                    );
+                    resource
+                        .policies
+                        .insert(policy_id, AttachedPolicy { name, rules, added_at: time });
                 }
                 ResourceEvent::PolicyRemoved { policy_id } => {
                     if resource.policies.remove(&policy_id).is_none() {
@@ -185,10 +170,7 @@ impl Projection<ResourceEvent> for ResourceState {
                     if !resource.status.can_become(to) {
                         return Err(Error::new(
                             "invalid-transition",
-                            format!(
-                                "resource {id} cannot go from {:?} to {to:?}",
-                                resource.status
-                            ),
+                            format!("resource {id} cannot go from {:?} to {to:?}", resource.status),
                         ));
                     }
                     resource.status = to;
@@ -217,9 +199,8 @@ impl Projection<ResourceEvent> for ResourceState {
         })?;
         match request {
             Request::Resource { id } => {
-                let found = states
-                    .into_iter()
-                    .find_map(|(_, ResourceState(r))| r.filter(|r| r.id == id));
+                let found =
+                    states.into_iter().find_map(|(_, ResourceState(r))| r.filter(|r| r.id == id));
                 found
                     .map(|r| serde_json::to_value(r).expect("a resource is JSON"))
                     .ok_or_else(|| Error::new("not-found", format!("no resource {id}")))
@@ -292,9 +273,8 @@ mod tests {
         for (i, payload) in events.into_iter().enumerate() {
             let before = state.clone();
             let mut cx = Context::new(&NoConfig);
-            let event = Event::new("r-1", payload)
-                .with_time(at(i as u32))
-                .with_sequence(i as u64 + 1);
+            let event =
+                Event::new("r-1", payload).with_time(at(i as u32)).with_sequence(i as u64 + 1);
             let result = state.apply(event, &mut cx).and_then(|()| cx.finish());
             if result.is_err() {
                 // The host keeps the old state when the guest returns an error.
@@ -321,30 +301,20 @@ mod tests {
         assert_eq!(r.version, 6);
         assert_eq!(r.updated_at, at(5));
         let last = results.last().unwrap().as_ref().unwrap();
-        assert!(matches!(
-            &last[0],
-            Effect::Log {
-                level: LogLevel::Info,
-                ..
-            }
-        ));
+        assert!(matches!(&last[0], Effect::Log { level: LogLevel::Info, .. }));
         assert_eq!(last[1].document().unwrap()["status"], "Decommissioned");
     }
 
     #[test]
     fn invalid_transitions_are_errors_not_changes() {
-        let (state, results) = run(vec![
-            registered(),
-            status(Status::Maintenance),
-            status(Status::Decommissioned),
-        ]);
+        let (state, results) =
+            run(vec![registered(), status(Status::Maintenance), status(Status::Decommissioned)]);
         assert_eq!(results[1].as_ref().unwrap_err().code, "invalid-transition");
         assert_eq!(results[2].as_ref().unwrap_err().code, "invalid-transition");
         assert_eq!(state.0.unwrap().status, Status::Provisioning);
-        for (from, to) in [
-            (Status::Active, Status::Provisioning),
-            (Status::Active, Status::Decommissioned),
-        ] {
+        for (from, to) in
+            [(Status::Active, Status::Provisioning), (Status::Active, Status::Decommissioned)]
+        {
             assert!(!from.can_become(to), "{from:?} -> {to:?}");
         }
     }
@@ -362,9 +332,7 @@ mod tests {
     fn policies_and_organisation_show_in_the_row() {
         let (state, results) = run(vec![
             registered(),
-            ResourceEvent::OrganizationAssigned {
-                organization_id: "org-9".into(),
-            },
+            ResourceEvent::OrganizationAssigned { organization_id: "org-9".into() },
             ResourceEvent::PolicyAdded {
                 policy_id: "p1".into(),
                 name: "backup".into(),
@@ -375,9 +343,7 @@ mod tests {
                 name: "again".into(),
                 rules: Json::Null,
             },
-            ResourceEvent::PolicyRemoved {
-                policy_id: "p2".into(),
-            },
+            ResourceEvent::PolicyRemoved { policy_id: "p2".into() },
         ]);
         assert_eq!(results[3].as_ref().unwrap_err().code, "policy-exists");
         assert_eq!(results[4].as_ref().unwrap_err().code, "no-such-policy");

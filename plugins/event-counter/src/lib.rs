@@ -6,11 +6,7 @@ pub struct Count(u64);
 impl Projection for Count {
     fn apply(&mut self, event: Event, cx: &mut Context) -> Result<()> {
         self.0 += 1;
-        cx.upsert(
-            "event_counts",
-            &event.aggregate_id,
-            &json!({ "events": self.0 }),
-        );
+        cx.upsert("event_counts", &event.aggregate_id, &json!({ "events": self.0 }));
         Ok(())
     }
 }

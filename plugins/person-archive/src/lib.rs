@@ -92,11 +92,7 @@ impl Policy<Json, ArchiveConfig> for Watch {
                 cx.command(
                     &subject,
                     "ArchivePerson",
-                    &ArchivePerson {
-                        person_id: person.clone(),
-                        last_active: last,
-                        inactive_days,
-                    },
+                    &ArchivePerson { person_id: person.clone(), last_active: last, inactive_days },
                 );
                 cx.log(
                     LogLevel::Info,
@@ -115,10 +111,7 @@ mod tests {
     use super::*;
 
     fn config(days: u32) -> ArchiveConfig {
-        ArchiveConfig {
-            inactive_days: days,
-            command_prefix: "people.commands".into(),
-        }
+        ArchiveConfig { inactive_days: days, command_prefix: "people.commands".into() }
     }
 
     fn day(d: i64) -> DateTime<Utc> {
@@ -126,17 +119,13 @@ mod tests {
     }
 
     fn person(id: &str, event_type: &str, d: i64) -> Event<Json> {
-        let mut e = Event::new(id, json!({}))
-            .with_type(event_type)
-            .with_time(day(d));
+        let mut e = Event::new(id, json!({})).with_type(event_type).with_time(day(d));
         e.subject = format!("people.person.{id}.{event_type}");
         e
     }
 
     fn tick(d: i64) -> Event<Json> {
-        let mut e = Event::new("daily", json!({}))
-            .with_type("DayStarted")
-            .with_time(day(d));
+        let mut e = Event::new("daily", json!({})).with_type("DayStarted").with_time(day(d));
         e.subject = "people.clock.daily.DayStarted".into();
         e
     }
@@ -145,11 +134,9 @@ mod tests {
         effects
             .iter()
             .filter_map(|e| match e {
-                Effect::Emit {
-                    kind: MessageKind::Command,
-                    subject,
-                    ..
-                } => Some((subject.clone(), e.document().unwrap())),
+                Effect::Emit { kind: MessageKind::Command, subject, .. } => {
+                    Some((subject.clone(), e.document().unwrap()))
+                }
                 _ => None,
             })
             .collect()
@@ -190,10 +177,7 @@ mod tests {
         assert!(step(&mut w, &cfg, tick(18)).is_empty());
         assert_eq!(step(&mut w, &cfg, tick(19)).len(), 1);
         step(&mut w, &cfg, person("p-1", "PersonLoggedIn", 20));
-        assert!(
-            w.requested.is_empty(),
-            "activity withdraws the pending request"
-        );
+        assert!(w.requested.is_empty(), "activity withdraws the pending request");
     }
 
     #[test]
