@@ -12,6 +12,7 @@ use crate::{Context, Effect, Error, Event, Json, Policy, Projection, Upcaster, p
 pub use wit_bindgen;
 
 /// An event as it crosses the boundary, before its payload is decoded.
+#[derive(Clone)]
 pub struct RawEvent {
     pub sequence: u64,
     pub subject: String,
@@ -99,6 +100,25 @@ fn encode_state<S: serde::Serialize>(state: &S) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::new("encode", format!("cannot encode the state: {e}")))
 }
 
+/// One fold step: decode the key's state and the event, run `f`, encode the new state.
+fn step<S, E, C>(
+    state: Option<Vec<u8>>,
+    event: RawEvent,
+    f: impl FnOnce(&mut S, Event<E>, &mut Context<C>) -> Result<(), Error>,
+) -> Result<(Vec<u8>, Vec<Effect>), Error>
+where
+    S: Default + DeserializeOwned + serde::Serialize,
+    E: DeserializeOwned,
+    C: Send + Sync + 'static,
+{
+    let mut state: S = decode_state(state)?;
+    let event = decode_event::<E>(event)?;
+    let mut cx = Context::new(config::<C>()?);
+    f(&mut state, event, &mut cx)?;
+    let effects = cx.finish()?;
+    Ok((encode_state(&state)?, effects))
+}
+
 pub fn apply<P, E, C>(
     state: Option<Vec<u8>>,
     event: RawEvent,
@@ -108,12 +128,7 @@ where
     E: DeserializeOwned,
     C: DeserializeOwned + Send + Sync + 'static,
 {
-    let mut state: P = decode_state(state)?;
-    let event = decode_event::<E>(event)?;
-    let mut cx = Context::new(config::<C>()?);
-    state.apply(event, &mut cx)?;
-    let effects = cx.finish()?;
-    Ok((encode_state(&state)?, effects))
+    step(state, event, P::apply)
 }
 
 pub fn query<P, E, C>(states: Vec<(String, Vec<u8>)>, request: String) -> Result<String, Error>
@@ -141,12 +156,7 @@ where
     E: DeserializeOwned,
     C: DeserializeOwned + Send + Sync + 'static,
 {
-    let mut state: P = decode_state(state)?;
-    let event = decode_event::<E>(event)?;
-    let mut cx = Context::new(config::<C>()?);
-    state.decide(event, &mut cx)?;
-    let effects = cx.finish()?;
-    Ok((encode_state(&state)?, effects))
+    step(state, event, P::decide)
 }
 
 pub fn upcast<U: Upcaster>(event: RawEvent) -> Result<RawEvent, Error> {
