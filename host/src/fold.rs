@@ -16,7 +16,7 @@ use crate::component::{ComponentLoader, LoadedComponent};
 use crate::effect::{self, Effect};
 use crate::event::{Event, EventRecord};
 use crate::guest::{GuestError, GuestInstance};
-use crate::manifest::{GLOBAL_KEY, Manifest, PluginKind, StateKey};
+use crate::manifest::{Manifest, PluginKind};
 
 /// A loaded plugin: its manifest, its checked component and a live instance.
 pub struct Plugin {
@@ -258,15 +258,7 @@ impl Fold {
 
     /// The state key of `event` under the manifest's `[state]` rule.
     pub fn key_of(&self, event: &Event) -> String {
-        let state = &self.plugin.manifest.state;
-        match state.key {
-            StateKey::AggregateId => event.aggregate_id.clone(),
-            StateKey::Global => GLOBAL_KEY.to_string(),
-            StateKey::SubjectToken => {
-                let index = state.token.unwrap_or(0);
-                event.subject.split('.').nth(index).unwrap_or(GLOBAL_KEY).to_string()
-            }
-        }
+        self.plugin.manifest.state_key(event)
     }
 
     /// Folds one event; a failure leaves the key's state as it was.

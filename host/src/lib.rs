@@ -4,20 +4,28 @@
 //!
 //! The modules follow the path of an event, and none calls back up the line:
 //!
+//! - [`config`]: `jetfold.toml`, the daemon's configuration.
+//! - [`daemon`]: `jetfold run`, one worker per plugin along the path below.
 //! - [`manifest`]: `plugin.toml`, what a plugin is and what it may do.
+//! - [`nats`]: connecting, the JetStream source (consumer, event from message).
 //! - [`event`]: the event record and its JSON form (fixtures, exports).
 //! - [`component`]: loading a component: digest, precompiled cache, sandbox and world checks.
 //! - [`bindings`]: the generated WIT bindings (the only `bindgen!`).
 //! - [`guest`]: calling a guest under fuel and memory limits; traps and errors by cause.
 //! - [`effect`]: the effects guests return, checked against the manifest.
+//! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
 //! - [`builder`]: `jetfold build`, source to component.
 
 pub mod bindings;
 pub mod builder;
 pub mod component;
+pub mod config;
+pub mod daemon;
 pub mod effect;
 pub mod event;
 pub mod fold;
 pub mod guest;
 pub mod manifest;
+pub mod nats;
+pub mod sink;

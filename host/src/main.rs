@@ -25,8 +25,10 @@ const EXIT_ERROR: u8 = 2;
     about = "Folds NATS JetStream events through sandboxed WebAssembly plugins"
 )]
 #[command(
-    after_help = "Exit codes: 0 success; 1 a check failed (golden file differs, or events were rejected \
-without --expect); 2 the command could not run (arguments, manifest, component or fixture)."
+    after_help = "Exit codes: 0 success (`run`: stopped by SIGTERM or SIGINT after draining); \
+1 a check failed (golden file differs, or events were rejected without --expect); 2 the command could \
+not run (arguments, config, manifest, component, fixture, or NATS unreachable past \
+nats.connect-timeout-secs)."
 )]
 struct Cli {
     /// Directory of precompiled components [default: $JETFOLD_CACHE_DIR, else ~/.cache/jetfold]
@@ -45,6 +47,26 @@ enum Command {
     Test(TestArgs),
     /// Build plugins from source into the components their manifests name.
     Build(BuildArgs),
+    /// Run the daemon: consume JetStream, fold events through every plugin, run their effects.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The daemon's configuration file.
+    #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
+    config: PathBuf,
+    /// Log lines as JSON objects instead of text.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -93,17 +115,23 @@ struct BuildArgs {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("JETFOLD_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let (default_level, json) = match &cli.command {
+        Command::Run(args) => ("info", args.log_format == LogFormat::Json),
+        _ => ("warn", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JETFOLD_LOG")
+        .unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let result = match &cli.command {
         Command::Test(args) => run_test(&cli, args),
         Command::Build(args) => run_build(args),
+        Command::Run(args) => run_daemon(args),
     };
     match result {
         Ok(code) => code,
@@ -209,6 +237,24 @@ fn normalise(text: &str) -> anyhow::Result<String> {
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
     jetfold_host::component::write_atomically(path, text.as_bytes())
         .with_context(|| format!("failed to write {}", path.display()))
+}
+
+fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = jetfold_host::config::Config::load(&args.config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(jetfold_host::daemon::run(config, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
 }
 
 fn run_build(args: &BuildArgs) -> anyhow::Result<ExitCode> {

@@ -290,6 +290,18 @@ impl Manifest {
         self.dir.join(&self.wasm)
     }
 
+    /// The state key of `event` under the manifest's `[state]` rule.
+    pub fn state_key(&self, event: &crate::event::Event) -> String {
+        match self.state.key {
+            StateKey::AggregateId => event.aggregate_id.clone(),
+            StateKey::Global => GLOBAL_KEY.to_string(),
+            StateKey::SubjectToken => {
+                let index = self.state.token.unwrap_or(0);
+                event.subject.split('.').nth(index).unwrap_or(GLOBAL_KEY).to_string()
+            }
+        }
+    }
+
     /// The `[config]` table as the JSON document `init` receives.
     pub fn config_json(&self) -> String {
         serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())

@@ -93,3 +93,141 @@ where
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
+
+/// A real nats-server (2.15, from scripts/setup) on a free port with a temporary store
+/// directory, stopped on drop.
+pub struct NatsServer {
+    child: std::process::Child,
+    /// Its port.
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+/// The nats-server binary: `$JETFOLD_NATS_SERVER`, else the one scripts/setup installs.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("JETFOLD_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
+    let path = cache.join("jetfold/tools/bin/nats-server");
+    assert!(path.exists(), "{} is missing: run scripts/setup", path.display());
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream and waits until it accepts connections.
+    pub fn start() -> NatsServer {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(port, store.path());
+        let server = NatsServer { child, port, store };
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(port: u16, store: &Path) -> std::process::Child {
+        Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start on {}",
+                self.port
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        self.child = Self::spawn(self.port, self.store.path());
+        self.wait_ready();
+    }
+
+    /// A client with JetStream.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(async_nats::connect(self.url()).await.unwrap())
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// Creates a stream capturing `subjects`.
+pub async fn create_stream(js: &async_nats::jetstream::Context, name: &str, subjects: &[&str]) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// Publishes the events of a fixture file (its query lines skipped); returns how many.
+pub async fn publish_fixture(js: &async_nats::jetstream::Context, fixture: &Path) -> usize {
+    let lines = jetfold_host::fold::read_fixture(fixture).unwrap();
+    let mut acks = Vec::new();
+    for (_, line) in lines {
+        if let jetfold_host::fold::FixtureLine::Event(event) = line {
+            acks.push(jetfold_host::nats::publish_event(js, &event).await.unwrap());
+        }
+    }
+    let n = acks.len();
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    n
+}
+
+/// A daemon layout in a temporary directory: `plugins/<name>` copies of built plugins.
+pub fn daemon_dir(plugins: &[&str]) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in plugins {
+        let copy = plugin_copy(name);
+        let dest = tmp.path().join("plugins").join(name);
+        std::fs::create_dir_all(&dest).unwrap();
+        for entry in std::fs::read_dir(copy.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, dest.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    tmp
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `secs` seconds.
+pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,258 @@
+//! `jetfold.toml`: the daemon's configuration. Unknown keys are refused; a few environment
+//! variables override the file (`NATS_URL`, `JETFOLD_SQLITE`, `JETFOLD_PLUGIN_DIR`).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Config {
+    /// How to reach NATS.
+    #[serde(default)]
+    pub nats: NatsConfig,
+    /// Where effects and checkpoints are written.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Directory whose subdirectories each hold a plugin (`plugin.toml` + component).
+    pub plugin_dir: PathBuf,
+    /// Events fetched and committed together, per plugin.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// How long JetStream waits for an ack before redelivering, in seconds.
+    #[serde(default = "defaults::ack_wait_secs")]
+    pub ack_wait_secs: u64,
+    /// How long one fetch waits for a batch to fill, in milliseconds.
+    #[serde(default = "defaults::fetch_wait_ms")]
+    pub fetch_wait_ms: u64,
+    /// Directory of precompiled components (default: the user cache).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Per-plugin overrides of the manifest's `[source]`, by plugin name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginOverride>,
+    /// The directory relative paths are resolved against (the config file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// NATS connection settings; every authentication method NATS offers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NatsConfig {
+    /// Server URL(s), comma-separated.
+    #[serde(default = "defaults::nats_url")]
+    pub url: String,
+    /// A `.creds` file (JWT + nkey seed).
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU…`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<PathBuf>,
+    /// User name (with `password`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password (with `user`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that signed the server's certificate; enables TLS.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS, with `tls-key-file`.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Give up after this many seconds without a first connection (0: never).
+    #[serde(default = "defaults::connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            url: defaults::nats_url(),
+            creds_file: None,
+            nkey_seed_file: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            connect_timeout_secs: defaults::connect_timeout_secs(),
+        }
+    }
+}
+
+/// The database effects, states and checkpoints go to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SinkConfig {
+    /// An SQLite file, created if missing (the default: `jetfold.db`).
+    #[serde(default)]
+    pub sqlite: Option<PathBuf>,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig { sqlite: Some(PathBuf::from("jetfold.db")) }
+    }
+}
+
+/// Where a plugin starts reading when its durable consumer is first created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartPosition {
+    /// From the first event in the stream.
+    #[default]
+    All,
+    /// Only events published after the consumer is created.
+    New,
+}
+
+/// Overrides of one plugin's source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginOverride {
+    /// The stream to read.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Filter subjects.
+    #[serde(default)]
+    pub subjects: Option<Vec<String>>,
+    /// Where a new consumer starts.
+    #[serde(default)]
+    pub start: Option<StartPosition>,
+    /// `false` loads nothing for this plugin.
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+}
+
+impl Default for PluginOverride {
+    fn default() -> Self {
+        PluginOverride { stream: None, subjects: None, start: None, enabled: true }
+    }
+}
+
+mod defaults {
+    pub fn batch_size() -> usize {
+        500
+    }
+    pub fn ack_wait_secs() -> u64 {
+        30
+    }
+    pub fn fetch_wait_ms() -> u64 {
+        200
+    }
+    pub fn nats_url() -> String {
+        "nats://127.0.0.1:4222".into()
+    }
+    pub fn connect_timeout_secs() -> u64 {
+        60
+    }
+    pub fn enabled() -> bool {
+        true
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies environment overrides and resolves relative paths.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read config file {}", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::parse(&text, base, |k| std::env::var(k).ok())
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses config text; `env` looks up environment overrides.
+    pub fn parse(
+        text: &str,
+        base_dir: PathBuf,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Config> {
+        let mut config: Config = toml::from_str(text)?;
+        if let Some(url) = env("NATS_URL") {
+            config.nats.url = url;
+        }
+        if let Some(sqlite) = env("JETFOLD_SQLITE") {
+            config.sink.sqlite = Some(PathBuf::from(sqlite));
+        }
+        if let Some(dir) = env("JETFOLD_PLUGIN_DIR") {
+            config.plugin_dir = PathBuf::from(dir);
+        }
+        config.base_dir = base_dir;
+        if config.batch_size == 0 {
+            bail!("batch-size must be at least 1");
+        }
+        if config.nats.user.is_some() != config.nats.password.is_some() {
+            bail!("nats.user and nats.password go together");
+        }
+        if config.nats.tls_cert_file.is_some() != config.nats.tls_key_file.is_some() {
+            bail!("nats.tls-cert-file and nats.tls-key-file go together");
+        }
+        if config.sink.sqlite.is_none() {
+            bail!("[sink] needs `sqlite = \"<file>\"`");
+        }
+        Ok(config)
+    }
+
+    /// `path` resolved against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+    }
+
+    /// The ack wait as a duration.
+    pub fn ack_wait(&self) -> Duration {
+        Duration::from_secs(self.ack_wait_secs.max(1))
+    }
+
+    /// The fetch wait as a duration.
+    pub fn fetch_wait(&self) -> Duration {
+        Duration::from_millis(self.fetch_wait_ms.max(10))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minimal_config_gets_defaults_and_env_overrides() {
+        let env = |k: &str| (k == "NATS_URL").then(|| "nats://elsewhere:4333".to_string());
+        let c = Config::parse("plugin-dir = \"plugins\"\n", PathBuf::from("/etc/jetfold"), env)
+            .unwrap();
+        assert_eq!(c.nats.url, "nats://elsewhere:4333");
+        assert_eq!(c.batch_size, 500);
+        assert_eq!(c.resolve(&c.plugin_dir), PathBuf::from("/etc/jetfold/plugins"));
+        assert_eq!(c.sink.sqlite, Some(PathBuf::from("jetfold.db")));
+    }
+
+    #[test]
+    fn unknown_keys_and_half_credentials_are_refused() {
+        let none = |_: &str| None;
+        let e = Config::parse("plugin-dir = \"p\"\nbatch = 3\n", PathBuf::new(), none).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `batch`"), "{e:#}");
+        let e = Config::parse("plugin-dir = \"p\"\n[nats]\nuser = \"a\"\n", PathBuf::new(), none)
+            .unwrap_err();
+        assert!(e.to_string().contains("go together"), "{e:#}");
+        let e = Config::parse(
+            "plugin-dir = \"p\"\n[plugins.x]\nstrat = \"new\"\n",
+            PathBuf::new(),
+            none,
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `strat`"), "{e:#}");
+    }
+}

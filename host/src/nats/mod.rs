@@ -1,0 +1,110 @@
+//! NATS: connecting with any of its authentication methods, the JetStream source of events,
+//! and publishing emitted messages.
+
+pub mod source;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::{Config, NatsConfig};
+
+/// Connects to NATS as the config says, retrying with backoff until `connect-timeout-secs`.
+pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let nats = &config.nats;
+    let options = options(config, nats).await?;
+    let attempt = options.connect(nats.url.as_str());
+    let client = if nats.connect_timeout_secs == 0 {
+        attempt.await?
+    } else {
+        tokio::time::timeout(Duration::from_secs(nats.connect_timeout_secs), attempt)
+            .await
+            .with_context(|| {
+                format!(
+                    "NATS at {} unreachable for {} s (nats.connect-timeout-secs)",
+                    nats.url, nats.connect_timeout_secs
+                )
+            })??
+    };
+    Ok(client)
+}
+
+async fn options(config: &Config, nats: &NatsConfig) -> anyhow::Result<async_nats::ConnectOptions> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("jetfold")
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        // Exponential backoff, capped: reconnecting after a server restart is routine.
+        .reconnect_delay_callback(|attempts| {
+            let exp = 50u64.saturating_mul(1u64 << attempts.min(8) as u32);
+            Duration::from_millis(exp.min(5_000))
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("disconnected from NATS; reconnecting")
+                }
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        });
+    if let Some(creds) = &nats.creds_file {
+        let path = config.resolve(creds);
+        options = options
+            .credentials_file(&path)
+            .await
+            .with_context(|| format!("failed to read NATS credentials {}", path.display()))?;
+    }
+    if let Some(seed_file) = &nats.nkey_seed_file {
+        let path = config.resolve(seed_file);
+        let seed = std::fs::read_to_string(&path)
+            .with_context(|| format!("failed to read nkey seed {}", path.display()))?;
+        options = options.nkey(seed.trim().to_string());
+    }
+    if let (Some(user), Some(password)) = (&nats.user, &nats.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &nats.token {
+        options = options.token(token.clone());
+    }
+    if let Some(ca) = &nats.tls_ca_file {
+        options = options.add_root_certificates(config.resolve(ca)).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&nats.tls_cert_file, &nats.tls_key_file) {
+        options = options
+            .add_client_certificate(config.resolve(cert), config.resolve(key))
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
+/// Publishes `event` to JetStream with the documented headers (the demo, tests and imports
+/// use it); the returned future resolves when the stream has stored it.
+pub async fn publish_event(
+    js: &async_nats::jetstream::Context,
+    event: &crate::event::Event,
+) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
+    use source::headers as h;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(h::MSG_ID, event.message_id.as_str());
+    headers.insert(h::EVENT_TYPE, event.event_type.as_str());
+    headers.insert(h::AGGREGATE_ID, event.aggregate_id.as_str());
+    headers.insert(h::SCHEMA_VERSION, event.schema_version.to_string().as_str());
+    headers.insert(h::EVENT_TIME, event.time.to_rfc3339().as_str());
+    if let Some(c) = &event.correlation_id {
+        headers.insert(h::CORRELATION_ID, c.as_str());
+    }
+    if let Some(c) = &event.causation_id {
+        headers.insert(h::CAUSATION_ID, c.as_str());
+    }
+    if event.content_type != crate::event::JSON {
+        headers.insert(h::CONTENT_TYPE, event.content_type.as_str());
+    }
+    for (k, v) in &event.headers {
+        headers.append(k.as_str(), v.as_str());
+    }
+    let ack = js
+        .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
+        .await?;
+    Ok(ack)
+}

@@ -1,0 +1,110 @@
+//! Effect executors for SQL, with the checkpoint in the same transaction.
+//!
+//! One commit holds a batch's SQL effects, the keyed states it changed, the events the
+//! plugin rejected, the messages it emitted (an outbox, published after the commit) and the
+//! plugin's checkpoint. A crash before the commit loses the whole batch (it is redelivered);
+//! a crash after it loses nothing (the redelivered events are at or below the checkpoint).
+//!
+//! Table layout: every table a manifest allows is `"<table>"(key TEXT PRIMARY KEY,
+//! doc TEXT NOT NULL, updated_seq INTEGER NOT NULL)`, `doc` the row as a JSON object.
+//! jetfold's own tables are `jetfold_checkpoints`, `jetfold_states`, `jetfold_rejected` and
+//! `jetfold_outbox`.
+
+pub mod sqlite;
+
+use crate::effect::Effect;
+
+/// Where a plugin has got to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The plugin version that committed it (hex sha256).
+    pub digest: String,
+    /// The last stream sequence applied.
+    pub last_seq: u64,
+}
+
+/// An event a plugin rejected, recorded with the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    /// Stream sequence.
+    pub seq: u64,
+    /// The state key.
+    pub key: String,
+    /// Event type.
+    pub event_type: String,
+    /// `error`, `trap`, `fuel`, `memory`, `rejected-effect`, …
+    pub kind: String,
+    /// The guest's code, if it returned one.
+    pub code: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
+/// A message to publish after the commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// `Nats-Msg-Id`: `<plugin>:<source seq>:<index>`, so a re-publish is dropped by JetStream.
+    pub msg_id: String,
+    /// Subject.
+    pub subject: String,
+    /// Headers (including the id, correlation and provenance).
+    pub headers: Vec<(String, String)>,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// Everything one batch commits.
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// The plugin.
+    pub plugin: String,
+    /// Its version.
+    pub digest: String,
+    /// The highest sequence in the batch.
+    pub last_seq: u64,
+    /// SQL effects with the sequence of the event that made them, in order.
+    pub effects: Vec<(u64, Effect)>,
+    /// New states by key.
+    pub states: Vec<(String, Vec<u8>)>,
+    /// Rejected events.
+    pub rejected: Vec<Rejected>,
+    /// Messages to publish.
+    pub outbox: Vec<OutboxMessage>,
+}
+
+/// RFC 7386 JSON merge patch of `patch` into `target`.
+pub fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let map = target.as_object_mut().expect("made an object above");
+            for (k, v) in fields {
+                if v.is_null() {
+                    map.remove(k);
+                } else {
+                    merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut doc, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(doc, json!({"a": "z", "c": {"d": "e"}}));
+        let mut doc = json!({"a": [1]});
+        merge_patch(&mut doc, &json!({"a": {"b": 1}, "n": 2}));
+        assert_eq!(doc, json!({"a": {"b": 1}, "n": 2}));
+    }
+}

@@ -1,0 +1,305 @@
+//! The SQLite sink: the embedded default. WAL journal, one transaction per batch.
+
+use std::{path::Path, time::Duration};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Checkpoint, Commit, OutboxMessage, merge_patch};
+use crate::effect::Effect;
+use crate::manifest::is_identifier;
+
+/// A connection to the SQLite database of a daemon.
+pub struct SqliteSink {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jetfold_checkpoints (
+    plugin TEXT PRIMARY KEY,
+    digest TEXT NOT NULL,
+    last_seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jetfold_states (
+    plugin TEXT NOT NULL,
+    key TEXT NOT NULL,
+    state BLOB NOT NULL,
+    PRIMARY KEY (plugin, key)
+);
+CREATE TABLE IF NOT EXISTS jetfold_rejected (
+    plugin TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    code TEXT,
+    message TEXT NOT NULL,
+    PRIMARY KEY (plugin, seq)
+);
+CREATE TABLE IF NOT EXISTS jetfold_outbox (
+    plugin TEXT NOT NULL,
+    msg_id TEXT PRIMARY KEY,
+    subject TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+";
+
+impl SqliteSink {
+    /// Opens (creating if needed) the database file and jetfold's own tables.
+    pub fn open(path: &Path) -> rusqlite::Result<SqliteSink> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        // WAL: readers never block the writer; NORMAL sync is durable across process crashes.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqliteSink { conn })
+    }
+
+    /// Creates the read-model tables a plugin may write.
+    pub fn ensure_tables(&self, tables: &[String]) -> rusqlite::Result<()> {
+        for table in tables {
+            assert!(is_identifier(table), "manifest validation lets only identifiers through");
+            self.conn.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{table}\" (key TEXT PRIMARY KEY, doc TEXT NOT NULL, updated_seq INTEGER NOT NULL);"
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// The plugin's checkpoint, if it has committed before.
+    pub fn checkpoint(&self, plugin: &str) -> rusqlite::Result<Option<Checkpoint>> {
+        self.conn
+            .query_row(
+                "SELECT digest, last_seq FROM jetfold_checkpoints WHERE plugin = ?1",
+                [plugin],
+                |r| Ok(Checkpoint { digest: r.get(0)?, last_seq: r.get::<_, i64>(1)? as u64 }),
+            )
+            .optional()
+    }
+
+    /// The committed state of one key.
+    pub fn state(&self, plugin: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row(
+                "SELECT state FROM jetfold_states WHERE plugin = ?1 AND key = ?2",
+                [plugin, key],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// Every committed state of a plugin, by key.
+    pub fn states(&self, plugin: &str) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, state FROM jetfold_states WHERE plugin = ?1 ORDER BY key")?;
+        let rows = stmt.query_map([plugin], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// Messages committed but not yet confirmed published.
+    pub fn outbox(&self, plugin: &str) -> rusqlite::Result<Vec<OutboxMessage>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT msg_id, subject, headers, payload FROM jetfold_outbox WHERE plugin = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map([plugin], |r| {
+            let headers: String = r.get(2)?;
+            Ok(OutboxMessage {
+                msg_id: r.get(0)?,
+                subject: r.get(1)?,
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                payload: r.get(3)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Forgets outbox messages JetStream has confirmed.
+    pub fn clear_outbox(&mut self, ids: &[String]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM jetfold_outbox WHERE msg_id = ?1")?;
+            for id in ids {
+                stmt.execute([id])?;
+            }
+        }
+        tx.commit()
+    }
+
+    /// Commits one batch atomically.
+    pub fn commit(&mut self, batch: &Commit) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for (seq, effect) in &batch.effects {
+            let seq = *seq as i64;
+            match effect {
+                Effect::Upsert { table, key, row } => {
+                    tx.prepare_cached(&format!(
+                        "INSERT INTO \"{table}\" (key, doc, updated_seq) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT(key) DO UPDATE SET doc = excluded.doc, updated_seq = excluded.updated_seq"
+                    ))?
+                    .execute(params![key, row.get(), seq])?;
+                }
+                Effect::Update { table, key, patch } => {
+                    let current: Option<String> = tx
+                        .prepare_cached(&format!("SELECT doc FROM \"{table}\" WHERE key = ?1"))?
+                        .query_row([key], |r| r.get(0))
+                        .optional()?;
+                    if let Some(current) = current {
+                        let mut doc: serde_json::Value =
+                            serde_json::from_str(&current).unwrap_or_default();
+                        let patch: serde_json::Value =
+                            serde_json::from_str(patch.get()).unwrap_or_default();
+                        merge_patch(&mut doc, &patch);
+                        tx.prepare_cached(&format!(
+                            "UPDATE \"{table}\" SET doc = ?2, updated_seq = ?3 WHERE key = ?1"
+                        ))?
+                        .execute(params![key, doc.to_string(), seq])?;
+                    }
+                }
+                Effect::Delete { table, key } => {
+                    tx.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE key = ?1"))?
+                        .execute([key])?;
+                }
+                Effect::Emit { .. } | Effect::Log { .. } => {}
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO jetfold_states (plugin, key, state) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT(plugin, key) DO UPDATE SET state = excluded.state",
+            )?;
+            for (key, state) in &batch.states {
+                stmt.execute(params![batch.plugin, key, state])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO jetfold_rejected (plugin, seq, key, event_type, kind, code, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for r in &batch.rejected {
+                stmt.execute(params![
+                    batch.plugin,
+                    r.seq as i64,
+                    r.key,
+                    r.event_type,
+                    r.kind,
+                    r.code,
+                    r.message
+                ])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO jetfold_outbox (plugin, msg_id, subject, headers, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for m in &batch.outbox {
+                let headers = serde_json::to_string(&m.headers).expect("headers are strings");
+                stmt.execute(params![batch.plugin, m.msg_id, m.subject, headers, m.payload])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq",
+            params![batch.plugin, batch.digest, batch.last_seq as i64],
+        )?;
+        tx.commit()
+    }
+
+    /// The rows of a read-model table, by key (for `jetfold state` and tests).
+    pub fn rows(&self, table: &str) -> rusqlite::Result<Vec<(String, String)>> {
+        assert!(is_identifier(table));
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT key, doc FROM \"{table}\" ORDER BY key"))?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::Rejected;
+    use serde_json::value::RawValue;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.into()).unwrap()
+    }
+
+    #[test]
+    fn a_batch_commits_effects_states_rejections_and_checkpoint_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = SqliteSink::open(&dir.path().join("j.db")).unwrap();
+        sink.ensure_tables(&["things".into()]).unwrap();
+        assert_eq!(sink.checkpoint("p").unwrap(), None);
+        let batch = Commit {
+            plugin: "p".into(),
+            digest: "d1".into(),
+            last_seq: 3,
+            effects: vec![
+                (
+                    1,
+                    Effect::Upsert {
+                        table: "things".into(),
+                        key: "a".into(),
+                        row: raw(r#"{"n":1,"x":{"y":1}}"#),
+                    },
+                ),
+                (
+                    2,
+                    Effect::Update {
+                        table: "things".into(),
+                        key: "a".into(),
+                        patch: raw(r#"{"n":2,"x":{"y":null}}"#),
+                    },
+                ),
+                (
+                    2,
+                    Effect::Update {
+                        table: "things".into(),
+                        key: "missing".into(),
+                        patch: raw(r#"{"n":2}"#),
+                    },
+                ),
+                (
+                    3,
+                    Effect::Upsert {
+                        table: "things".into(),
+                        key: "b".into(),
+                        row: raw(r#"{"n":3}"#),
+                    },
+                ),
+                (3, Effect::Delete { table: "things".into(), key: "b".into() }),
+            ],
+            states: vec![("a".into(), b"{}".to_vec())],
+            rejected: vec![Rejected {
+                seq: 2,
+                key: "a".into(),
+                event_type: "T".into(),
+                kind: "error".into(),
+                code: Some("c".into()),
+                message: "m".into(),
+            }],
+            outbox: vec![OutboxMessage {
+                msg_id: "p:1:0".into(),
+                subject: "s".into(),
+                headers: vec![("h".into(), "v".into())],
+                payload: b"{}".to_vec(),
+            }],
+        };
+        sink.commit(&batch).unwrap();
+        assert_eq!(
+            sink.rows("things").unwrap(),
+            vec![("a".to_string(), r#"{"n":2,"x":{}}"#.to_string())]
+        );
+        assert_eq!(
+            sink.checkpoint("p").unwrap(),
+            Some(Checkpoint { digest: "d1".into(), last_seq: 3 })
+        );
+        assert_eq!(sink.state("p", "a").unwrap(), Some(b"{}".to_vec()));
+        assert_eq!(sink.outbox("p").unwrap(), batch.outbox);
+        sink.clear_outbox(&["p:1:0".into()]).unwrap();
+        assert!(sink.outbox("p").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,226 @@
+//! `jetfold run` against a real nats-server and a real SQLite file.
+
+use std::path::Path;
+
+use futures::StreamExt as _;
+use jetfold_host::{config::Config, sink::sqlite::SqliteSink};
+use tokio::sync::oneshot;
+
+use crate::support::{NatsServer, create_stream, daemon_dir, eventually, plugin, publish_fixture};
+
+fn config(dir: &Path, nats: &NatsServer) -> Config {
+    let text = format!(
+        "plugin-dir = \"plugins\"\nbatch-size = 4\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
+        crate::support::cache_dir().display(),
+        nats.url()
+    );
+    Config::parse(&text, dir.to_path_buf(), |_| None).unwrap()
+}
+
+fn checkpoint(db: &Path, plugin: &str) -> u64 {
+    SqliteSink::open(db)
+        .ok()
+        .and_then(|s| s.checkpoint(plugin).ok().flatten())
+        .map(|c| c.last_seq)
+        .unwrap_or(0)
+}
+
+/// Starts the daemon in-process; the sender stops it.
+fn start(config: Config) -> (oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(jetfold_host::daemon::run(config, async move {
+        let _ = rx.await;
+    }));
+    (tx, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_flow_from_jetstream_to_sqlite_and_commands_exactly_once() {
+    plugin("compute-resource");
+    plugin("person-archive");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    create_stream(&js, "PEOPLE", &["people.person.>", "people.clock.>"]).await;
+    create_stream(&js, "COMMANDS", &["people.commands.>"]).await;
+    let root = crate::support::root();
+    let infra = publish_fixture(&js, &root.join("plugins/compute-resource/fixtures/events.jsonl"))
+        .await as u64;
+    let people = publish_fixture(&js, &root.join("plugins/person-archive/fixtures/events.jsonl"))
+        .await as u64;
+
+    let dir = daemon_dir(&["compute-resource", "person-archive"]);
+    let db = dir.path().join("jetfold.db");
+    let (stop, task) = start(config(dir.path(), &nats));
+    eventually(60, "both plugins to commit their streams", || {
+        checkpoint(&db, "compute-resource") == infra && checkpoint(&db, "person-archive") == people
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    // The read model: one row per resource, as the golden file's final state says.
+    let sink = SqliteSink::open(&db).unwrap();
+    let rows = sink.rows("compute_resources").unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let r1: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap();
+    assert_eq!(
+        (r1["id"].as_str(), r1["status"].as_str(), r1["version"].as_u64()),
+        (Some("r-1"), Some("Decommissioned"), Some(7))
+    );
+    let r2: serde_json::Value = serde_json::from_str(&rows[1].1).unwrap();
+    assert_eq!(r2["status"], "Provisioning");
+    // The events the plugin refused are recorded with their reasons.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut stmt = conn
+        .prepare(
+            "SELECT seq, code FROM jetfold_rejected WHERE plugin = 'compute-resource' ORDER BY seq",
+        )
+        .unwrap();
+    let rejected: Vec<(i64, Option<String>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect();
+    let codes: Vec<&str> = rejected.iter().map(|(_, c)| c.as_deref().unwrap_or("")).collect();
+    assert_eq!(
+        codes,
+        [
+            "invalid-transition",
+            "already-registered",
+            "decommissioned",
+            "not-registered",
+            "invalid-payload"
+        ]
+    );
+
+    // The policy's commands, published once each, with id, correlation and causation.
+    let commands =
+        js.get_stream("COMMANDS").await.unwrap().get_info().await.unwrap().state.messages;
+    assert_eq!(commands, 2);
+    let consumer = js
+        .get_stream("COMMANDS")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(2);
+    let first = messages.next().await.unwrap().unwrap();
+    let headers = first.headers.clone().unwrap();
+    assert_eq!(first.subject.as_str(), "people.commands.linus.ArchivePerson");
+    assert_eq!(headers.get("Event-Type").unwrap().as_str(), "ArchivePerson");
+    assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), "person-archive:6:0");
+    assert_eq!(headers.get("Causation-Id").unwrap().as_str(), "people.clock.daily.DayStarted:6");
+    assert_eq!(headers.get("Jetfold-Plugin").unwrap().as_str(), "person-archive");
+    assert_eq!(headers.get("Event-Time").unwrap().as_str(), "2026-01-13T00:00:00+00:00");
+    let payload: serde_json::Value = serde_json::from_slice(&first.payload).unwrap();
+    assert_eq!(payload["person_id"], "linus");
+
+    // A restart resumes from the checkpoint: nothing is applied or published twice.
+    let (stop, task) = start(config(dir.path(), &nats));
+    let later = dir.path().join("later.jsonl");
+    std::fs::write(
+        &later,
+        [
+            r#"{"subject":"infra.resource.r-3.ResourceRegistered","time":"2026-03-03T00:00:00Z","message_id":"later-1","payload":{"name":"cache-1","kind":"vm","region":"eu-west"}}"#,
+            r#"{"subject":"infra.resource.r-3.StatusChanged","time":"2026-03-03T00:01:00Z","message_id":"later-2","payload":{"to":"Active"}}"#,
+            r#"{"subject":"infra.resource.r-1.StatusChanged","time":"2026-03-03T00:02:00Z","message_id":"later-3","payload":{"to":"Active"}}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let more = publish_fixture(&js, &later).await as u64;
+    eventually(60, "the new events to be committed", || {
+        checkpoint(&db, "compute-resource") == infra + more
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        js.get_stream("COMMANDS").await.unwrap().get_info().await.unwrap().state.messages,
+        2
+    );
+    assert_eq!(checkpoint(&db, "person-archive"), people);
+    let rejected_after: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM jetfold_rejected WHERE plugin = 'compute-resource'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // Of the three later events only the one for decommissioned r-1 is refused.
+    assert_eq!(rejected_after, 5 + 1);
+    let rows = SqliteSink::open(&db).unwrap().rows("compute_resources").unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows[2].1.contains("\"status\":\"Active\""), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_is_named_and_the_daemon_stays_up() {
+    plugin("event-counter");
+    let nats = NatsServer::start();
+    let dir = daemon_dir(&["event-counter"]);
+    let db = dir.path().join("jetfold.db");
+    let (stop, task) = start(config(dir.path(), &nats));
+    // The stream does not exist yet: the worker keeps retrying; once it exists, events flow.
+    let js = nats.jetstream().await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    if task.is_finished() {
+        panic!("the daemon must stay up without its stream: {:?}", task.await);
+    }
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let n = publish_fixture(
+        &js,
+        &crate::support::root().join("plugins/event-counter/fixtures/events.jsonl"),
+    )
+    .await as u64;
+    eventually(60, "events after the stream appeared", || checkpoint(&db, "event-counter") == n)
+        .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reconnects_after_nats_server_restarts() {
+    plugin("event-counter");
+    let mut nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let dir = daemon_dir(&["event-counter"]);
+    let db = dir.path().join("jetfold.db");
+    let (stop, task) = start(config(dir.path(), &nats));
+    let events = dir.path().join("events.jsonl");
+    let write_events = |from: usize, to: usize| {
+        let lines: Vec<String> = (from..to)
+            .map(|i| {
+                format!(
+                    r#"{{"subject":"infra.resource.r-{}.Pinged","time":"2026-03-03T00:00:00Z","message_id":"ping-{i}","payload":{{}}}}"#,
+                    i % 7
+                )
+            })
+            .collect();
+        std::fs::write(&events, lines.join("\n")).unwrap();
+    };
+    write_events(0, 200);
+    publish_fixture(&js, &events).await;
+    eventually(60, "the first 200 events", || checkpoint(&db, "event-counter") == 200).await;
+
+    nats.restart();
+    let js = nats.jetstream().await;
+    write_events(200, 400);
+    publish_fixture(&js, &events).await;
+    eventually(60, "the daemon to reconnect and commit the next 200", || {
+        checkpoint(&db, "event-counter") == 400
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let total: u64 = SqliteSink::open(&db)
+        .unwrap()
+        .rows("event_counts")
+        .unwrap()
+        .iter()
+        .map(|(_, doc)| {
+            serde_json::from_str::<serde_json::Value>(doc).unwrap()["events"].as_u64().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 400, "every event counted once");
+}
