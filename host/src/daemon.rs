@@ -209,6 +209,7 @@ impl Worker {
                 &self.name,
                 &p.subjects,
                 p.start,
+                (self.checkpoint > 0).then_some(self.checkpoint),
                 self.ack_wait,
                 self.batch_size * 4,
             ));

@@ -57,13 +57,21 @@ pub fn consumer_name(plugin: &str) -> String {
     format!("jetfold-{plugin}")
 }
 
-/// Creates (or binds to) the plugin's durable pull consumer on `stream`.
+/// (Re)creates the plugin's durable pull consumer on `stream`, positioned just after the
+/// committed checkpoint (`resume_after`), or at `start` for a plugin that never committed.
+///
+/// The checkpoint in the sink is the truth about what has been applied, so the consumer is
+/// recreated on every start: messages a killed predecessor had fetched but not acked would
+/// otherwise be redelivered only after newer ones, and skipping by checkpoint would then
+/// drop them.
+#[allow(clippy::too_many_arguments)]
 pub async fn consumer(
     js: &jetstream::Context,
     stream: &str,
     plugin: &str,
     subjects: &[String],
     start: StartPosition,
+    resume_after: Option<u64>,
     ack_wait: Duration,
     max_ack_pending: usize,
 ) -> anyhow::Result<jetstream::consumer::PullConsumer> {
@@ -77,14 +85,22 @@ pub async fn consumer(
         ack_policy: jetstream::consumer::AckPolicy::Explicit,
         ack_wait,
         max_ack_pending: max_ack_pending as i64,
-        deliver_policy: match start {
-            StartPosition::All => jetstream::consumer::DeliverPolicy::All,
-            StartPosition::New => jetstream::consumer::DeliverPolicy::New,
+        deliver_policy: match (resume_after, start) {
+            (Some(seq), _) => {
+                jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: seq + 1 }
+            }
+            (None, StartPosition::All) => jetstream::consumer::DeliverPolicy::All,
+            (None, StartPosition::New) => jetstream::consumer::DeliverPolicy::New,
         },
         filter_subjects: subjects.to_vec(),
         ..Default::default()
     };
-    let consumer = stream_handle.get_or_create_consumer(&name, config).await.map_err(|e| {
+    match stream_handle.delete_consumer(&name).await {
+        Ok(_) => {}
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => anyhow::bail!("cannot reset consumer `{name}` on stream `{stream}`: {e}"),
+    }
+    let consumer = stream_handle.create_consumer(config).await.map_err(|e| {
         anyhow::anyhow!("cannot create consumer `{name}` on stream `{stream}`: {e}")
     })?;
     Ok(consumer)
