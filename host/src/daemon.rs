@@ -401,7 +401,7 @@ impl Worker {
                 PluginKind::Projection => self
                     .guest
                     .apply(state.as_ref(), &event)
-                    .map_err(|e| (e.kind().to_string(), guest_code(&e), e.to_string()))
+                    .map_err(|e| (e.kind().to_string(), guest_code(&e), guest_message(&e)))
                     .and_then(|(s, fx)| {
                         effect::accept(fx, allow)
                             .map(|fx| (s, fx))
@@ -410,7 +410,7 @@ impl Worker {
                 PluginKind::Policy => self
                     .guest
                     .decide(state.as_ref(), &event)
-                    .map_err(|e| (e.kind().to_string(), guest_code(&e), e.to_string()))
+                    .map_err(|e| (e.kind().to_string(), guest_code(&e), guest_message(&e)))
                     .and_then(|(s, d)| {
                         accept_decisions(d, allow)
                             .map(|fx| (s, fx))
@@ -501,6 +501,14 @@ impl Worker {
             }
             sql => commit.effects.push((event.sequence, sql)),
         }
+    }
+}
+
+/// The failure's reason as recorded: a guest's own message, or the host's account of the fault.
+fn guest_message(e: &crate::guest::GuestError) -> String {
+    match e {
+        crate::guest::GuestError::Returned { message, .. } => message.clone(),
+        other => other.to_string(),
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: `jetfold.toml`, the daemon's configuration.
 //! - [`daemon`]: `jetfold run`, one worker per plugin along the path below.
+//! - [`demo`]: `jetfold demo`, a local nats-server, a burst of events, the read model.
 //! - [`manifest`]: `plugin.toml`, what a plugin is and what it may do.
 //! - [`nats`]: connecting, the JetStream source (consumer, event from message).
 //! - [`event`]: the event record and its JSON form (fixtures, exports).
@@ -22,6 +23,7 @@ pub mod builder;
 pub mod component;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod effect;
 pub mod event;
 pub mod fold;

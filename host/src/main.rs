@@ -49,6 +49,19 @@ enum Command {
     Build(BuildArgs),
     /// Run the daemon: consume JetStream, fold events through every plugin, run their effects.
     Run(RunArgs),
+    /// Start a local nats-server, publish a burst of events through the example plugins and
+    /// show the resulting read model (build the plugins first).
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Directory holding the example plugins.
+    #[arg(long, value_name = "DIR", default_value = "plugins")]
+    plugin_dir: PathBuf,
+    /// Use this NATS server (2.10 or later) instead of starting one.
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -118,6 +131,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let (default_level, json) = match &cli.command {
         Command::Run(args) => ("info", args.log_format == LogFormat::Json),
+        // The demo prints what matters itself; the daemon's per-event warnings would drown it.
+        Command::Demo(_) => ("error", false),
         _ => ("warn", false),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETFOLD_LOG")
@@ -132,6 +147,12 @@ fn main() -> ExitCode {
         Command::Test(args) => run_test(&cli, args),
         Command::Build(args) => run_build(args),
         Command::Run(args) => run_daemon(args),
+        Command::Demo(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(jetfold_host::demo::run(&args.plugin_dir, args.nats_url.clone()))
+            })
+            .map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -224,3 +224,35 @@ async fn the_daemon_reconnects_after_nats_server_restarts() {
         .sum();
     assert_eq!(total, 400, "every event counted once");
 }
+
+#[test]
+fn the_demo_shows_the_read_model_rejections_and_commands() {
+    plugin("compute-resource");
+    plugin("person-archive");
+    let plugins = crate::support::root().join("plugins");
+    let run = crate::support::jetfold([Path::new("demo"), Path::new("--plugin-dir"), &plugins]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("started nats-server with JetStream"), "{}", run.all());
+    assert!(
+        run.stdout.contains("published 148 infra.resource.* and 210 people.* events"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout
+            .contains("by status: 24 Active, 8 Provisioning, 4 Maintenance, 4 Decommissioned"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout.contains("#54 ResourceRegistered [r-013] already-registered"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stdout.contains("commands the person-archive policy published on COMMANDS (3)"),
+        "{}",
+        run.all()
+    );
+    assert!(run.stdout.contains("people.commands.grace.ArchivePerson"), "{}", run.all());
+}
