@@ -256,3 +256,65 @@ fn the_demo_shows_the_read_model_rejections_and_commands() {
     );
     assert!(run.stdout.contains("people.commands.grace.ArchivePerson"), "{}", run.all());
 }
+
+#[test]
+fn an_unreachable_nats_gives_up_with_a_clear_error_and_exit_code_2() {
+    plugin("event-counter");
+    let dir = daemon_dir(&["event-counter"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("jetfold.toml");
+    std::fs::write(
+        &config,
+        format!("plugin-dir = \"plugins\"\n[nats]\nurl = \"nats://127.0.0.1:{port}\"\nconnect-timeout-secs = 1\n"),
+    )
+    .unwrap();
+    let run = crate::support::jetfold([Path::new("run"), Path::new("--config"), &config]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(
+        run.stderr.contains(&format!("NATS at nats://127.0.0.1:{port} unreachable for 1 s")),
+        "{}",
+        run.all()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_that_is_not_json_reaches_the_plugin_and_is_recorded_when_refused() {
+    plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/octet-stream");
+    js.publish_with_headers(
+        "infra.resource.r-1.ResourceRegistered",
+        headers,
+        vec![0u8, 159, 146, 150].into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    js.publish(
+        "infra.resource.r-2.ResourceRegistered",
+        r#"{"name":"ok","kind":"vm","region":"x"}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let dir = daemon_dir(&["compute-resource"]);
+    let db = dir.path().join("jetfold.db");
+    let (stop, task) = start(config(dir.path(), &nats));
+    eventually(60, "both events", || checkpoint(&db, "compute-resource") == 2).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (seq, code, message): (i64, String, String) = conn
+        .query_row("SELECT seq, code, message FROM jetfold_rejected", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!((seq, code.as_str()), (1, "invalid-payload"));
+    assert!(message.contains("cannot decode a `ResourceRegistered` payload"), "{message}");
+    assert_eq!(SqliteSink::open(&db).unwrap().rows("compute_resources").unwrap().len(), 1);
+}

@@ -12,27 +12,39 @@ use crate::config::{Config, NatsConfig};
 /// Connects to NATS as the config says, retrying with backoff until `connect-timeout-secs`.
 pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     let nats = &config.nats;
-    let options = options(config, nats).await?;
-    let attempt = options.connect(nats.url.as_str());
-    let client = if nats.connect_timeout_secs == 0 {
-        attempt.await?
-    } else {
-        tokio::time::timeout(Duration::from_secs(nats.connect_timeout_secs), attempt)
-            .await
-            .with_context(|| {
-                format!(
-                    "NATS at {} unreachable for {} s (nats.connect-timeout-secs)",
-                    nats.url, nats.connect_timeout_secs
-                )
-            })??
-    };
-    Ok(client)
+    let give_up = (nats.connect_timeout_secs > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_secs(nats.connect_timeout_secs));
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let attempt = options(config, nats).await?.connect(nats.url.as_str());
+        let remaining = give_up.map(|t| t.saturating_duration_since(tokio::time::Instant::now()));
+        let result = match remaining {
+            Some(left) => tokio::time::timeout(left, attempt).await.ok(),
+            None => Some(attempt.await),
+        };
+        match result {
+            Some(Ok(client)) => return Ok(client),
+            Some(Err(e)) => {
+                tracing::warn!(url = %nats.url, error = %e, "cannot connect to NATS; retrying")
+            }
+            None => {}
+        }
+        if give_up.is_some_and(|t| tokio::time::Instant::now() + delay >= t) {
+            anyhow::bail!(
+                "NATS at {} unreachable for {} s (nats.connect-timeout-secs)",
+                nats.url,
+                nats.connect_timeout_secs
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 async fn options(config: &Config, nats: &NatsConfig) -> anyhow::Result<async_nats::ConnectOptions> {
     let mut options = async_nats::ConnectOptions::new()
         .name("jetfold")
-        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
         // Exponential backoff, capped: reconnecting after a server restart is routine.
         .reconnect_delay_callback(|attempts| {
