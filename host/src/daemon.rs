@@ -98,7 +98,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let js = jetstream::new(client.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut workers = Vec::new();
+    let mut services = Vec::new();
     for plugin in plugins {
+        if plugin.manifest.kind == PluginKind::Projection {
+            let m = &plugin.manifest;
+            let guest = GuestInstance::new(
+                &plugin.component,
+                loader.engine(),
+                m.limits.clone(),
+                m.config_json(),
+            )
+            .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))?;
+            let service =
+                crate::query::serve(client.clone(), m.name.clone(), guest, sqlite.clone());
+            let name = m.name.clone();
+            services.push(tokio::spawn(async move {
+                if let Err(e) = service.await {
+                    tracing::error!(plugin = %name, error = %format!("{e:#}"), "query service stopped");
+                }
+            }));
+        }
         let worker = Worker::new(plugin, &loader, &config, &sqlite, js.clone())?;
         let name = worker.name.clone();
         let handle = Handle::current();
@@ -121,6 +140,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             Ok(Err(e)) => failed.push(format!("{name}: {e:#}")),
             Err(_) => failed.push(format!("{name}: worker panicked")),
         }
+    }
+    for service in services {
+        service.abort();
     }
     client.flush().await.ok();
     if !failed.is_empty() {

@@ -15,6 +15,7 @@
 //! - [`guest`]: calling a guest under fuel and memory limits; traps and errors by cause.
 //! - [`effect`]: the effects guests return, checked against the manifest.
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
+//! - [`query`]: read-model queries against a running daemon (NATS request/reply).
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
 //! - [`builder`]: `jetfold build`, source to component.
 
@@ -30,4 +31,5 @@ pub mod fold;
 pub mod guest;
 pub mod manifest;
 pub mod nats;
+pub mod query;
 pub mod sink;

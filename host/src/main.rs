@@ -49,9 +49,28 @@ enum Command {
     Build(BuildArgs),
     /// Run the daemon: consume JetStream, fold events through every plugin, run their effects.
     Run(RunArgs),
+    /// Ask a running daemon's projection a read-model query (JSON), over NATS.
+    State(StateArgs),
     /// Start a local nats-server, publish a burst of events through the example plugins and
     /// show the resulting read model (build the plugins first).
     Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct StateArgs {
+    /// The projection's name.
+    plugin: String,
+    /// The query, JSON [default: {}].
+    query: Option<String>,
+    /// Ask only this state key.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+    /// The daemon's configuration file (for its NATS connection).
+    #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
+    config: PathBuf,
+    /// Give up after this many milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -147,6 +166,7 @@ fn main() -> ExitCode {
         Command::Test(args) => run_test(&cli, args),
         Command::Build(args) => run_build(args),
         Command::Run(args) => run_daemon(args),
+        Command::State(args) => run_state(args),
         Command::Demo(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
@@ -265,6 +285,45 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(jetfold_host::daemon::run(config, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
+    use jetfold_host::query::{QueryReply, QueryRequest, subject};
+    let config = jetfold_host::config::Config::load(&args.config)?;
+    let request: serde_json::Value = serde_json::from_str(args.query.as_deref().unwrap_or("{}"))
+        .with_context(|| {
+            format!("the query is not JSON: {}", args.query.as_deref().unwrap_or(""))
+        })?;
+    let body = serde_json::to_vec(&QueryRequest { request, key: args.key.clone() })?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let reply = runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&config).await?;
+        let ask = client.request(subject(&args.plugin), body.into());
+        match tokio::time::timeout(std::time::Duration::from_millis(args.timeout_ms), ask).await {
+            Ok(Ok(message)) => anyhow::Ok(message.payload),
+            Ok(Err(e)) => anyhow::bail!("no daemon serves plugin `{}` ({e})", args.plugin),
+            Err(_) => anyhow::bail!(
+                "no answer from plugin `{}` within {} ms",
+                args.plugin,
+                args.timeout_ms
+            ),
+        }
+    })?;
+    match serde_json::from_slice::<QueryReply>(&reply)
+        .context("the daemon's reply is not a query reply")?
+    {
+        QueryReply::Response(value) => {
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        QueryReply::Error { kind, code, message } => {
+            eprintln!(
+                "query failed ({kind}{}): {message}",
+                code.map(|c| format!(", {c}")).unwrap_or_default()
+            );
+            Ok(ExitCode::from(EXIT_CHECK_FAILED))
+        }
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

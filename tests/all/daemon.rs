@@ -318,3 +318,86 @@ async fn a_payload_that_is_not_json_reaches_the_plugin_and_is_recorded_when_refu
     assert!(message.contains("cannot decode a `ResourceRegistered` payload"), "{message}");
     assert_eq!(SqliteSink::open(&db).unwrap().rows("compute_resources").unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetfold_state_asks_the_running_daemon_and_the_projection_answers() {
+    plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let n = publish_fixture(
+        &js,
+        &crate::support::root().join("plugins/compute-resource/fixtures/events.jsonl"),
+    )
+    .await;
+    let dir = daemon_dir(&["compute-resource"]);
+    let db = dir.path().join("jetfold.db");
+    let config_file = dir.path().join("jetfold.toml");
+    std::fs::write(
+        &config_file,
+        format!("plugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n", nats.url()),
+    )
+    .unwrap();
+    let (stop, task) = start(config(dir.path(), &nats));
+    eventually(60, "the fixture to be committed", || {
+        checkpoint(&db, "compute-resource") == n as u64
+    })
+    .await;
+
+    let ask = |args: Vec<String>| {
+        let config_file = config_file.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all = vec!["state".to_string()];
+            all.extend(args);
+            all.extend(["--config".to_string(), config_file.display().to_string()]);
+            crate::support::jetfold(all)
+        })
+    };
+    let counts =
+        ask(vec!["compute-resource".into(), r#"{"count_by_status":{}}"#.into()]).await.unwrap();
+    assert_eq!(counts.code, 0, "{}", counts.all());
+    let counts: serde_json::Value = serde_json::from_str(&counts.stdout).unwrap();
+    assert_eq!(counts, serde_json::json!({"Decommissioned": 1, "Provisioning": 1}));
+
+    let one = ask(vec![
+        "compute-resource".into(),
+        r#"{"resource":{"id":"r-2"}}"#.into(),
+        "--key".into(),
+        "r-2".into(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(one.code, 0, "{}", one.all());
+    assert!(one.stdout.contains("\"name\": \"db-1\""), "{}", one.all());
+
+    let missing =
+        ask(vec!["compute-resource".into(), r#"{"resource":{"id":"r-9"}}"#.into()]).await.unwrap();
+    assert_eq!(missing.code, 1, "{}", missing.all());
+    assert!(missing.stderr.contains("not-found"), "{}", missing.all());
+
+    let nobody = ask(vec!["no-such-plugin".into()]).await.unwrap();
+    assert_eq!(nobody.code, 2, "{}", nobody.all());
+    assert!(nobody.stderr.contains("no daemon serves plugin `no-such-plugin`"), "{}", nobody.all());
+
+    // Latency of the request/reply path, reported (never asserted).
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let mut times = Vec::new();
+    for _ in 0..50 {
+        let t = std::time::Instant::now();
+        client
+            .request(
+                "jetfold.query.compute-resource",
+                r#"{"request":{"count_by_status":{}}}"#.into(),
+            )
+            .await
+            .unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "query latency over 50 requests: median {:.2} ms, max {:.2} ms",
+        times[25], times[49]
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -1,0 +1,118 @@
+//! Read-model queries against a running daemon: `jetfold.query.<plugin>` (NATS request/reply)
+//! answered by the projection's `query` export over its committed states.
+//!
+//! Request: `{"request": <JSON>, "key": "<state key>"}` (`key` optional: all keys). Reply:
+//! `{"response": <JSON>}` or `{"error": {"kind", "code", "message"}}`. A dedicated instance
+//! answers, so queries never wait for the worker's batch.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::bindings::types;
+use crate::guest::{GuestError, GuestInstance};
+use crate::sink::sqlite::SqliteSink;
+
+/// The subject a plugin's queries are served on.
+pub fn subject(plugin: &str) -> String {
+    format!("jetfold.query.{plugin}")
+}
+
+/// A query request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// The request document the projection understands.
+    pub request: serde_json::Value,
+    /// Only this key's state; all states when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A query reply.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueryReply {
+    /// The projection's answer.
+    Response(serde_json::Value),
+    /// Why there is none.
+    Error {
+        /// `error` (the guest's), `trap`, `fuel`, `memory`, `invalid-request`, `internal`.
+        kind: String,
+        /// The guest's code.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn error(kind: &str, message: String) -> QueryReply {
+    QueryReply::Error { kind: kind.into(), code: None, message }
+}
+
+/// Answers one request from committed states.
+fn answer(plugin: &str, guest: &Mutex<GuestInstance>, sqlite: &Path, payload: &[u8]) -> QueryReply {
+    let request: QueryRequest = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                "invalid-request",
+                format!("expected {{\"request\": …, \"key\": …}}: {e}"),
+            );
+        }
+    };
+    let sink = match SqliteSink::open(sqlite) {
+        Ok(s) => s,
+        Err(e) => return error("internal", format!("cannot open the sink: {e}")),
+    };
+    let states = match &request.key {
+        Some(key) => {
+            sink.state(plugin, key).map(|s| s.map(|s| vec![(key.clone(), s)]).unwrap_or_default())
+        }
+        None => sink.states(plugin),
+    };
+    let states: Vec<types::KeyedState> = match states {
+        Ok(s) => s.into_iter().map(|(key, state)| types::KeyedState { key, state }).collect(),
+        Err(e) => return error("internal", format!("cannot read states: {e}")),
+    };
+    let mut guest = guest.lock().unwrap_or_else(|e| e.into_inner());
+    match guest.query(&states, &request.request.to_string()) {
+        Ok(text) => match serde_json::from_str(&text) {
+            Ok(v) => QueryReply::Response(v),
+            Err(e) => error(
+                "invalid-output",
+                format!("the plugin answered with text that is not JSON: {e}"),
+            ),
+        },
+        Err(GuestError::Returned { code, message, .. }) => {
+            QueryReply::Error { kind: "error".into(), code: Some(code), message }
+        }
+        Err(e) => error(e.kind(), e.to_string()),
+    }
+}
+
+/// Serves `jetfold.query.<plugin>` until the subscription ends.
+pub async fn serve(
+    client: async_nats::Client,
+    plugin: String,
+    guest: GuestInstance,
+    sqlite: PathBuf,
+) -> anyhow::Result<()> {
+    let mut requests = client.subscribe(subject(&plugin)).await?;
+    let guest = Arc::new(Mutex::new(guest));
+    while let Some(message) = requests.next().await {
+        let Some(reply) = message.reply.clone() else { continue };
+        let (guest, sqlite, plugin) = (guest.clone(), sqlite.clone(), plugin.clone());
+        let answer =
+            tokio::task::spawn_blocking(move || answer(&plugin, &guest, &sqlite, &message.payload))
+                .await?;
+        let body = serde_json::to_vec(&answer)?;
+        if let Err(e) = client.publish(reply, body.into()).await {
+            tracing::warn!(error = %e, "cannot send a query reply");
+        }
+    }
+    Ok(())
+}
