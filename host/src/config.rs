@@ -95,19 +95,19 @@ impl Default for NatsConfig {
     }
 }
 
-/// The database effects, states and checkpoints go to.
-#[derive(Debug, Clone, Deserialize)]
+/// The database effects, states and checkpoints go to: SQLite unless `postgres` is given.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SinkConfig {
-    /// An SQLite file, created if missing (the default: `jetfold.db`).
+    /// An SQLite file, created if missing (default `jetfold.db`).
     #[serde(default)]
     pub sqlite: Option<PathBuf>,
-}
-
-impl Default for SinkConfig {
-    fn default() -> Self {
-        SinkConfig { sqlite: Some(PathBuf::from("jetfold.db")) }
-    }
+    /// A PostgreSQL URL, e.g. `postgres://jetfold@127.0.0.1/jetfold`.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// With `postgres`: the schema for jetfold's and the plugins' tables (default `jetfold`).
+    #[serde(default)]
+    pub schema: Option<String>,
 }
 
 /// Where a plugin starts reading when its durable consumer is first created.
@@ -189,6 +189,9 @@ impl Config {
         if let Some(sqlite) = env("JETFOLD_SQLITE") {
             config.sink.sqlite = Some(PathBuf::from(sqlite));
         }
+        if let Some(url) = env("JETFOLD_POSTGRES_URL") {
+            config.sink.postgres = Some(url);
+        }
         if let Some(dir) = env("JETFOLD_PLUGIN_DIR") {
             config.plugin_dir = PathBuf::from(dir);
         }
@@ -202,8 +205,13 @@ impl Config {
         if config.nats.tls_cert_file.is_some() != config.nats.tls_key_file.is_some() {
             bail!("nats.tls-cert-file and nats.tls-key-file go together");
         }
-        if config.sink.sqlite.is_none() {
-            bail!("[sink] needs `sqlite = \"<file>\"`");
+        if config.sink.sqlite.is_some() && config.sink.postgres.is_some() {
+            bail!("[sink] takes `sqlite` or `postgres`, not both");
+        }
+        if let Some(schema) = &config.sink.schema
+            && (config.sink.postgres.is_none() || !crate::manifest::is_identifier(schema))
+        {
+            bail!("[sink] schema = {schema:?} needs `postgres` and must be a plain identifier");
         }
         Ok(config)
     }
@@ -211,6 +219,19 @@ impl Config {
     /// `path` resolved against the config file's directory.
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() { path.to_path_buf() } else { self.base_dir.join(path) }
+    }
+
+    /// The database to write to.
+    pub fn sink_target(&self) -> crate::sink::SinkTarget {
+        match &self.sink.postgres {
+            Some(url) => crate::sink::SinkTarget::Postgres {
+                url: url.clone(),
+                schema: self.sink.schema.clone().unwrap_or_else(|| "jetfold".into()),
+            },
+            None => crate::sink::SinkTarget::Sqlite(
+                self.resolve(self.sink.sqlite.as_deref().unwrap_or(Path::new("jetfold.db"))),
+            ),
+        }
     }
 
     /// The ack wait as a duration.
@@ -236,7 +257,10 @@ mod tests {
         assert_eq!(c.nats.url, "nats://elsewhere:4333");
         assert_eq!(c.batch_size, 500);
         assert_eq!(c.resolve(&c.plugin_dir), PathBuf::from("/etc/jetfold/plugins"));
-        assert_eq!(c.sink.sqlite, Some(PathBuf::from("jetfold.db")));
+        assert_eq!(
+            c.sink_target(),
+            crate::sink::SinkTarget::Sqlite(PathBuf::from("/etc/jetfold/jetfold.db"))
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::fold::accept_decisions;
 use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, PluginKind};
 use crate::nats::{self, source, source::headers};
-use crate::sink::{Commit, OutboxMessage, Rejected, sqlite::SqliteSink};
+use crate::sink::{Commit, OutboxMessage, Rejected, Sink, SinkTarget};
 
 /// A plugin the daemon runs, with its source resolved.
 pub struct DaemonPlugin {
@@ -93,7 +93,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if plugins.is_empty() {
         bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display());
     }
-    let sqlite = config.resolve(config.sink.sqlite.as_ref().expect("validated"));
+    let target = config.sink_target();
     let client = nats::connect(&config).await?;
     let js = jetstream::new(client.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -110,7 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             )
             .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))?;
             let service =
-                crate::query::serve(client.clone(), m.name.clone(), guest, sqlite.clone());
+                crate::query::serve(client.clone(), m.name.clone(), guest, target.clone());
             let name = m.name.clone();
             services.push(tokio::spawn(async move {
                 if let Err(e) = service.await {
@@ -118,14 +118,30 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
             }));
         }
-        let worker = Worker::new(plugin, &loader, &config, &sqlite, js.clone())?;
-        let name = worker.name.clone();
+        let name = plugin.manifest.name.clone();
         let handle = Handle::current();
         let stop = stop_rx.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (loader, config, target, js) =
+            (loader.clone(), config.clone(), target.clone(), js.clone());
+        // The worker is built on its own thread: database clients may run runtimes of their
+        // own, which cannot start inside this one.
         let thread = std::thread::Builder::new()
             .name(format!("plugin-{name}"))
-            .spawn(move || worker.run(&handle, &stop))
+            .spawn(move || match Worker::new(plugin, &loader, &config, &target, js) {
+                Ok(worker) => {
+                    let _ = ready_tx.send(Ok(()));
+                    worker.run(&handle, &stop)
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    Ok(())
+                }
+            })
             .context("failed to start a worker thread")?;
+        tokio::task::spawn_blocking(move || ready_rx.recv())
+            .await?
+            .map_err(|_| anyhow::anyhow!("worker thread for `{name}` ended before starting"))??;
         tracing::info!(plugin = %name, "plugin started");
         workers.push((name, thread));
     }
@@ -156,7 +172,7 @@ struct Worker {
     digest: String,
     plugin: DaemonPlugin,
     guest: GuestInstance,
-    sink: SqliteSink,
+    sink: Sink,
     js: jetstream::Context,
     states: HashMap<String, Vec<u8>>,
     checkpoint: u64,
@@ -186,7 +202,7 @@ impl Worker {
         plugin: DaemonPlugin,
         loader: &ComponentLoader,
         config: &Config,
-        sqlite: &std::path::Path,
+        target: &SinkTarget,
         js: jetstream::Context,
     ) -> anyhow::Result<Worker> {
         let m = &plugin.manifest;
@@ -197,8 +213,7 @@ impl Worker {
             m.config_json(),
         )
         .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))?;
-        let sink = SqliteSink::open(sqlite)
-            .with_context(|| format!("failed to open SQLite {}", sqlite.display()))?;
+        let mut sink = Sink::open(target)?;
         sink.ensure_tables(&m.allow.tables).context("failed to create read-model tables")?;
         let checkpoint = sink.checkpoint(&m.name)?.map(|c| c.last_seq).unwrap_or(0);
         Ok(Worker {

@@ -282,7 +282,7 @@ pub async fn run(plugin_dir: &Path, nats_url: Option<String>) -> anyhow::Result<
         async move {
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
-                let done = SqliteSink::open(&db).ok().is_some_and(|s| {
+                let done = SqliteSink::open(&db).ok().is_some_and(|mut s| {
                     targets.iter().all(|(p, seq)| {
                         s.checkpoint(p).ok().flatten().is_some_and(|c| c.last_seq >= *seq)
                     })

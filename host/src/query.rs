@@ -5,7 +5,6 @@
 //! `{"response": <JSON>}` or `{"error": {"kind", "code", "message"}}`. A dedicated instance
 //! answers, so queries never wait for the worker's batch.
 
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bindings::types;
 use crate::guest::{GuestError, GuestInstance};
-use crate::sink::sqlite::SqliteSink;
+use crate::sink::{Sink, SinkTarget};
 
 /// The subject a plugin's queries are served on.
 pub fn subject(plugin: &str) -> String {
@@ -54,7 +53,12 @@ fn error(kind: &str, message: String) -> QueryReply {
 }
 
 /// Answers one request from committed states.
-fn answer(plugin: &str, guest: &Mutex<GuestInstance>, sqlite: &Path, payload: &[u8]) -> QueryReply {
+fn answer(
+    plugin: &str,
+    guest: &Mutex<GuestInstance>,
+    target: &SinkTarget,
+    payload: &[u8],
+) -> QueryReply {
     let request: QueryRequest = match serde_json::from_slice(payload) {
         Ok(r) => r,
         Err(e) => {
@@ -64,9 +68,9 @@ fn answer(plugin: &str, guest: &Mutex<GuestInstance>, sqlite: &Path, payload: &[
             );
         }
     };
-    let sink = match SqliteSink::open(sqlite) {
+    let mut sink = match Sink::open(target) {
         Ok(s) => s,
-        Err(e) => return error("internal", format!("cannot open the sink: {e}")),
+        Err(e) => return error("internal", format!("cannot open the sink: {e:#}")),
     };
     let states = match &request.key {
         Some(key) => {
@@ -99,16 +103,20 @@ pub async fn serve(
     client: async_nats::Client,
     plugin: String,
     guest: GuestInstance,
-    sqlite: PathBuf,
+    target: SinkTarget,
 ) -> anyhow::Result<()> {
     let mut requests = client.subscribe(subject(&plugin)).await?;
     let guest = Arc::new(Mutex::new(guest));
     while let Some(message) = requests.next().await {
         let Some(reply) = message.reply.clone() else { continue };
-        let (guest, sqlite, plugin) = (guest.clone(), sqlite.clone(), plugin.clone());
-        let answer =
-            tokio::task::spawn_blocking(move || answer(&plugin, &guest, &sqlite, &message.payload))
-                .await?;
+        let (guest, target, plugin) = (guest.clone(), target.clone(), plugin.clone());
+        // A plain thread, not the runtime's blocking pool: the PostgreSQL client runs a runtime
+        // of its own, which cannot start inside ours.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(answer(&plugin, &guest, &target, &message.payload));
+        });
+        let answer = rx.await?;
         let body = serde_json::to_vec(&answer)?;
         if let Err(e) = client.publish(reply, body.into()).await {
             tracing::warn!(error = %e, "cannot send a query reply");

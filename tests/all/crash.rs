@@ -187,7 +187,7 @@ fn spawn_daemon(dir: &Path, log: &Path) -> Child {
 fn checkpoint(db: &Path, plugin: &str) -> u64 {
     SqliteSink::open(db)
         .ok()
-        .and_then(|s| s.checkpoint(plugin).ok().flatten())
+        .and_then(|mut s| s.checkpoint(plugin).ok().flatten())
         .map(|c| c.last_seq)
         .unwrap_or(0)
 }
@@ -301,7 +301,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     );
 
     // Every row and state as in the clean run.
-    let sink = SqliteSink::open(&db).unwrap();
+    let mut sink = SqliteSink::open(&db).unwrap();
     let rows: BTreeMap<String, serde_json::Value> = sink
         .rows("compute_resources")
         .unwrap()

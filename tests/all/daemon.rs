@@ -20,7 +20,7 @@ fn config(dir: &Path, nats: &NatsServer) -> Config {
 fn checkpoint(db: &Path, plugin: &str) -> u64 {
     SqliteSink::open(db)
         .ok()
-        .and_then(|s| s.checkpoint(plugin).ok().flatten())
+        .and_then(|mut s| s.checkpoint(plugin).ok().flatten())
         .map(|c| c.last_seq)
         .unwrap_or(0)
 }
@@ -60,7 +60,7 @@ async fn events_flow_from_jetstream_to_sqlite_and_commands_exactly_once() {
     task.await.unwrap().unwrap();
 
     // The read model: one row per resource, as the golden file's final state says.
-    let sink = SqliteSink::open(&db).unwrap();
+    let mut sink = SqliteSink::open(&db).unwrap();
     let rows = sink.rows("compute_resources").unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     let r1: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap();
@@ -400,4 +400,81 @@ async fn jetfold_state_asks_the_running_daemon_and_the_projection_answers() {
     );
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
+}
+
+/// The PostgreSQL the tests use: `$JETFOLD_TEST_POSTGRES_URL`, else the local one (trust auth).
+fn postgres_url() -> String {
+    std::env::var("JETFOLD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn effects_and_checkpoints_go_to_postgres_in_a_schema_of_their_own() {
+    plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let n = publish_fixture(
+        &js,
+        &crate::support::root().join("plugins/compute-resource/fixtures/events.jsonl"),
+    )
+    .await;
+    let dir = daemon_dir(&["compute-resource"]);
+    let schema = format!("jetfold_test_{}", std::process::id());
+    let text = format!(
+        "plugin-dir = \"plugins\"\nbatch-size = 4\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\npostgres = \"{}\"\nschema = \"{schema}\"\n",
+        crate::support::cache_dir().display(),
+        nats.url(),
+        postgres_url()
+    );
+    let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
+    let target = config.sink_target();
+    let (stop, task) = start(config);
+    let checkpoint = move || {
+        let target = target.clone();
+        std::thread::spawn(move || {
+            jetfold_host::sink::Sink::open(&target)
+                .ok()
+                .and_then(|mut s| s.checkpoint("compute-resource").ok().flatten())
+                .map(|c| c.last_seq)
+                .unwrap_or(0)
+        })
+        .join()
+        .unwrap()
+    };
+    eventually(60, "the fixture committed to PostgreSQL", || checkpoint() == n as u64).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    let (url, schema2) = (postgres_url(), schema.clone());
+    let (rows, rejected) = tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let rows: Vec<(String, String)> = client
+            .query(
+                &format!(
+                    "SELECT key, doc->>'status' FROM \"{schema2}\".compute_resources ORDER BY key"
+                ),
+                &[],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let rejected: i64 = client
+            .query_one(&format!("SELECT COUNT(*) FROM \"{schema2}\".jetfold_rejected"), &[])
+            .unwrap()
+            .get(0);
+        client.batch_execute(&format!("DROP SCHEMA \"{schema2}\" CASCADE")).unwrap();
+        (rows, rejected)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("r-1".to_string(), "Decommissioned".to_string()),
+            ("r-2".to_string(), "Provisioning".to_string())
+        ]
+    );
+    assert_eq!(rejected, 5);
 }

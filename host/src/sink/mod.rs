@@ -10,9 +10,100 @@
 //! jetfold's own tables are `jetfold_checkpoints`, `jetfold_states`, `jetfold_rejected` and
 //! `jetfold_outbox`.
 
+pub mod postgres;
 pub mod sqlite;
 
+use std::path::PathBuf;
+
 use crate::effect::Effect;
+
+/// Which database a daemon writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    /// An SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database and the schema to use in it.
+    Postgres {
+        /// Connection URL.
+        url: String,
+        /// Schema holding jetfold's and the plugins' tables.
+        schema: String,
+    },
+}
+
+/// A connection to the daemon's database, whichever it is.
+pub enum Sink {
+    /// SQLite.
+    Sqlite(sqlite::SqliteSink),
+    /// PostgreSQL.
+    Postgres(postgres::PostgresSink),
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            Sink::Sqlite($s) => $call.map_err(anyhow::Error::from),
+            Sink::Postgres($s) => $call.map_err(anyhow::Error::from),
+        }
+    };
+}
+
+impl Sink {
+    /// Opens the target, creating jetfold's tables.
+    pub fn open(target: &SinkTarget) -> anyhow::Result<Sink> {
+        use anyhow::Context as _;
+        Ok(match target {
+            SinkTarget::Sqlite(path) => Sink::Sqlite(
+                sqlite::SqliteSink::open(path)
+                    .with_context(|| format!("failed to open SQLite {}", path.display()))?,
+            ),
+            SinkTarget::Postgres { url, schema } => Sink::Postgres(
+                postgres::PostgresSink::open(url, schema)
+                    .with_context(|| format!("failed to open PostgreSQL schema {schema}"))?,
+            ),
+        })
+    }
+
+    /// Creates the read-model tables a plugin may write.
+    pub fn ensure_tables(&mut self, tables: &[String]) -> anyhow::Result<()> {
+        delegate!(self, s => s.ensure_tables(tables))
+    }
+
+    /// The plugin's checkpoint.
+    pub fn checkpoint(&mut self, plugin: &str) -> anyhow::Result<Option<Checkpoint>> {
+        delegate!(self, s => s.checkpoint(plugin))
+    }
+
+    /// One key's committed state.
+    pub fn state(&mut self, plugin: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        delegate!(self, s => s.state(plugin, key))
+    }
+
+    /// Every committed state of a plugin.
+    pub fn states(&mut self, plugin: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        delegate!(self, s => s.states(plugin))
+    }
+
+    /// Messages committed but not confirmed published.
+    pub fn outbox(&mut self, plugin: &str) -> anyhow::Result<Vec<OutboxMessage>> {
+        delegate!(self, s => s.outbox(plugin))
+    }
+
+    /// Forgets confirmed outbox messages.
+    pub fn clear_outbox(&mut self, ids: &[String]) -> anyhow::Result<()> {
+        delegate!(self, s => s.clear_outbox(ids))
+    }
+
+    /// Commits one batch atomically.
+    pub fn commit(&mut self, batch: &Commit) -> anyhow::Result<()> {
+        delegate!(self, s => s.commit(batch))
+    }
+
+    /// The rows of a read-model table, by key.
+    pub fn rows(&mut self, table: &str) -> anyhow::Result<Vec<(String, String)>> {
+        delegate!(self, s => s.rows(table))
+    }
+}
 
 /// Where a plugin has got to.
 #[derive(Debug, Clone, PartialEq, Eq)]

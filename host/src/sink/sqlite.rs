@@ -57,7 +57,7 @@ impl SqliteSink {
     }
 
     /// Creates the read-model tables a plugin may write.
-    pub fn ensure_tables(&self, tables: &[String]) -> rusqlite::Result<()> {
+    pub fn ensure_tables(&mut self, tables: &[String]) -> rusqlite::Result<()> {
         for table in tables {
             assert!(is_identifier(table), "manifest validation lets only identifiers through");
             self.conn.execute_batch(&format!(
@@ -68,7 +68,7 @@ impl SqliteSink {
     }
 
     /// The plugin's checkpoint, if it has committed before.
-    pub fn checkpoint(&self, plugin: &str) -> rusqlite::Result<Option<Checkpoint>> {
+    pub fn checkpoint(&mut self, plugin: &str) -> rusqlite::Result<Option<Checkpoint>> {
         self.conn
             .query_row(
                 "SELECT digest, last_seq FROM jetfold_checkpoints WHERE plugin = ?1",
@@ -79,7 +79,7 @@ impl SqliteSink {
     }
 
     /// The committed state of one key.
-    pub fn state(&self, plugin: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    pub fn state(&mut self, plugin: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
         self.conn
             .query_row(
                 "SELECT state FROM jetfold_states WHERE plugin = ?1 AND key = ?2",
@@ -90,7 +90,7 @@ impl SqliteSink {
     }
 
     /// Every committed state of a plugin, by key.
-    pub fn states(&self, plugin: &str) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+    pub fn states(&mut self, plugin: &str) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
         let mut stmt = self
             .conn
             .prepare("SELECT key, state FROM jetfold_states WHERE plugin = ?1 ORDER BY key")?;
@@ -99,7 +99,7 @@ impl SqliteSink {
     }
 
     /// Messages committed but not yet confirmed published.
-    pub fn outbox(&self, plugin: &str) -> rusqlite::Result<Vec<OutboxMessage>> {
+    pub fn outbox(&mut self, plugin: &str) -> rusqlite::Result<Vec<OutboxMessage>> {
         let mut stmt = self
             .conn
             .prepare("SELECT msg_id, subject, headers, payload FROM jetfold_outbox WHERE plugin = ?1 ORDER BY rowid")?;
@@ -208,7 +208,7 @@ impl SqliteSink {
     }
 
     /// The rows of a read-model table, by key (for `jetfold state` and tests).
-    pub fn rows(&self, table: &str) -> rusqlite::Result<Vec<(String, String)>> {
+    pub fn rows(&mut self, table: &str) -> rusqlite::Result<Vec<(String, String)>> {
         assert!(is_identifier(table));
         let mut stmt =
             self.conn.prepare(&format!("SELECT key, doc FROM \"{table}\" ORDER BY key"))?;

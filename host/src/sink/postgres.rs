@@ -1,0 +1,172 @@
+//! The PostgreSQL sink: the same layout as SQLite's (`doc` is `jsonb`), in a schema of its
+//! own, one transaction per batch.
+
+use postgres::{Client, NoTls};
+
+use super::{Checkpoint, Commit, OutboxMessage, merge_patch};
+use crate::effect::Effect;
+use crate::manifest::is_identifier;
+
+/// A connection to the daemon's PostgreSQL database.
+pub struct PostgresSink {
+    client: Client,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jetfold_checkpoints (plugin TEXT PRIMARY KEY, digest TEXT NOT NULL, last_seq BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS jetfold_states (plugin TEXT NOT NULL, key TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (plugin, key));
+CREATE TABLE IF NOT EXISTS jetfold_rejected (plugin TEXT NOT NULL, seq BIGINT NOT NULL, key TEXT NOT NULL, event_type TEXT NOT NULL,
+    kind TEXT NOT NULL, code TEXT, message TEXT NOT NULL, PRIMARY KEY (plugin, seq));
+CREATE TABLE IF NOT EXISTS jetfold_outbox (id BIGSERIAL, plugin TEXT NOT NULL, msg_id TEXT PRIMARY KEY, subject TEXT NOT NULL,
+    headers TEXT NOT NULL, payload BYTEA NOT NULL);
+";
+
+impl PostgresSink {
+    /// Connects to `url` and creates `schema` and jetfold's tables in it if needed.
+    pub fn open(url: &str, schema: &str) -> Result<PostgresSink, postgres::Error> {
+        assert!(is_identifier(schema), "config validation lets only identifiers through");
+        let mut client = Client::connect(url, NoTls)?;
+        client.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\";"
+        ))?;
+        client.batch_execute(SCHEMA)?;
+        Ok(PostgresSink { client })
+    }
+
+    /// Creates the read-model tables a plugin may write.
+    pub fn ensure_tables(&mut self, tables: &[String]) -> Result<(), postgres::Error> {
+        for table in tables {
+            assert!(is_identifier(table));
+            self.client.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{table}\" (key TEXT PRIMARY KEY, doc JSONB NOT NULL, updated_seq BIGINT NOT NULL);"
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// The plugin's checkpoint.
+    pub fn checkpoint(&mut self, plugin: &str) -> Result<Option<Checkpoint>, postgres::Error> {
+        let row = self.client.query_opt(
+            "SELECT digest, last_seq FROM jetfold_checkpoints WHERE plugin = $1",
+            &[&plugin],
+        )?;
+        Ok(row.map(|r| Checkpoint { digest: r.get(0), last_seq: r.get::<_, i64>(1) as u64 }))
+    }
+
+    /// One key's committed state.
+    pub fn state(&mut self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, postgres::Error> {
+        let row = self.client.query_opt(
+            "SELECT state FROM jetfold_states WHERE plugin = $1 AND key = $2",
+            &[&plugin, &key],
+        )?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Every committed state of a plugin.
+    pub fn states(&mut self, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, postgres::Error> {
+        let rows = self.client.query(
+            "SELECT key, state FROM jetfold_states WHERE plugin = $1 ORDER BY key",
+            &[&plugin],
+        )?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Messages committed but not confirmed published.
+    pub fn outbox(&mut self, plugin: &str) -> Result<Vec<OutboxMessage>, postgres::Error> {
+        let rows = self
+            .client
+            .query("SELECT msg_id, subject, headers, payload FROM jetfold_outbox WHERE plugin = $1 ORDER BY id", &[&plugin])?;
+        Ok(rows
+            .into_iter()
+            .map(|r| OutboxMessage {
+                msg_id: r.get(0),
+                subject: r.get(1),
+                headers: serde_json::from_str(r.get::<_, &str>(2)).unwrap_or_default(),
+                payload: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Forgets confirmed outbox messages.
+    pub fn clear_outbox(&mut self, ids: &[String]) -> Result<(), postgres::Error> {
+        self.client.execute("DELETE FROM jetfold_outbox WHERE msg_id = ANY($1)", &[&ids])?;
+        Ok(())
+    }
+
+    /// Commits one batch atomically.
+    pub fn commit(&mut self, batch: &Commit) -> Result<(), postgres::Error> {
+        let mut tx = self.client.transaction()?;
+        for (seq, effect) in &batch.effects {
+            let seq = *seq as i64;
+            match effect {
+                Effect::Upsert { table, key, row } => {
+                    tx.execute(
+                        &format!(
+                            "INSERT INTO \"{table}\" (key, doc, updated_seq) VALUES ($1, CAST($2::text AS jsonb), $3) \
+                             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_seq = excluded.updated_seq"
+                        ),
+                        &[key, &row.get(), &seq],
+                    )?;
+                }
+                Effect::Update { table, key, patch } => {
+                    let current = tx.query_opt(
+                        &format!("SELECT doc::text FROM \"{table}\" WHERE key = $1 FOR UPDATE"),
+                        &[key],
+                    )?;
+                    if let Some(current) = current {
+                        let mut doc: serde_json::Value =
+                            serde_json::from_str(current.get::<_, &str>(0)).unwrap_or_default();
+                        let patch: serde_json::Value =
+                            serde_json::from_str(patch.get()).unwrap_or_default();
+                        merge_patch(&mut doc, &patch);
+                        tx.execute(
+                            &format!("UPDATE \"{table}\" SET doc = CAST($2::text AS jsonb), updated_seq = $3 WHERE key = $1"),
+                            &[key, &doc.to_string(), &seq],
+                        )?;
+                    }
+                }
+                Effect::Delete { table, key } => {
+                    tx.execute(&format!("DELETE FROM \"{table}\" WHERE key = $1"), &[key])?;
+                }
+                Effect::Emit { .. } | Effect::Log { .. } => {}
+            }
+        }
+        let upsert_state = tx.prepare(
+            "INSERT INTO jetfold_states (plugin, key, state) VALUES ($1, $2, $3) \
+             ON CONFLICT (plugin, key) DO UPDATE SET state = excluded.state",
+        )?;
+        for (key, state) in &batch.states {
+            tx.execute(&upsert_state, &[&batch.plugin, key, state])?;
+        }
+        for r in &batch.rejected {
+            tx.execute(
+                "INSERT INTO jetfold_rejected (plugin, seq, key, event_type, kind, code, message) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (plugin, seq) DO UPDATE SET message = excluded.message",
+                &[&batch.plugin, &(r.seq as i64), &r.key, &r.event_type, &r.kind, &r.code, &r.message],
+            )?;
+        }
+        for m in &batch.outbox {
+            let headers = serde_json::to_string(&m.headers).expect("headers are strings");
+            tx.execute(
+                "INSERT INTO jetfold_outbox (plugin, msg_id, subject, headers, payload) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (msg_id) DO NOTHING",
+                &[&batch.plugin, &m.msg_id, &m.subject, &headers, &m.payload],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq) VALUES ($1, $2, $3) \
+             ON CONFLICT (plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq",
+            &[&batch.plugin, &batch.digest, &(batch.last_seq as i64)],
+        )?;
+        tx.commit()
+    }
+
+    /// The rows of a read-model table, by key, `doc` as JSON text.
+    pub fn rows(&mut self, table: &str) -> Result<Vec<(String, String)>, postgres::Error> {
+        assert!(is_identifier(table));
+        let rows = self
+            .client
+            .query(&format!("SELECT key, doc::text FROM \"{table}\" ORDER BY key"), &[])?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
