@@ -4,8 +4,7 @@
 //! prints the read model, the rejected events and the commands the policy decided.
 
 use std::{
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -19,57 +18,6 @@ use crate::sink::sqlite::SqliteSink;
 
 /// The example plugins the demo runs, from the plugin directory.
 const PLUGINS: [&str; 2] = ["compute-resource", "person-archive"];
-
-/// A nats-server the demo started; killed on drop.
-struct LocalNats {
-    child: Child,
-    _store: tempfile::TempDir,
-}
-
-impl Drop for LocalNats {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
-/// The nats-server binary: `$JETFOLD_NATS_SERVER`, the one `scripts/setup` installs, or PATH.
-fn nats_server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("JETFOLD_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    match cache.map(|c| c.join("jetfold/tools/bin/nats-server")) {
-        Some(p) if p.exists() => p,
-        _ => PathBuf::from("nats-server"),
-    }
-}
-
-fn start_nats() -> anyhow::Result<(LocalNats, String)> {
-    let store = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let binary = nats_server_binary();
-    let child = Command::new(&binary)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!("failed to start {} (run scripts/setup to install it)", binary.display())
-        })?;
-    let nats = LocalNats { child, _store: store };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nats-server did not start on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((nats, format!("nats://127.0.0.1:{port}")))
-}
 
 fn event(
     seq: u64,
@@ -231,7 +179,7 @@ pub async fn run(plugin_dir: &Path, nats_url: Option<String>) -> anyhow::Result<
     let (_local, url) = match nats_url {
         Some(url) => (None, url),
         None => {
-            let (nats, url) = start_nats()?;
+            let (nats, url) = crate::nats::local::start()?;
             println!(
                 "started nats-server with JetStream at {url} (store in a temporary directory)"
             );
