@@ -44,6 +44,15 @@ pub struct DaemonPlugin {
     pub start: StartPosition,
 }
 
+impl DaemonPlugin {
+    /// A fresh, initialised instance of the plugin.
+    pub fn instantiate(&self, loader: &ComponentLoader) -> anyhow::Result<GuestInstance> {
+        let m = &self.manifest;
+        GuestInstance::new(&self.component, loader.engine(), m.limits.clone(), m.config_json())
+            .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))
+    }
+}
+
 /// Loads every plugin under the config's plugin directory; errors name the file at fault.
 pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<DaemonPlugin>> {
     let dir = config.resolve(&config.plugin_dir);
@@ -102,13 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for plugin in plugins {
         if plugin.manifest.kind == PluginKind::Projection {
             let m = &plugin.manifest;
-            let guest = GuestInstance::new(
-                &plugin.component,
-                loader.engine(),
-                m.limits.clone(),
-                m.config_json(),
-            )
-            .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))?;
+            let guest = plugin.instantiate(&loader)?;
             let service =
                 crate::query::serve(client.clone(), m.name.clone(), guest, target.clone());
             let name = m.name.clone();
@@ -206,13 +209,7 @@ impl Worker {
         js: jetstream::Context,
     ) -> anyhow::Result<Worker> {
         let m = &plugin.manifest;
-        let guest = GuestInstance::new(
-            &plugin.component,
-            loader.engine(),
-            m.limits.clone(),
-            m.config_json(),
-        )
-        .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))?;
+        let guest = plugin.instantiate(loader)?;
         let mut sink = Sink::open(target)?;
         sink.ensure_tables(&m.allow.tables).context("failed to create read-model tables")?;
         let checkpoint = sink.checkpoint(&m.name)?.map(|c| c.last_seq).unwrap_or(0);

@@ -19,7 +19,9 @@ use jetfold_host::{
     sink::sqlite::SqliteSink,
 };
 
-use crate::support::{NatsServer, cache_dir, create_stream, daemon_dir, plugin, publish_fixture};
+use crate::support::{
+    NatsServer, cache_dir, checkpoint, create_stream, daemon_dir, plugin, publish_fixture,
+};
 
 /// A small deterministic generator (xorshift), so every run of the test is the same run.
 struct Rng(u64);
@@ -182,14 +184,6 @@ fn spawn_daemon(dir: &Path, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap()
-}
-
-fn checkpoint(db: &Path, plugin: &str) -> u64 {
-    SqliteSink::open(db)
-        .ok()
-        .and_then(|mut s| s.checkpoint(plugin).ok().flatten())
-        .map(|c| c.last_seq)
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,9 @@ use futures::StreamExt as _;
 use jetfold_host::{config::Config, sink::sqlite::SqliteSink};
 use tokio::sync::oneshot;
 
-use crate::support::{NatsServer, create_stream, daemon_dir, eventually, plugin, publish_fixture};
+use crate::support::{
+    NatsServer, checkpoint, create_stream, daemon_dir, eventually, plugin, publish_fixture,
+};
 
 fn config(dir: &Path, nats: &NatsServer) -> Config {
     let text = format!(
@@ -15,14 +17,6 @@ fn config(dir: &Path, nats: &NatsServer) -> Config {
         nats.url()
     );
     Config::parse(&text, dir.to_path_buf(), |_| None).unwrap()
-}
-
-fn checkpoint(db: &Path, plugin: &str) -> u64 {
-    SqliteSink::open(db)
-        .ok()
-        .and_then(|mut s| s.checkpoint(plugin).ok().flatten())
-        .map(|c| c.last_seq)
-        .unwrap_or(0)
 }
 
 /// Starts the daemon in-process; the sender stops it.

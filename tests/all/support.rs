@@ -231,3 +231,12 @@ pub async fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) 
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The last sequence a plugin committed to the SQLite file `db` (0 before its first commit).
+pub fn checkpoint(db: &Path, plugin: &str) -> u64 {
+    jetfold_host::sink::sqlite::SqliteSink::open(db)
+        .ok()
+        .and_then(|mut s| s.checkpoint(plugin).ok().flatten())
+        .map(|c| c.last_seq)
+        .unwrap_or(0)
+}
