@@ -24,7 +24,7 @@ use crate::component::{ComponentLoader, LoadedComponent};
 use crate::config::{Config, StartPosition};
 use crate::effect::{self, Effect, LogLevel};
 use crate::event::Event;
-use crate::fold::accept_decisions;
+use crate::fold::{StepError, checked_step};
 use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, PluginKind};
 use crate::nats::{self, source, source::headers};
@@ -430,28 +430,8 @@ impl Worker {
             };
             let key = self.plugin.manifest.state_key(&event);
             let state = self.state_of(&key, &dirty);
-            let allow = &self.plugin.manifest.allow;
-            let outcome = match self.plugin.manifest.kind {
-                PluginKind::Projection => self
-                    .guest
-                    .apply(state.as_ref(), &event)
-                    .map_err(|e| (e.kind().to_string(), guest_code(&e), guest_message(&e)))
-                    .and_then(|(s, fx)| {
-                        effect::accept(fx, allow)
-                            .map(|fx| (s, fx))
-                            .map_err(|r| ("rejected-effect".into(), None, r.to_string()))
-                    }),
-                PluginKind::Policy => self
-                    .guest
-                    .decide(state.as_ref(), &event)
-                    .map_err(|e| (e.kind().to_string(), guest_code(&e), guest_message(&e)))
-                    .and_then(|(s, d)| {
-                        accept_decisions(d, allow)
-                            .map(|fx| (s, fx))
-                            .map_err(|r| ("rejected-effect".into(), None, r.to_string()))
-                    }),
-                PluginKind::Upcaster => continue,
-            };
+            let outcome =
+                checked_step(&mut self.guest, &self.plugin.manifest, state.as_ref(), &event);
             match outcome {
                 Ok((new_state, effects)) => {
                     for (index, effect) in effects.into_iter().enumerate() {
@@ -459,7 +439,7 @@ impl Worker {
                     }
                     dirty.insert(key, new_state);
                 }
-                Err((kind, code, message)) => {
+                Err(StepError { kind, code, message, .. }) => {
                     tracing::warn!(
                         plugin = %self.name, digest = %&self.digest[..12], seq, key = %key,
                         correlation_id = event.correlation_id.as_deref().unwrap_or(""),
@@ -535,20 +515,5 @@ impl Worker {
             }
             sql => commit.effects.push((event.sequence, sql)),
         }
-    }
-}
-
-/// The failure's reason as recorded: a guest's own message, or the host's account of the fault.
-fn guest_message(e: &crate::guest::GuestError) -> String {
-    match e {
-        crate::guest::GuestError::Returned { message, .. } => message.clone(),
-        other => other.to_string(),
-    }
-}
-
-fn guest_code(e: &crate::guest::GuestError) -> Option<String> {
-    match e {
-        crate::guest::GuestError::Returned { code, .. } => Some(code.clone()),
-        _ => None,
     }
 }

@@ -286,6 +286,28 @@ pub fn accept(effects: Vec<types::Effect>, allow: &Allow) -> Result<Vec<Effect>,
         .collect()
 }
 
+/// Converts and checks a policy's decisions: commands become command messages.
+pub fn accept_decisions(
+    decisions: Vec<types::Decision>,
+    allow: &Allow,
+) -> Result<Vec<Effect>, EffectRejection> {
+    decisions
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let effect = match d {
+                types::Decision::Command(mut m) => {
+                    m.kind = types::MessageKind::Command;
+                    Effect::from_message(i, m)?
+                }
+                types::Decision::Effect(e) => Effect::from_guest(i, e)?,
+            };
+            effect.check(i, allow)?;
+            Ok(effect)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,33 +267,20 @@ impl Fold {
         let mut effects = None;
         let mut upcast = None;
         let mut error = None;
-        let allow = &self.plugin.manifest.allow;
-        let state = self.states.get(&key);
-        match self.plugin.manifest.kind {
-            PluginKind::Projection => match self.plugin.guest.apply(state, event) {
-                Ok((new_state, raw)) => match effect::accept(raw, allow) {
-                    Ok(accepted) => {
-                        self.states.insert(key.clone(), new_state);
-                        effects = Some(accepted);
-                    }
-                    Err(rejection) => error = Some(rejected_effect(rejection)),
-                },
-                Err(e) => error = Some(e.into()),
-            },
-            PluginKind::Policy => match self.plugin.guest.decide(state, event) {
-                Ok((new_state, decisions)) => match accept_decisions(decisions, allow) {
-                    Ok(accepted) => {
-                        self.states.insert(key.clone(), new_state);
-                        effects = Some(accepted);
-                    }
-                    Err(rejection) => error = Some(rejected_effect(rejection)),
-                },
-                Err(e) => error = Some(e.into()),
-            },
-            PluginKind::Upcaster => match self.plugin.guest.upcast(event) {
+        if self.plugin.manifest.kind == PluginKind::Upcaster {
+            match self.plugin.guest.upcast(event) {
                 Ok(out) => upcast = Some(Box::new(EventRecord::from_event(&out))),
                 Err(e) => error = Some(e.into()),
-            },
+            }
+        } else {
+            let state = self.states.get(&key);
+            match checked_step(&mut self.plugin.guest, &self.plugin.manifest, state, event) {
+                Ok((new_state, accepted)) => {
+                    self.states.insert(key.clone(), new_state);
+                    effects = Some(accepted);
+                }
+                Err(e) => error = Some(e),
+            }
         }
         self.steps.push(Step::Event {
             line,
@@ -365,35 +352,42 @@ impl Fold {
     }
 }
 
-fn rejected_effect(rejection: effect::EffectRejection) -> StepError {
-    StepError {
-        kind: "rejected-effect".into(),
-        code: None,
-        message: rejection.to_string(),
-        backtrace: None,
+impl From<effect::EffectRejection> for StepError {
+    fn from(rejection: effect::EffectRejection) -> Self {
+        StepError {
+            kind: "rejected-effect".into(),
+            code: None,
+            message: rejection.to_string(),
+            backtrace: None,
+        }
     }
 }
 
-/// Converts and checks a policy's decisions: commands become command messages.
-pub fn accept_decisions(
-    decisions: Vec<types::Decision>,
-    allow: &crate::manifest::Allow,
-) -> Result<Vec<Effect>, effect::EffectRejection> {
-    decisions
-        .into_iter()
-        .enumerate()
-        .map(|(i, d)| {
-            let effect = match d {
-                types::Decision::Command(mut m) => {
-                    m.kind = types::MessageKind::Command;
-                    Effect::from_message(i, m)?
-                }
-                types::Decision::Effect(e) => Effect::from_guest(i, e)?,
-            };
-            effect.check(i, allow)?;
-            Ok(effect)
-        })
-        .collect()
+/// One event through a projection's `apply` or a policy's `decide`, its effects checked
+/// against the manifest: the new state and the accepted effects, or why the event is
+/// rejected. The offline runner and the daemon both go through here, so they agree.
+pub fn checked_step(
+    guest: &mut GuestInstance,
+    manifest: &Manifest,
+    state: Option<&Vec<u8>>,
+    event: &Event,
+) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+    match manifest.kind {
+        PluginKind::Projection => {
+            let (new_state, effects) = guest.apply(state, event)?;
+            Ok((new_state, effect::accept(effects, &manifest.allow)?))
+        }
+        PluginKind::Policy => {
+            let (new_state, decisions) = guest.decide(state, event)?;
+            Ok((new_state, effect::accept_decisions(decisions, &manifest.allow)?))
+        }
+        PluginKind::Upcaster => Err(StepError {
+            kind: "invalid-call".into(),
+            code: None,
+            message: "an upcaster neither applies nor decides".into(),
+            backtrace: None,
+        }),
+    }
 }
 
 /// A state as JSON when it is JSON, else as `{"base64": …}`.

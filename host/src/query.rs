@@ -11,7 +11,8 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::types;
-use crate::guest::{GuestError, GuestInstance};
+use crate::fold::StepError;
+use crate::guest::GuestInstance;
 use crate::sink::{Sink, SinkTarget};
 
 /// The subject a plugin's queries are served on.
@@ -91,10 +92,10 @@ fn answer(
                 format!("the plugin answered with text that is not JSON: {e}"),
             ),
         },
-        Err(GuestError::Returned { code, message, .. }) => {
-            QueryReply::Error { kind: "error".into(), code: Some(code), message }
+        Err(e) => {
+            let StepError { kind, code, message, .. } = e.into();
+            QueryReply::Error { kind, code, message }
         }
-        Err(e) => error(e.kind(), e.to_string()),
     }
 }
 
