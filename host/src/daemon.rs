@@ -200,6 +200,31 @@ impl Backoff {
     }
 }
 
+/// Runs `attempt` until it succeeds, backing off after each failure (logged at `level` with
+/// `what`); `None` if the daemon is stopping first.
+fn retry<T>(
+    plugin: &str,
+    what: &str,
+    level: tracing::Level,
+    stop: &watch::Receiver<bool>,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> Option<T> {
+    let mut backoff = Backoff::new();
+    loop {
+        match attempt() {
+            Ok(value) => return Some(value),
+            Err(e) if level == tracing::Level::ERROR => {
+                tracing::error!(plugin, error = %format!("{e:#}"), "{what}; retrying")
+            }
+            Err(e) => tracing::warn!(plugin, error = %format!("{e:#}"), "{what}; retrying"),
+        }
+        backoff.wait(stop);
+        if *stop.borrow() {
+            return None;
+        }
+    }
+}
+
 impl Worker {
     fn new(
         plugin: DaemonPlugin,
@@ -234,29 +259,24 @@ impl Worker {
         if !pending.is_empty() && !self.publish(rt, &pending, stop) {
             return Ok(());
         }
-        let mut backoff = Backoff::new();
-        let consumer = loop {
-            let p = &self.plugin;
-            let attempt = rt.block_on(source::consumer(
+        let p = &self.plugin;
+        let resume_after = (self.checkpoint > 0).then_some(self.checkpoint);
+        let bind = || {
+            rt.block_on(source::consumer(
                 &self.js,
                 &p.stream,
                 &self.name,
                 &p.subjects,
                 p.start,
-                (self.checkpoint > 0).then_some(self.checkpoint),
+                resume_after,
                 self.ack_wait,
                 self.batch_size * 4,
-            ));
-            match attempt {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::error!(plugin = %self.name, error = %format!("{e:#}"), "cannot bind the source; retrying")
-                }
-            }
-            backoff.wait(stop);
-            if *stop.borrow() {
-                return Ok(());
-            }
+            ))
+        };
+        let Some(consumer) =
+            retry(&self.name, "cannot bind the source", tracing::Level::ERROR, stop, bind)
+        else {
+            return Ok(());
         };
         let mut backoff = Backoff::new();
         while !*stop.borrow() {
@@ -303,23 +323,20 @@ impl Worker {
         messages: &[Message],
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let (commit, dirty) = self.fold(messages);
-        let mut backoff = Backoff::new();
+        let mut commit = self.fold(messages);
         if commit.last_seq > self.checkpoint {
-            loop {
-                match self.sink.commit(&commit) {
-                    Ok(()) => break,
-                    Err(e) => {
-                        tracing::warn!(plugin = %self.name, error = %e, "commit failed; retrying (nothing acked)")
-                    }
-                }
-                backoff.wait(stop);
-                if *stop.borrow() {
-                    return false;
-                }
+            let committed = retry(
+                &self.name,
+                "commit failed (nothing acked)",
+                tracing::Level::WARN,
+                stop,
+                || self.sink.commit(&commit),
+            );
+            if committed.is_none() {
+                return false;
             }
             self.checkpoint = commit.last_seq;
-            self.states.extend(dirty);
+            self.states.extend(std::mem::take(&mut commit.states));
             if !commit.outbox.is_empty() && !self.publish(rt, &commit.outbox, stop) {
                 return false;
             }
@@ -341,9 +358,9 @@ impl Worker {
         outbox: &[OutboxMessage],
         stop: &watch::Receiver<bool>,
     ) -> bool {
-        let mut backoff = Backoff::new();
-        loop {
-            let published = rt.block_on(async {
+        let js = &self.js;
+        let publish_all = || {
+            rt.block_on(async {
                 let mut acks = Vec::with_capacity(outbox.len());
                 for m in outbox {
                     let mut h = async_nats::HeaderMap::new();
@@ -351,8 +368,7 @@ impl Worker {
                         h.append(k.as_str(), v.as_str());
                     }
                     acks.push(
-                        self.js
-                            .publish_with_headers(m.subject.clone(), h, m.payload.clone().into())
+                        js.publish_with_headers(m.subject.clone(), h, m.payload.clone().into())
                             .await?,
                     );
                 }
@@ -360,17 +376,11 @@ impl Worker {
                     ack.await?;
                 }
                 anyhow::Ok(())
-            });
-            match published {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(plugin = %self.name, error = %format!("{e:#}"), "publishing emitted messages failed; retrying (nothing acked)")
-                }
-            }
-            backoff.wait(stop);
-            if *stop.borrow() {
-                return false;
-            }
+            })
+        };
+        let what = "publishing emitted messages failed (nothing acked)";
+        if retry(&self.name, what, tracing::Level::WARN, stop, publish_all).is_none() {
+            return false;
         }
         let ids: Vec<String> = outbox.iter().map(|m| m.msg_id.clone()).collect();
         if let Err(e) = self.sink.clear_outbox(&ids) {
@@ -397,8 +407,8 @@ impl Worker {
         }
     }
 
-    /// Runs the guest over the batch: what to commit, and the new states by key.
-    fn fold(&mut self, messages: &[Message]) -> (Commit, HashMap<String, Vec<u8>>) {
+    /// Runs the guest over the batch: what to commit, new states included.
+    fn fold(&mut self, messages: &[Message]) -> Commit {
         let mut commit = Commit {
             plugin: self.name.clone(),
             digest: self.digest.clone(),
@@ -456,8 +466,8 @@ impl Worker {
                 }
             }
         }
-        commit.states = dirty.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        (commit, dirty)
+        commit.states = dirty.into_iter().collect();
+        commit
     }
 
     /// Sends one accepted effect where it goes: SQL into the commit, emits into the outbox,
