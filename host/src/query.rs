@@ -5,8 +5,6 @@
 //! `{"response": <JSON>}` or `{"error": {"kind", "code", "message"}}`. A dedicated instance
 //! answers, so queries never wait for the worker's batch.
 
-use std::sync::{Arc, Mutex};
-
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
@@ -53,53 +51,68 @@ fn error(kind: &str, message: String) -> QueryReply {
     QueryReply::Error { kind: kind.into(), code: None, message }
 }
 
-/// Answers one request from committed states.
-fn answer(
-    plugin: &str,
-    guest: &Mutex<GuestInstance>,
-    target: &SinkTarget,
-    payload: &[u8],
-) -> QueryReply {
-    let request: QueryRequest = match serde_json::from_slice(payload) {
-        Ok(r) => r,
-        Err(e) => {
-            return error(
-                "invalid-request",
-                format!("expected {{\"request\": …, \"key\": …}}: {e}"),
-            );
-        }
-    };
-    let mut sink = match Sink::open(target) {
-        Ok(s) => s,
-        Err(e) => return error("internal", format!("cannot open the sink: {e:#}")),
-    };
-    let states = match &request.key {
-        Some(key) => {
-            sink.state(plugin, key).map(|s| s.map(|s| vec![(key.clone(), s)]).unwrap_or_default())
-        }
-        None => sink.states(plugin),
-    };
-    let states: Vec<types::KeyedState> = match states {
-        Ok(s) => s.into_iter().map(|(key, state)| types::KeyedState { key, state }).collect(),
-        Err(e) => return error("internal", format!("cannot read states: {e}")),
-    };
-    let mut guest = guest.lock().unwrap_or_else(|e| e.into_inner());
-    match guest.query(&states, &request.request.to_string()) {
-        Ok(text) => match serde_json::from_str(&text) {
-            Ok(v) => QueryReply::Response(v),
-            Err(e) => error(
-                "invalid-output",
-                format!("the plugin answered with text that is not JSON: {e}"),
-            ),
-        },
-        Err(e) => {
-            let StepError { kind, code, message, .. } = e.into();
-            QueryReply::Error { kind, code, message }
+/// What answers a plugin's queries: its own instance and, once the first query needs it, a
+/// connection to the sink, both owned by the responder's thread.
+struct Responder {
+    plugin: String,
+    guest: GuestInstance,
+    target: SinkTarget,
+    sink: Option<Sink>,
+}
+
+impl Responder {
+    /// Answers one request from committed states.
+    fn answer(&mut self, payload: &[u8]) -> QueryReply {
+        let request: QueryRequest = match serde_json::from_slice(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    "invalid-request",
+                    format!("expected {{\"request\": …, \"key\": …}}: {e}"),
+                );
+            }
+        };
+        let sink = match &mut self.sink {
+            Some(sink) => sink,
+            None => match Sink::open(&self.target) {
+                Ok(sink) => self.sink.insert(sink),
+                Err(e) => return error("internal", format!("cannot open the sink: {e:#}")),
+            },
+        };
+        let plugin = &self.plugin;
+        let states = match &request.key {
+            Some(key) => sink
+                .state(plugin, key)
+                .map(|s| s.map(|s| vec![(key.clone(), s)]).unwrap_or_default()),
+            None => sink.states(plugin),
+        };
+        let states: Vec<types::KeyedState> = match states {
+            Ok(s) => s.into_iter().map(|(key, state)| types::KeyedState { key, state }).collect(),
+            Err(e) => {
+                // The connection may be gone: open a new one for the next query.
+                self.sink = None;
+                return error("internal", format!("cannot read states: {e}"));
+            }
+        };
+        match self.guest.query(&states, &request.request.to_string()) {
+            Ok(text) => match serde_json::from_str(&text) {
+                Ok(v) => QueryReply::Response(v),
+                Err(e) => error(
+                    "invalid-output",
+                    format!("the plugin answered with text that is not JSON: {e}"),
+                ),
+            },
+            Err(e) => {
+                let StepError { kind, code, message, .. } = e.into();
+                QueryReply::Error { kind, code, message }
+            }
         }
     }
 }
 
-/// Serves `jetfold.query.<plugin>` until the subscription ends.
+type Job = (Vec<u8>, tokio::sync::oneshot::Sender<QueryReply>);
+
+/// Serves `jetfold.query.<plugin>` until the subscription ends or the service is dropped.
 pub async fn serve(
     client: async_nats::Client,
     plugin: String,
@@ -107,16 +120,20 @@ pub async fn serve(
     target: SinkTarget,
 ) -> anyhow::Result<()> {
     let mut requests = client.subscribe(subject(&plugin)).await?;
-    let guest = Arc::new(Mutex::new(guest));
+    // A plain thread, not the runtime's blocking pool: the PostgreSQL client runs a runtime of
+    // its own, which can neither start nor be dropped inside ours. The thread ends when the
+    // sender is dropped with this future.
+    let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
+    let mut responder = Responder { plugin: plugin.clone(), guest, target, sink: None };
+    std::thread::Builder::new().name(format!("query-{plugin}")).spawn(move || {
+        for (payload, reply) in inbox {
+            let _ = reply.send(responder.answer(&payload));
+        }
+    })?;
     while let Some(message) = requests.next().await {
         let Some(reply) = message.reply.clone() else { continue };
-        let (guest, target, plugin) = (guest.clone(), target.clone(), plugin.clone());
-        // A plain thread, not the runtime's blocking pool: the PostgreSQL client runs a runtime
-        // of its own, which cannot start inside ours.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(answer(&plugin, &guest, &target, &message.payload));
-        });
+        jobs.send((message.payload.to_vec(), tx))?;
         let answer = rx.await?;
         let body = serde_json::to_vec(&answer)?;
         if let Err(e) = client.publish(reply, body.into()).await {
