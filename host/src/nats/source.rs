@@ -42,6 +42,10 @@ pub mod headers {
     pub const EVENT_TIME: &str = "Event-Time";
     /// Payload media type.
     pub const CONTENT_TYPE: &str = "Content-Type";
+    /// The headers that fill event fields and fall back to JSON payload fields; together with
+    /// `MSG_ID` and `CONTENT_TYPE`, the headers an event does not repeat in its `headers`.
+    pub const WITH_JSON_FALLBACK: [&str; 6] =
+        [EVENT_TYPE, AGGREGATE_ID, CORRELATION_ID, CAUSATION_ID, SCHEMA_VERSION, EVENT_TIME];
     /// Provenance of emitted messages: plugin name.
     pub const PLUGIN: &str = "Jetfold-Plugin";
     /// Provenance: plugin digest.
@@ -130,16 +134,7 @@ pub fn event_from_message(message: &Message) -> anyhow::Result<Event> {
         message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
     };
     let content_type = header(headers::CONTENT_TYPE).unwrap_or_else(|| JSON.into());
-    let needs_payload = [
-        headers::EVENT_TYPE,
-        headers::AGGREGATE_ID,
-        headers::CORRELATION_ID,
-        headers::CAUSATION_ID,
-        headers::SCHEMA_VERSION,
-        headers::EVENT_TIME,
-    ]
-    .iter()
-    .any(|h| header(h).is_none());
+    let needs_payload = headers::WITH_JSON_FALLBACK.iter().any(|h| header(h).is_none());
     // The documented JSON fields are read only when a header is missing, and only from JSON.
     let fields = if needs_payload && content_type == JSON {
         serde_json::from_slice::<PayloadFields>(&message.payload).unwrap_or_default()
@@ -160,21 +155,14 @@ pub fn event_from_message(message: &Message) -> anyhow::Result<Event> {
             .with_timezone(&Utc),
         None => fields.time.unwrap_or(info.published),
     };
-    let excluded = [
-        headers::MSG_ID,
-        headers::EVENT_TYPE,
-        headers::AGGREGATE_ID,
-        headers::CORRELATION_ID,
-        headers::CAUSATION_ID,
-        headers::SCHEMA_VERSION,
-        headers::EVENT_TIME,
-        headers::CONTENT_TYPE,
-    ];
     let mut other_headers = Vec::new();
     if let Some(h) = &message.headers {
         for (name, values) in h.iter() {
             let name: &str = name.as_ref();
-            if excluded.iter().any(|x| x.eq_ignore_ascii_case(name)) {
+            let mut read = headers::WITH_JSON_FALLBACK
+                .iter()
+                .chain([&headers::MSG_ID, &headers::CONTENT_TYPE]);
+            if read.any(|x| x.eq_ignore_ascii_case(name)) {
                 continue;
             }
             for v in values {
