@@ -19,6 +19,19 @@ fn config(dir: &Path, nats: &NatsServer) -> Config {
     Config::parse(&text, dir.to_path_buf(), |_| None).unwrap()
 }
 
+/// A nats-server whose INFRA stream holds the compute-resource fixture, and a daemon
+/// directory with the plugin: the server, a client, the number of events, the directory.
+async fn compute_resource_fixture_on_infra()
+-> (NatsServer, async_nats::jetstream::Context, usize, tempfile::TempDir) {
+    plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let fixture = crate::support::root().join("plugins/compute-resource/fixtures/events.jsonl");
+    let n = publish_fixture(&js, &fixture).await;
+    (nats, js, n, daemon_dir(&["compute-resource"]))
+}
+
 /// Starts the daemon in-process; the sender stops it.
 fn start(config: Config) -> (oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
     let (tx, rx) = oneshot::channel::<()>();
@@ -315,16 +328,7 @@ async fn a_payload_that_is_not_json_reaches_the_plugin_and_is_recorded_when_refu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetfold_state_asks_the_running_daemon_and_the_projection_answers() {
-    plugin("compute-resource");
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    create_stream(&js, "INFRA", &["infra.>"]).await;
-    let n = publish_fixture(
-        &js,
-        &crate::support::root().join("plugins/compute-resource/fixtures/events.jsonl"),
-    )
-    .await;
-    let dir = daemon_dir(&["compute-resource"]);
+    let (nats, _js, n, dir) = compute_resource_fixture_on_infra().await;
     let db = dir.path().join("jetfold.db");
     let config_file = dir.path().join("jetfold.toml");
     std::fs::write(
@@ -404,16 +408,7 @@ fn postgres_url() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effects_and_checkpoints_go_to_postgres_in_a_schema_of_their_own() {
-    plugin("compute-resource");
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    create_stream(&js, "INFRA", &["infra.>"]).await;
-    let n = publish_fixture(
-        &js,
-        &crate::support::root().join("plugins/compute-resource/fixtures/events.jsonl"),
-    )
-    .await;
-    let dir = daemon_dir(&["compute-resource"]);
+    let (nats, _js, n, dir) = compute_resource_fixture_on_infra().await;
     let schema = format!("jetfold_test_{}", std::process::id());
     let text = format!(
         "plugin-dir = \"plugins\"\nbatch-size = 4\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\npostgres = \"{}\"\nschema = \"{schema}\"\n",
