@@ -106,7 +106,8 @@ fn main() {
     build_plugin(&plugin, &options).expect("build compute-resource");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (_nats, url) = jetfold_host::nats::local::start().unwrap();
+        let nats = jetfold_host::nats::local::start().unwrap();
+        let url = nats.url();
         let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
         js.create_stream(async_nats::jetstream::stream::Config {
             name: "INFRA".into(),

@@ -179,7 +179,8 @@ pub async fn run(plugin_dir: &Path, nats_url: Option<String>) -> anyhow::Result<
     let (_local, url) = match nats_url {
         Some(url) => (None, url),
         None => {
-            let (nats, url) = crate::nats::local::start()?;
+            let nats = crate::nats::local::start()?;
+            let url = nats.url();
             println!(
                 "started nats-server with JetStream at {url} (store in a temporary directory)"
             );

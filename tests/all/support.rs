@@ -96,86 +96,30 @@ where
 
 /// A real nats-server (2.15, from scripts/setup) on a free port with a temporary store
 /// directory, stopped on drop.
-pub struct NatsServer {
-    child: std::process::Child,
-    /// Its port.
-    pub port: u16,
-    store: tempfile::TempDir,
-}
-
-/// The nats-server binary: `$JETFOLD_NATS_SERVER`, else the one scripts/setup installs.
-pub fn nats_server_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("JETFOLD_NATS_SERVER") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    let path = cache.join("jetfold/tools/bin/nats-server");
-    assert!(path.exists(), "{} is missing: run scripts/setup", path.display());
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+pub struct NatsServer(jetfold_host::nats::local::LocalNats);
 
 impl NatsServer {
     /// Starts a server with JetStream and waits until it accepts connections.
     pub fn start() -> NatsServer {
-        let store = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let child = Self::spawn(port, store.path());
-        let server = NatsServer { child, port, store };
-        server.wait_ready();
-        server
-    }
-
-    fn spawn(port: u16, store: &Path) -> std::process::Child {
-        Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start nats-server")
-    }
-
-    fn wait_ready(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not start on {}",
-                self.port
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        // Never a nats-server from PATH: Debian's 2.9 ignores multi-filter consumers.
+        let binary = jetfold_host::nats::local::nats_server_binary();
+        assert!(binary.is_absolute(), "the 2.15 nats-server is missing: run scripts/setup");
+        NatsServer(jetfold_host::nats::local::start().expect("start nats-server"))
     }
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.0.url()
     }
 
     /// Kills the server and starts it again on the same port and store.
     pub fn restart(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-        self.child = Self::spawn(self.port, self.store.path());
-        self.wait_ready();
+        self.0.restart().expect("restart nats-server");
     }
 
     /// A client with JetStream.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(self.url()).await.unwrap())
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
     }
 }
 

@@ -9,10 +9,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// A nats-server the demo started; killed on drop.
+/// A nats-server this process started; killed on drop.
 pub struct LocalNats {
     child: Child,
-    _store: tempfile::TempDir,
+    port: u16,
+    store: tempfile::TempDir,
 }
 
 impl Drop for LocalNats {
@@ -36,13 +37,20 @@ pub fn nats_server_binary() -> PathBuf {
     }
 }
 
-/// Starts nats-server with JetStream on a free port, its store in a temporary directory;
-/// returns it (killed on drop) and its URL.
-pub fn start() -> anyhow::Result<(LocalNats, String)> {
+/// Starts nats-server with JetStream on a free port, its store in a temporary directory, and
+/// waits until it accepts connections.
+pub fn start() -> anyhow::Result<LocalNats> {
     let store = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = spawn(port, &store)?;
+    let nats = LocalNats { child, port, store };
+    nats.wait_ready()?;
+    Ok(nats)
+}
+
+fn spawn(port: u16, store: &tempfile::TempDir) -> anyhow::Result<Child> {
     let binary = nats_server_binary();
-    let child = Command::new(&binary)
+    Command::new(&binary)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(store.path())
         .stdout(Stdio::null())
@@ -50,14 +58,31 @@ pub fn start() -> anyhow::Result<(LocalNats, String)> {
         .spawn()
         .with_context(|| {
             format!("failed to start {} (run scripts/setup to install it)", binary.display())
-        })?;
-    let nats = LocalNats { child, _store: store };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("nats-server did not start on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        })
+}
+
+impl LocalNats {
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
     }
-    Ok((nats, format!("nats://127.0.0.1:{port}")))
+
+    /// Kills the server and starts it again on the same port and store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill().ok();
+        self.child.wait().ok();
+        self.child = spawn(self.port, &self.store)?;
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("nats-server did not start on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
 }
