@@ -231,7 +231,6 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
                 let all: Vec<&str> = all.lines().collect();
                 for (i, chunk) in all.chunks(500).enumerate() {
                     let part = file.with_extension(format!("part{i}"));
-                    std::fs::write(&part, chunk.join("\n")).unwrap();
                     // Positions restart per chunk, so give each event its own id.
                     let text: Vec<String> = chunk
                         .iter()
