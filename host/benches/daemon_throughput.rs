@@ -1,21 +1,31 @@
 //! Daemon throughput: a pre-filled stream of compute-resource events (200,000 by default,
 //! `JETFOLD_BENCH_EVENTS` to change), consumed in the same run by
 //!
-//! 1. raw JetStream consumption (pull consumer, batches of 500, explicit acks): the limit;
-//! 2. the daemon with the WASM projection, committing into SQLite;
-//! 3. the same into PostgreSQL (`JETFOLD_BENCH_POSTGRES_URL`, default the local one).
+//! 1. raw JetStream consumption the way the daemon consumes (continuous pull of 500 in
+//!    flight, one ack per 500): the limit;
+//! 2. the daemon with the projection compiled natively into the host (the same SDK code path
+//!    without the WebAssembly boundary), then with the WASM component, into SQLite;
+//! 3. the same two into PostgreSQL (`JETFOLD_BENCH_POSTGRES_URL`, default the local one).
 //!
-//! It prints events/s and ratios; it asserts nothing.
+//! Each daemon run starts from an empty database at the stream's start and ends when the
+//! last event's batch is committed. It prints events/s, ratios, and where the daemon's time
+//! went (fold stage: guest calls and effect checks; commit stage: SQL, publish, ack); it
+//! asserts nothing. `JETFOLD_BENCH_ROUNDS` repeats each daemon run and reports the median.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use jetfold_host::{
+    bindings::types,
     builder::{BuildOptions, build_plugin},
     config::Config,
+    daemon::{Daemon, DaemonPlugin, Implementation, Step},
+    effect::{self, Effect},
     event::{Event, JSON},
-    sink::Sink,
+    fold::StepError,
+    manifest::Manifest,
 };
+use std::sync::Arc;
 
 fn target_dir() -> std::path::PathBuf {
     std::env::current_exe().unwrap().ancestors().nth(3).unwrap().to_path_buf()
@@ -67,38 +77,125 @@ fn events(n: usize) -> Vec<Event> {
     out
 }
 
-async fn daemon_rate(dir: &std::path::Path, url: &str, sink: &str, n: u64) -> f64 {
-    let text = format!(
-        "plugin-dir = \"plugins\"\nbatch-size = 500\nfetch-wait-ms = 100\n[nats]\nurl = \"{url}\"\n{sink}"
-    );
-    let config = Config::parse(&text, dir.to_path_buf(), |_| None).unwrap();
-    let target = config.sink_target();
-    let started = Instant::now();
-    let done = async move {
-        loop {
-            let t = target.clone();
-            let seq = tokio::task::spawn_blocking(move || {
-                Sink::open(&t)
-                    .ok()
-                    .and_then(|mut s| s.checkpoint("compute-resource").ok().flatten())
-                    .map(|c| c.last_seq)
+/// compute-resource compiled into the host: the SDK's own step, effects checked like a
+/// guest's.
+struct NativeComputeResource;
+
+impl Step for NativeComputeResource {
+    fn step(
+        &mut self,
+        manifest: &Manifest,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+        use jetfold_guest::{__private as sdk, Effect as E};
+        let raw = sdk::RawEvent {
+            sequence: event.sequence,
+            subject: event.subject.clone(),
+            message_id: event.message_id.clone(),
+            event_type: event.event_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: event.causation_id.clone(),
+            seconds: event.time.timestamp(),
+            nanoseconds: event.time.timestamp_subsec_nanos(),
+            schema_version: event.schema_version,
+            headers: event.headers.clone(),
+            payload: event.payload.clone(),
+            content_type: event.content_type.clone(),
+        };
+        let (state, effects) = sdk::apply::<
+            compute_resource::ResourceState,
+            compute_resource::ResourceEvent,
+            jetfold_guest::NoConfig,
+        >(state.cloned(), raw)
+        .map_err(|e| StepError {
+            kind: "error".into(),
+            code: Some(e.code),
+            message: e.message,
+            backtrace: None,
+        })?;
+        let effects = effects
+            .into_iter()
+            .map(|e| match e {
+                E::Upsert { table, key, row } => {
+                    types::Effect::Upsert(types::UpsertRow { table, key, row })
+                }
+                E::Update { table, key, patch } => {
+                    types::Effect::Update(types::UpdateRow { table, key, patch })
+                }
+                E::Delete { table, key } => types::Effect::Delete(types::DeleteRow { table, key }),
+                other => panic!("compute-resource makes no {other:?}"),
             })
-            .await
-            .unwrap()
-            .unwrap_or(0);
-            if seq >= n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            .collect();
+        let effects = effect::accept(effects, &manifest.allow).map_err(|e| StepError {
+            kind: "rejected-effect".into(),
+            code: None,
+            message: e.to_string(),
+            backtrace: None,
+        })?;
+        Ok((state, effects))
+    }
+}
+
+/// Runs a daemon over the whole stream into an empty database: events/s, and the share of
+/// the fold and commit stages (busy time over wall time).
+async fn daemon_rate(
+    dir: &std::path::Path,
+    url: &str,
+    sink: &str,
+    n: u64,
+    native: bool,
+) -> (f64, f64, f64) {
+    let text =
+        format!("plugin-dir = \"plugins\"\nbatch-size = 500\n[nats]\nurl = \"{url}\"\n{sink}");
+    let config = Config::parse(&text, dir.to_path_buf(), |_| None).unwrap();
+    let started = Instant::now();
+    let daemon = if native {
+        let manifest = Manifest::load(&dir.join("plugins/compute-resource/plugin.toml")).unwrap();
+        let plugin = DaemonPlugin {
+            stream: manifest.source.stream.clone().unwrap(),
+            subjects: manifest.source.subjects.clone(),
+            start: Default::default(),
+            manifest,
+            implementation: Implementation::Native {
+                digest: "native-compute-resource".into(),
+                make: Arc::new(|| {
+                    jetfold_guest::__private::init_projection::<
+                        compute_resource::ResourceState,
+                        compute_resource::ResourceEvent,
+                        jetfold_guest::NoConfig,
+                    >("{}")
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
+                    Ok(Box::new(NativeComputeResource) as Box<dyn Step>)
+                }),
+            },
+        };
+        Daemon::start_with(config, vec![plugin]).await.unwrap()
+    } else {
+        Daemon::start(config).await.unwrap()
     };
-    jetfold_host::daemon::run(config, done).await.unwrap();
-    n as f64 / started.elapsed().as_secs_f64()
+    let mut progress = daemon.progress("compute-resource").unwrap();
+    let done = progress.wait_for(|p| p.committed_seq >= n).await.unwrap().clone();
+    let elapsed = started.elapsed().as_secs_f64();
+    daemon.stop().await.unwrap();
+    (
+        n as f64 / elapsed,
+        done.fold_time.as_secs_f64() / elapsed,
+        done.commit_time.as_secs_f64() / elapsed,
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
     let n: usize =
         std::env::var("JETFOLD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let rounds: usize =
+        std::env::var("JETFOLD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let plugin = root.join("plugins/compute-resource");
     let options =
@@ -126,47 +223,80 @@ fn main() {
                 a.await.unwrap();
             }
         }
-        println!("stream INFRA pre-filled with {n} compute-resource events");
+        println!("stream INFRA pre-filled with {n} compute-resource events; medians of {rounds} round(s)");
 
-        // 1. Raw consumption: the limit.
+        // 1. Raw consumption, as the daemon consumes: the limit.
         let stream = js.get_stream("INFRA").await.unwrap();
-        let consumer = stream
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                durable_name: Some("raw".into()),
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let started = Instant::now();
-        let mut seen = 0;
-        while seen < n {
-            let mut batch = consumer.fetch().max_messages(500).expires(Duration::from_millis(100)).messages().await.unwrap();
-            while let Some(m) = batch.next().await {
-                m.unwrap().ack().await.unwrap();
+        let mut raws = Vec::new();
+        for round in 0..rounds {
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                    durable_name: Some(format!("raw-{round}")),
+                    ack_policy: async_nats::jetstream::consumer::AckPolicy::All,
+                    max_ack_pending: 4_000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            let started = Instant::now();
+            let mut messages = consumer.stream().max_messages_per_batch(500).messages().await.unwrap();
+            let mut seen = 0;
+            while seen < n {
+                let m = messages.next().await.unwrap().unwrap();
                 seen += 1;
+                if seen % 500 == 0 || seen == n {
+                    m.ack().await.unwrap();
+                }
             }
+            raws.push(n as f64 / started.elapsed().as_secs_f64());
         }
-        let raw = n as f64 / started.elapsed().as_secs_f64();
-        println!("  raw JetStream consumption (batches of 500, explicit acks) {raw:>10.0} events/s");
+        let raw = median(raws);
+        println!("  raw JetStream consumption (500 in flight, one ack per 500)   {raw:>9.0} events/s");
 
-        // 2. The daemon, WASM projection, into SQLite.
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("plugins/compute-resource");
         std::fs::create_dir_all(&dest).unwrap();
         std::fs::copy(plugin.join("plugin.toml"), dest.join("plugin.toml")).unwrap();
         std::fs::copy(plugin.join("compute_resource.wasm"), dest.join("compute_resource.wasm")).unwrap();
-        let sqlite = daemon_rate(dir.path(), &url, "[sink]\nsqlite = \"bench.db\"\n", n as u64).await;
-        println!("  daemon, WASM projection, into SQLite                      {sqlite:>10.0} events/s  ({:.2}x raw)", sqlite / raw);
-
-        // 3. Into PostgreSQL.
         let pg = std::env::var("JETFOLD_BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let schema = format!("jetfold_bench_{}", std::process::id());
-        let rate = daemon_rate(dir.path(), &url, &format!("[sink]\npostgres = \"{pg}\"\nschema = \"{schema}\"\n"), n as u64).await;
-        println!("  daemon, WASM projection, into PostgreSQL                  {rate:>10.0} events/s  ({:.2}x raw)", rate / raw);
+        let mut schemas = Vec::new();
+        for sink in ["SQLite", "PostgreSQL"] {
+            let mut native_rate = 0.0;
+            for native in [true, false] {
+                let mut runs = Vec::new();
+                for round in 0..rounds {
+                    let id = format!("{}_{}_{round}", if native { "native" } else { "wasm" }, std::process::id());
+                    let conf = if sink == "SQLite" {
+                        format!("[sink]\nsqlite = \"bench-{id}.db\"\n")
+                    } else {
+                        let schema = format!("jetfold_bench_{id}");
+                        schemas.push(schema.clone());
+                        format!("[sink]\npostgres = \"{pg}\"\nschema = \"{schema}\"\n")
+                    };
+                    runs.push(daemon_rate(dir.path(), &url, &conf, n as u64, native).await);
+                }
+                runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let (rate, fold, commit) = runs[runs.len() / 2];
+                let what = if native { "native projection" } else { "WASM projection  " };
+                let vs_native = if native {
+                    native_rate = rate;
+                    String::new()
+                } else {
+                    format!(", {:.2}x native", rate / native_rate)
+                };
+                println!(
+                    "  daemon, {what}, into {sink:<10}   {rate:>9.0} events/s  ({:.2}x raw{vs_native}; fold stage busy {:.0}%, commit stage {:.0}%)",
+                    rate / raw,
+                    fold * 100.0,
+                    commit * 100.0
+                );
+            }
+        }
         tokio::task::spawn_blocking(move || {
             let mut c = postgres::Client::connect(&pg, postgres::NoTls).unwrap();
-            c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).unwrap();
+            for schema in schemas {
+                c.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).unwrap();
+            }
         })
         .await
         .unwrap();

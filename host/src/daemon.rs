@@ -1,23 +1,33 @@
-//! `jetfold run`: the long-lived daemon. One worker thread per plugin runs the path of an
-//! event in a straight line: fetch a batch from the plugin's durable consumer, call the guest
-//! for each event, check the effects, commit SQL effects + states + rejections + outbox +
-//! checkpoint in one transaction, publish the outbox, then ack the batch.
+//! `jetfold run`: the long-lived daemon. Each plugin runs on two threads of its own, a
+//! pipeline of two stages:
 //!
-//! Guest calls and SQL run on the worker's own thread, off the async runtime that carries the
-//! NATS connection. Failures running effects (database, NATS) are retried with exponential
+//! 1. the **fold** thread takes the messages its durable consumer has already delivered (a
+//!    continuous pull keeps up to a batch in flight), calls the plugin for each event and
+//!    checks the effects, and hands the batch on;
+//! 2. the **commit** thread commits the batch's SQL effects, states, rejections, outbox and
+//!    checkpoint in one transaction, publishes the outbox, then acks the batch (one ack: the
+//!    consumer acks all up to the last message).
+//!
+//! The fold of batch N+1 overlaps the commit of batch N; the fold thread keeps the states of
+//! the keys it has folded, so it never needs batch N's commit to go on. Under load batches
+//! grow to `batch-size`; at a trickle each event is its own batch, so latency stays low.
+//!
+//! Guest calls and SQL run on these threads, off the async runtime that carries the NATS
+//! connection. Failures running effects (database, NATS) are retried with exponential
 //! backoff and nothing is acked meanwhile; guest failures are deterministic, so the event is
 //! recorded in `jetfold_rejected` and acked.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     future::Future,
     path::PathBuf,
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use async_nats::jetstream::{self, message::Message};
-use futures::StreamExt as _;
+use async_nats::jetstream::{self, consumer::pull, message::Message};
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::{runtime::Handle, sync::watch};
 
 use crate::component::{ComponentLoader, LoadedComponent};
@@ -30,12 +40,52 @@ use crate::manifest::{MANIFEST_FILE, Manifest, PluginKind};
 use crate::nats::{self, source, source::headers};
 use crate::sink::{Commit, OutboxMessage, Rejected, Sink, SinkTarget};
 
+/// One fold step of a plugin: the key's new state and the checked effects of one event.
+pub trait Step: Send {
+    /// Folds `event` into `state`; an error rejects the event.
+    fn step(
+        &mut self,
+        manifest: &Manifest,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<Effect>), StepError>;
+}
+
+impl Step for GuestInstance {
+    fn step(
+        &mut self,
+        manifest: &Manifest,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+        checked_step(self, manifest, state, event)
+    }
+}
+
+/// Makes a native step (one per worker).
+pub type NativeFactory = Arc<dyn Fn() -> anyhow::Result<Box<dyn Step>> + Send + Sync>;
+
+/// What folds a plugin's events.
+#[derive(Clone)]
+pub enum Implementation {
+    /// A WebAssembly component: what the daemon loads from the plugin directory.
+    Component(LoadedComponent),
+    /// The same contract compiled into the host, for embedding jetfold as a library and for
+    /// the benchmark's native baseline. `digest` names the version in checkpoints.
+    Native {
+        /// The version's name in checkpoints and provenance headers.
+        digest: String,
+        /// Makes the step.
+        make: NativeFactory,
+    },
+}
+
 /// A plugin the daemon runs, with its source resolved.
 pub struct DaemonPlugin {
     /// The manifest.
     pub manifest: Manifest,
-    /// The checked component.
-    pub component: LoadedComponent,
+    /// What folds its events.
+    pub implementation: Implementation,
     /// Stream to read.
     pub stream: String,
     /// Filter subjects.
@@ -45,11 +95,30 @@ pub struct DaemonPlugin {
 }
 
 impl DaemonPlugin {
-    /// A fresh, initialised instance of the plugin.
-    pub fn instantiate(&self, loader: &ComponentLoader) -> anyhow::Result<GuestInstance> {
+    /// The version's identity: the component's sha256, or the native step's name.
+    pub fn digest(&self) -> String {
+        match &self.implementation {
+            Implementation::Component(c) => c.digest.hex(),
+            Implementation::Native { digest, .. } => digest.clone(),
+        }
+    }
+
+    /// A fresh, initialised instance of the plugin's component.
+    fn instantiate(
+        &self,
+        component: &LoadedComponent,
+        loader: &ComponentLoader,
+    ) -> anyhow::Result<GuestInstance> {
         let m = &self.manifest;
-        GuestInstance::new(&self.component, loader.engine(), m.limits.clone(), m.config_json())
+        GuestInstance::new(component, loader.engine(), m.limits.clone(), m.config_json())
             .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))
+    }
+
+    fn step(&self, loader: &ComponentLoader) -> anyhow::Result<Box<dyn Step>> {
+        match &self.implementation {
+            Implementation::Component(c) => Ok(Box::new(self.instantiate(c, loader)?)),
+            Implementation::Native { make, .. } => make(),
+        }
     }
 }
 
@@ -80,7 +149,7 @@ pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         let component = loader.load(manifest.kind, &manifest.wasm_path())?;
         plugins.push(DaemonPlugin {
             manifest,
-            component,
+            implementation: Implementation::Component(component),
             stream,
             subjects,
             start: overrides.start.unwrap_or_default(),
@@ -89,99 +158,232 @@ pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
     Ok(plugins)
 }
 
+/// What a plugin has done since the daemon started, updated after every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The last stream sequence committed (the checkpoint).
+    pub committed_seq: u64,
+    /// Events folded and committed (rejected ones included).
+    pub events: u64,
+    /// Events the plugin rejected.
+    pub rejected: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Transient failures retried: commits, publishes of emitted messages.
+    pub retries: u64,
+    /// Time spent folding (guest calls and effect checks).
+    pub fold_time: Duration,
+    /// Time spent committing, publishing and acking.
+    pub commit_time: Duration,
+}
+
+/// A running daemon: every plugin's workers, until [`Daemon::stop`].
+pub struct Daemon {
+    stop_tx: watch::Sender<bool>,
+    workers: Vec<(String, std::thread::JoinHandle<anyhow::Result<()>>)>,
+    services: Vec<tokio::task::JoinHandle<()>>,
+    client: async_nats::Client,
+    progress: BTreeMap<String, watch::Receiver<Progress>>,
+}
+
 /// Runs the daemon until `shutdown` completes, then drains: every worker finishes (commits
-/// and acks) the batch in hand and stops.
+/// and acks) the batches in hand and stops.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let daemon = Daemon::start(config).await?;
+    shutdown.await;
+    daemon.stop().await
+}
+
+impl Daemon {
+    /// Loads the plugins of the config's plugin directory and starts them.
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let loader = loader(&config)?;
+        let plugins = discover(&config, &loader)?;
+        if plugins.is_empty() {
+            bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display());
+        }
+        Daemon::start_plugins(config, loader, plugins).await
+    }
+
+    /// Starts the given plugins (the config's plugin directory is not read).
+    pub async fn start_with(config: Config, plugins: Vec<DaemonPlugin>) -> anyhow::Result<Daemon> {
+        let loader = loader(&config)?;
+        Daemon::start_plugins(config, loader, plugins).await
+    }
+
+    async fn start_plugins(
+        config: Config,
+        loader: ComponentLoader,
+        plugins: Vec<DaemonPlugin>,
+    ) -> anyhow::Result<Daemon> {
+        let target = config.sink_target();
+        let client = nats::connect(&config).await?;
+        let js = jetstream::new(client.clone());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut daemon = Daemon {
+            stop_tx,
+            workers: Vec::new(),
+            services: Vec::new(),
+            client: client.clone(),
+            progress: BTreeMap::new(),
+        };
+        for plugin in plugins {
+            let m = &plugin.manifest;
+            if let (PluginKind::Projection, Implementation::Component(c)) =
+                (m.kind, &plugin.implementation)
+            {
+                let guest = plugin.instantiate(c, &loader)?;
+                let service =
+                    crate::query::serve(client.clone(), m.name.clone(), guest, target.clone());
+                let name = m.name.clone();
+                daemon.services.push(tokio::spawn(async move {
+                    if let Err(e) = service.await {
+                        tracing::error!(plugin = %name, error = %format!("{e:#}"), "query service stopped");
+                    }
+                }));
+            }
+            let name = m.name.clone();
+            let (progress_tx, progress_rx) = watch::channel(Progress::default());
+            let env = WorkerEnv {
+                rt: Handle::current(),
+                stop: stop_rx.clone(),
+                js: js.clone(),
+                target: target.clone(),
+                progress: progress_tx,
+            };
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let (loader, config) = (loader.clone(), config.clone());
+            // Workers are built on threads of their own: database clients may run runtimes of
+            // their own, which cannot start inside this one.
+            let thread = std::thread::Builder::new()
+                .name(format!("fold-{name}"))
+                .spawn(move || start_worker(plugin, &loader, &config, env, ready_tx))
+                .context("failed to start a worker thread")?;
+            let started = tokio::task::spawn_blocking(move || ready_rx.recv()).await?;
+            match started {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    daemon.stop().await.ok();
+                    return Err(e);
+                }
+                Err(_) => {
+                    let _ = thread.join();
+                    daemon.stop().await.ok();
+                    bail!("worker thread for `{name}` ended before starting");
+                }
+            }
+            tracing::info!(plugin = %name, "plugin started");
+            daemon.workers.push((name.clone(), thread));
+            daemon.progress.insert(name, progress_rx);
+        }
+        Ok(daemon)
+    }
+
+    /// What a plugin has done so far; `None` for a plugin this daemon does not run.
+    pub fn progress(&self, plugin: &str) -> Option<watch::Receiver<Progress>> {
+        self.progress.get(plugin).cloned()
+    }
+
+    /// Drains: every worker commits and acks the batches in hand, then stops.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("stopping: draining in-flight batches");
+        let _ = self.stop_tx.send(true);
+        let mut failed = Vec::new();
+        for (name, thread) in self.workers {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await?;
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed.push(format!("{name}: {e:#}")),
+                Err(_) => failed.push(format!("{name}: worker panicked")),
+            }
+        }
+        for service in self.services {
+            service.abort();
+        }
+        self.client.flush().await.ok();
+        if !failed.is_empty() {
+            bail!("plugins stopped with errors: {}", failed.join("; "));
+        }
+        Ok(())
+    }
+}
+
+fn loader(config: &Config) -> anyhow::Result<ComponentLoader> {
     let cache = config
         .cache_dir
         .clone()
         .map(|d| config.resolve(&d))
         .or_else(ComponentLoader::default_cache_dir);
-    let loader = ComponentLoader::new(cache)?;
-    let plugins = discover(&config, &loader)?;
-    if plugins.is_empty() {
-        bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display());
-    }
-    let target = config.sink_target();
-    let client = nats::connect(&config).await?;
-    let js = jetstream::new(client.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut workers = Vec::new();
-    let mut services = Vec::new();
-    for plugin in plugins {
-        if plugin.manifest.kind == PluginKind::Projection {
-            let m = &plugin.manifest;
-            let guest = plugin.instantiate(&loader)?;
-            let service =
-                crate::query::serve(client.clone(), m.name.clone(), guest, target.clone());
-            let name = m.name.clone();
-            services.push(tokio::spawn(async move {
-                if let Err(e) = service.await {
-                    tracing::error!(plugin = %name, error = %format!("{e:#}"), "query service stopped");
-                }
-            }));
-        }
-        let name = plugin.manifest.name.clone();
-        let handle = Handle::current();
-        let stop = stop_rx.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (loader, config, target, js) =
-            (loader.clone(), config.clone(), target.clone(), js.clone());
-        // The worker is built on its own thread: database clients may run runtimes of their
-        // own, which cannot start inside this one.
-        let thread = std::thread::Builder::new()
-            .name(format!("plugin-{name}"))
-            .spawn(move || match Worker::new(plugin, &loader, &config, &target, js) {
-                Ok(worker) => {
-                    let _ = ready_tx.send(Ok(()));
-                    worker.run(&handle, &stop)
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    Ok(())
-                }
-            })
-            .context("failed to start a worker thread")?;
-        tokio::task::spawn_blocking(move || ready_rx.recv())
-            .await?
-            .map_err(|_| anyhow::anyhow!("worker thread for `{name}` ended before starting"))??;
-        tracing::info!(plugin = %name, "plugin started");
-        workers.push((name, thread));
-    }
-    shutdown.await;
-    tracing::info!("stopping: draining in-flight batches");
-    let _ = stop_tx.send(true);
-    let mut failed = Vec::new();
-    for (name, thread) in workers {
-        let joined = tokio::task::spawn_blocking(move || thread.join()).await?;
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(format!("{name}: {e:#}")),
-            Err(_) => failed.push(format!("{name}: worker panicked")),
-        }
-    }
-    for service in services {
-        service.abort();
-    }
-    client.flush().await.ok();
-    if !failed.is_empty() {
-        bail!("plugins stopped with errors: {}", failed.join("; "));
-    }
-    Ok(())
+    ComponentLoader::new(cache)
 }
 
-struct Worker {
-    name: String,
-    digest: String,
-    plugin: DaemonPlugin,
-    guest: GuestInstance,
-    sink: Sink,
+/// What both of a plugin's threads share.
+#[derive(Clone)]
+struct WorkerEnv {
+    rt: Handle,
+    stop: watch::Receiver<bool>,
     js: jetstream::Context,
-    states: HashMap<String, Vec<u8>>,
-    checkpoint: u64,
-    batch_size: usize,
-    ack_wait: Duration,
-    fetch_wait: Duration,
+    target: SinkTarget,
+    progress: watch::Sender<Progress>,
+}
+
+/// Runs on the plugin's fold thread: starts the commit thread, reports readiness, folds until
+/// stopped, then waits for the commit thread to drain.
+fn start_worker(
+    plugin: DaemonPlugin,
+    loader: &ComponentLoader,
+    config: &Config,
+    env: WorkerEnv,
+    ready: mpsc::Sender<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let name = plugin.manifest.name.clone();
+    let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(1);
+    let (committer_ready_tx, committer_ready_rx) = mpsc::channel();
+    let committer = {
+        let (env, name, tables) = (env.clone(), name.clone(), plugin.manifest.allow.tables.clone());
+        std::thread::Builder::new().name(format!("commit-{name}")).spawn(move || {
+            let committer = Committer::open(name, &tables, env);
+            match committer {
+                Ok((committer, checkpoint)) => {
+                    let _ = committer_ready_tx.send(Ok(checkpoint));
+                    committer.run(jobs_rx)
+                }
+                Err(e) => {
+                    let _ = committer_ready_tx.send(Err(e));
+                    Ok(())
+                }
+            }
+        })
+    };
+    let started = committer.context("failed to start a commit thread").and_then(|thread| {
+        let checkpoint = committer_ready_rx
+            .recv()
+            .map_err(|_| anyhow::anyhow!("commit thread for `{name}` ended before starting"))??;
+        let folder = Folder::new(plugin, loader, config, env, checkpoint)?;
+        Ok((thread, folder))
+    });
+    let (thread, folder) = match started {
+        Ok(started) => started,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return Ok(());
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let folded = folder.run(jobs_tx);
+    let committed = thread.join().map_err(|_| anyhow::anyhow!("commit thread panicked"))?;
+    folded.and(committed)
+}
+
+/// A folded batch on its way to the commit thread.
+struct Job {
+    commit: Commit,
+    /// The batch's last message: acking it acks the batch.
+    ack: Option<Message>,
+    events: u64,
+    rejected: u64,
+    fold_time: Duration,
 }
 
 /// Exponential backoff between retries of a transient failure.
@@ -201,12 +403,13 @@ impl Backoff {
 }
 
 /// Runs `attempt` until it succeeds, backing off after each failure (logged at `level` with
-/// `what`); `None` if the daemon is stopping first.
+/// `what`, counted in `retries`); `None` if the daemon is stopping first.
 fn retry<T>(
     plugin: &str,
     what: &str,
     level: tracing::Level,
     stop: &watch::Receiver<bool>,
+    retries: &mut u64,
     mut attempt: impl FnMut() -> anyhow::Result<T>,
 ) -> Option<T> {
     let mut backoff = Backoff::new();
@@ -218,6 +421,7 @@ fn retry<T>(
             }
             Err(e) => tracing::warn!(plugin, error = %format!("{e:#}"), "{what}; retrying"),
         }
+        *retries += 1;
         backoff.wait(stop);
         if *stop.borrow() {
             return None;
@@ -225,140 +429,79 @@ fn retry<T>(
     }
 }
 
-impl Worker {
-    fn new(
-        plugin: DaemonPlugin,
-        loader: &ComponentLoader,
-        config: &Config,
-        target: &SinkTarget,
-        js: jetstream::Context,
-    ) -> anyhow::Result<Worker> {
-        let m = &plugin.manifest;
-        let guest = plugin.instantiate(loader)?;
-        let mut sink = Sink::open(target)?;
-        sink.ensure_tables(&m.allow.tables).context("failed to create read-model tables")?;
-        let checkpoint = sink.checkpoint(&m.name)?.map(|c| c.last_seq).unwrap_or(0);
-        Ok(Worker {
-            name: m.name.clone(),
-            digest: plugin.component.digest.hex(),
-            guest,
-            sink,
-            js,
-            states: HashMap::new(),
-            checkpoint,
-            batch_size: config.batch_size,
-            ack_wait: config.ack_wait(),
-            fetch_wait: config.fetch_wait(),
-            plugin,
-        })
+/// The commit stage: the only writer of the plugin's tables and checkpoint.
+struct Committer {
+    name: String,
+    sink: Sink,
+    env: WorkerEnv,
+    checkpoint: u64,
+    retries: u64,
+}
+
+impl Committer {
+    /// Opens the sink, creates the plugin's tables; the checkpoint to resume after.
+    fn open(name: String, tables: &[String], env: WorkerEnv) -> anyhow::Result<(Committer, u64)> {
+        let mut sink = Sink::open(&env.target)?;
+        sink.ensure_tables(tables).context("failed to create read-model tables")?;
+        let checkpoint = sink.checkpoint(&name)?.map(|c| c.last_seq).unwrap_or(0);
+        env.progress.send_modify(|p| p.committed_seq = checkpoint);
+        Ok((Committer { name, sink, env, checkpoint, retries: 0 }, checkpoint))
     }
 
-    fn run(mut self, rt: &Handle, stop: &watch::Receiver<bool>) -> anyhow::Result<()> {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
         // Messages committed before a crash but not confirmed published go out first.
         let pending = self.sink.outbox(&self.name)?;
-        if !pending.is_empty() && !self.publish(rt, &pending, stop) {
+        if !pending.is_empty() && !self.publish(&pending) {
             return Ok(());
         }
-        let p = &self.plugin;
-        let resume_after = (self.checkpoint > 0).then_some(self.checkpoint);
-        let bind = || {
-            rt.block_on(source::consumer(
-                &self.js,
-                &p.stream,
-                &self.name,
-                &p.subjects,
-                p.start,
-                resume_after,
-                self.ack_wait,
-                self.batch_size * 4,
-            ))
-        };
-        let Some(consumer) =
-            retry(&self.name, "cannot bind the source", tracing::Level::ERROR, stop, bind)
-        else {
-            return Ok(());
-        };
-        let mut backoff = Backoff::new();
-        while !*stop.borrow() {
-            let fetched = rt.block_on(async {
-                let mut batch = consumer
-                    .fetch()
-                    .max_messages(self.batch_size)
-                    .expires(self.fetch_wait)
-                    .messages()
-                    .await?;
-                let mut messages = Vec::new();
-                while let Some(m) = batch.next().await {
-                    match m {
-                        Ok(m) => messages.push(m),
-                        Err(e) if messages.is_empty() => return Err(anyhow::anyhow!(e)),
-                        Err(_) => break,
-                    }
-                }
-                anyhow::Ok(messages)
-            });
-            let messages = match fetched {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(plugin = %self.name, error = %format!("{e:#}"), "fetch failed; retrying");
-                    backoff.wait(stop);
-                    continue;
-                }
-            };
-            backoff = Backoff::new();
-            if messages.is_empty() {
-                continue;
-            }
-            if !self.handle_batch(rt, &messages, stop) {
+        // Jobs still queued when the daemon stops are committed too: that is the drain.
+        for job in jobs {
+            let started = Instant::now();
+            if !self.handle(&job) {
                 break;
             }
+            let retries = self.retries;
+            self.env.progress.send_modify(|p| {
+                p.committed_seq = self.checkpoint;
+                p.events += job.events;
+                p.rejected += job.rejected;
+                p.batches += 1;
+                p.retries = retries;
+                p.fold_time += job.fold_time;
+                p.commit_time += started.elapsed();
+            });
         }
         Ok(())
     }
 
-    /// Folds, commits, publishes and acks one batch; false if stopped before the commit.
-    fn handle_batch(
-        &mut self,
-        rt: &Handle,
-        messages: &[Message],
-        stop: &watch::Receiver<bool>,
-    ) -> bool {
-        let mut commit = self.fold(messages);
+    /// Commits, publishes and acks one batch; false if stopped before the commit.
+    fn handle(&mut self, job: &Job) -> bool {
+        let commit = &job.commit;
         if commit.last_seq > self.checkpoint {
-            let committed = retry(
-                &self.name,
-                "commit failed (nothing acked)",
-                tracing::Level::WARN,
-                stop,
-                || self.sink.commit(&commit),
-            );
-            if committed.is_none() {
+            let (sink, stop) = (&mut self.sink, &self.env.stop);
+            let what = "commit failed (nothing acked)";
+            let level = tracing::Level::WARN;
+            if retry(&self.name, what, level, stop, &mut self.retries, || sink.commit(commit))
+                .is_none()
+            {
                 return false;
             }
             self.checkpoint = commit.last_seq;
-            self.states.extend(std::mem::take(&mut commit.states));
-            if !commit.outbox.is_empty() && !self.publish(rt, &commit.outbox, stop) {
+            if !commit.outbox.is_empty() && !self.publish(&commit.outbox) {
                 return false;
             }
         }
-        rt.block_on(async {
-            for m in messages {
-                if let Err(e) = m.ack().await {
-                    tracing::warn!(plugin = %self.name, error = %e, "ack failed; the event will be redelivered and skipped");
-                }
-            }
-        });
+        if let Some(message) = &job.ack
+            && let Err(e) = self.env.rt.block_on(message.ack())
+        {
+            tracing::warn!(plugin = %self.name, error = %e, "ack failed; the events will be redelivered and skipped");
+        }
         true
     }
 
     /// Publishes outbox messages and waits for JetStream to confirm each; then forgets them.
-    fn publish(
-        &mut self,
-        rt: &Handle,
-        outbox: &[OutboxMessage],
-        stop: &watch::Receiver<bool>,
-    ) -> bool {
-        let js = &self.js;
+    fn publish(&mut self, outbox: &[OutboxMessage]) -> bool {
+        let (js, rt) = (&self.env.js, &self.env.rt);
         let publish_all = || {
             rt.block_on(async {
                 let mut acks = Vec::with_capacity(outbox.len());
@@ -379,7 +522,9 @@ impl Worker {
             })
         };
         let what = "publishing emitted messages failed (nothing acked)";
-        if retry(&self.name, what, tracing::Level::WARN, stop, publish_all).is_none() {
+        let level = tracing::Level::WARN;
+        if retry(&self.name, what, level, &self.env.stop, &mut self.retries, publish_all).is_none()
+        {
             return false;
         }
         let ids: Vec<String> = outbox.iter().map(|m| m.msg_id.clone()).collect();
@@ -389,12 +534,161 @@ impl Worker {
         }
         true
     }
+}
 
-    fn state_of(&mut self, key: &str, dirty: &HashMap<String, Vec<u8>>) -> Option<Vec<u8>> {
-        if let Some(s) = dirty.get(key).or_else(|| self.states.get(key)) {
+/// The fold stage: the plugin's source, its step and the states of the keys it folded.
+struct Folder {
+    name: String,
+    digest: String,
+    plugin: DaemonPlugin,
+    step: Box<dyn Step>,
+    /// Reads states of keys this process has not folded yet.
+    reader: Sink,
+    env: WorkerEnv,
+    states: HashMap<String, Vec<u8>>,
+    /// The last stream sequence folded (committed, or queued for commit).
+    folded: u64,
+    batch_size: usize,
+    ack_wait: Duration,
+    pull_expiry: Duration,
+}
+
+impl Folder {
+    fn new(
+        plugin: DaemonPlugin,
+        loader: &ComponentLoader,
+        config: &Config,
+        env: WorkerEnv,
+        checkpoint: u64,
+    ) -> anyhow::Result<Folder> {
+        let step = plugin.step(loader)?;
+        let reader = Sink::open(&env.target)?;
+        Ok(Folder {
+            name: plugin.manifest.name.clone(),
+            digest: plugin.digest(),
+            step,
+            reader,
+            env,
+            states: HashMap::new(),
+            folded: checkpoint,
+            batch_size: config.batch_size,
+            ack_wait: config.ack_wait(),
+            pull_expiry: config.fetch_wait(),
+            plugin,
+        })
+    }
+
+    /// (Re)creates the consumer just after the last folded event and pulls from it.
+    fn bind(&self) -> anyhow::Result<pull::Stream> {
+        let p = &self.plugin;
+        self.env.rt.block_on(async {
+            let consumer = source::consumer(
+                &self.env.js,
+                &p.stream,
+                &self.name,
+                &p.subjects,
+                p.start,
+                (self.folded > 0).then_some(self.folded),
+                self.ack_wait,
+                self.batch_size * 8,
+            )
+            .await?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(self.batch_size)
+                .expires(self.pull_expiry)
+                .messages()
+                .await?;
+            anyhow::Ok(messages)
+        })
+    }
+
+    /// Folds until stopped; every batch goes to the commit thread through `jobs`.
+    fn run(mut self, jobs: mpsc::SyncSender<Job>) -> anyhow::Result<()> {
+        let mut retries = 0;
+        let mut source = None;
+        let mut backoff = Backoff::new();
+        while !*self.env.stop.borrow() {
+            let stream = match &mut source {
+                Some(stream) => stream,
+                None => {
+                    let what = "cannot bind the source";
+                    let (stop, level) = (&self.env.stop, tracing::Level::ERROR);
+                    let Some(stream) =
+                        retry(&self.name, what, level, stop, &mut retries, || self.bind())
+                    else {
+                        break;
+                    };
+                    source.insert(stream)
+                }
+            };
+            let (messages, broken) = self.receive(stream);
+            if let Some(e) = broken {
+                // Messages delivered after a failure could be out of order: start over just
+                // after the last folded event.
+                tracing::warn!(plugin = %self.name, error = %format!("{e:#}"), "source failed; rebinding");
+                source = None;
+                if messages.is_empty() {
+                    backoff.wait(&self.env.stop);
+                }
+            } else {
+                backoff = Backoff::new();
+            }
+            if messages.is_empty() {
+                continue;
+            }
+            let started = Instant::now();
+            let (commit, events, rejected) = self.fold(&messages);
+            let job = Job {
+                commit,
+                ack: messages.into_iter().last(),
+                events,
+                rejected,
+                fold_time: started.elapsed(),
+            };
+            if jobs.send(job).is_err() {
+                break; // the commit thread stopped: the daemon is stopping
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the first message (or the stop), then takes what has already arrived, up to
+    /// a batch; with the error that ended the stream, if one did.
+    fn receive(&mut self, stream: &mut pull::Stream) -> (Vec<Message>, Option<anyhow::Error>) {
+        let mut stop = self.env.stop.clone();
+        let limit = self.batch_size;
+        self.env.rt.block_on(async move {
+            let mut messages = Vec::new();
+            let first = tokio::select! {
+                next = stream.next() => next,
+                _ = stop.wait_for(|stopping| *stopping) => return (messages, None),
+            };
+            let mut next = first;
+            loop {
+                match next {
+                    Some(Ok(m)) => messages.push(m),
+                    Some(Err(e)) => return (messages, Some(anyhow::Error::new(e))),
+                    None => {
+                        return (messages, Some(anyhow::anyhow!("the consumer's stream ended")));
+                    }
+                }
+                if messages.len() >= limit {
+                    return (messages, None);
+                }
+                match stream.next().now_or_never() {
+                    Some(n) => next = n,
+                    None => return (messages, None),
+                }
+            }
+        })
+    }
+
+    fn state_of(&mut self, key: &str) -> Option<Vec<u8>> {
+        if let Some(s) = self.states.get(key) {
             return Some(s.clone());
         }
-        match self.sink.state(&self.name, key) {
+        match self.reader.state(&self.name, key) {
             Ok(Some(s)) => {
                 self.states.insert(key.to_string(), s.clone());
                 Some(s)
@@ -407,22 +701,26 @@ impl Worker {
         }
     }
 
-    /// Runs the guest over the batch: what to commit, new states included.
-    fn fold(&mut self, messages: &[Message]) -> Commit {
+    /// Runs the step over the batch: what to commit (new states included), the number of
+    /// events folded and of those rejected.
+    fn fold(&mut self, messages: &[Message]) -> (Commit, u64, u64) {
         let mut commit = Commit {
             plugin: self.name.clone(),
             digest: self.digest.clone(),
-            last_seq: self.checkpoint,
+            last_seq: self.folded,
             ..Default::default()
         };
-        let mut dirty: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut dirty = HashSet::new();
+        let mut events = 0;
         for message in messages {
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
-            if seq <= self.checkpoint {
-                continue; // redelivered after a crash: already applied
+            if seq <= self.folded {
+                continue; // redelivered: already folded
             }
-            commit.last_seq = commit.last_seq.max(seq);
+            self.folded = seq;
+            commit.last_seq = seq;
+            events += 1;
             let event = match source::event_from_message(message) {
                 Ok(e) => e,
                 Err(e) => {
@@ -439,19 +737,18 @@ impl Worker {
                 }
             };
             let key = self.plugin.manifest.state_key(&event);
-            let state = self.state_of(&key, &dirty);
-            let outcome =
-                checked_step(&mut self.guest, &self.plugin.manifest, state.as_ref(), &event);
-            match outcome {
+            let state = self.state_of(&key);
+            match self.step.step(&self.plugin.manifest, state.as_ref(), &event) {
                 Ok((new_state, effects)) => {
                     for (index, effect) in effects.into_iter().enumerate() {
                         self.route(&mut commit, &event, index, effect);
                     }
-                    dirty.insert(key, new_state);
+                    self.states.insert(key.clone(), new_state);
+                    dirty.insert(key);
                 }
                 Err(StepError { kind, code, message, .. }) => {
                     tracing::warn!(
-                        plugin = %self.name, digest = %&self.digest[..12], seq, key = %key,
+                        plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq, key = %key,
                         correlation_id = event.correlation_id.as_deref().unwrap_or(""),
                         reason = %message, "event rejected"
                     );
@@ -466,8 +763,10 @@ impl Worker {
                 }
             }
         }
-        commit.states = dirty.into_iter().collect();
-        commit
+        commit.states =
+            dirty.into_iter().map(|k: String| (k.clone(), self.states[&k].clone())).collect();
+        let rejected = commit.rejected.len() as u64;
+        (commit, events, rejected)
     }
 
     /// Sends one accepted effect where it goes: SQL into the commit, emits into the outbox,

@@ -86,7 +86,8 @@ pub async fn consumer(
     let config = pull::Config {
         durable_name: Some(name.clone()),
         description: Some(format!("jetfold plugin {plugin}")),
-        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        // One ack per committed batch: acking its last message acks the batch.
+        ack_policy: jetstream::consumer::AckPolicy::All,
         ack_wait,
         max_ack_pending: max_ack_pending as i64,
         deliver_policy: match (resume_after, start) {

@@ -4,7 +4,6 @@
 use postgres::{Client, NoTls};
 
 use super::{Checkpoint, Commit, OutboxMessage, merge_patch};
-use crate::effect::Effect;
 use crate::manifest::is_identifier;
 
 /// A connection to the daemon's PostgreSQL database.
@@ -96,47 +95,59 @@ impl PostgresSink {
     /// Commits one batch atomically.
     pub fn commit(&mut self, batch: &Commit) -> Result<(), postgres::Error> {
         let mut tx = self.client.transaction()?;
-        for (seq, effect) in &batch.effects {
-            let seq = *seq as i64;
-            match effect {
-                Effect::Upsert { table, key, row } => {
-                    tx.execute(
-                        &format!(
-                            "INSERT INTO \"{table}\" (key, doc, updated_seq) VALUES ($1, CAST($2::text AS jsonb), $3) \
-                             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_seq = excluded.updated_seq"
-                        ),
-                        &[key, &row.get(), &seq],
-                    )?;
-                }
-                Effect::Update { table, key, patch } => {
-                    let current = tx.query_opt(
-                        &format!("SELECT doc::text FROM \"{table}\" WHERE key = $1 FOR UPDATE"),
-                        &[key],
-                    )?;
-                    if let Some(current) = current {
-                        let mut doc: serde_json::Value =
-                            serde_json::from_str(current.get::<_, &str>(0)).unwrap_or_default();
-                        let patch: serde_json::Value =
-                            serde_json::from_str(patch.get()).unwrap_or_default();
-                        merge_patch(&mut doc, &patch);
-                        tx.execute(
-                            &format!("UPDATE \"{table}\" SET doc = CAST($2::text AS jsonb), updated_seq = $3 WHERE key = $1"),
-                            &[key, &doc.to_string(), &seq],
-                        )?;
+        for (table, plan) in batch.plan() {
+            for (key, list) in &plan.patches {
+                let current = tx.query_opt(
+                    &format!("SELECT doc::text FROM \"{table}\" WHERE key = $1 FOR UPDATE"),
+                    &[key],
+                )?;
+                if let Some(current) = current {
+                    let mut doc: serde_json::Value =
+                        serde_json::from_str(current.get::<_, &str>(0)).unwrap_or_default();
+                    for (_, patch) in list {
+                        merge_patch(&mut doc, patch);
                     }
+                    let seq = list.last().map_or(0, |(seq, _)| *seq);
+                    tx.execute(
+                        &format!("UPDATE \"{table}\" SET doc = CAST($2::text AS jsonb), updated_seq = $3 WHERE key = $1"),
+                        &[key, &doc.to_string(), &seq],
+                    )?;
                 }
-                Effect::Delete { table, key } => {
-                    tx.execute(&format!("DELETE FROM \"{table}\" WHERE key = $1"), &[key])?;
+            }
+            // One statement per table and kind of write, however many rows: a round trip to
+            // the server costs more than the rows.
+            if !plan.deletes.is_empty() {
+                tx.execute(
+                    &format!("DELETE FROM \"{table}\" WHERE key = ANY($1)"),
+                    &[&plan.deletes],
+                )?;
+            }
+            if !plan.upserts.is_empty() {
+                let (mut keys, mut docs, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+                for (key, doc, seq) in &plan.upserts {
+                    keys.push(key.as_str());
+                    docs.push(doc.as_str());
+                    seqs.push(*seq);
                 }
-                Effect::Emit { .. } | Effect::Log { .. } => {}
+                tx.execute(
+                    &format!(
+                        "INSERT INTO \"{table}\" (key, doc, updated_seq) \
+                         SELECT k, CAST(d AS jsonb), s FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(k, d, s) \
+                         ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_seq = excluded.updated_seq"
+                    ),
+                    &[&keys, &docs, &seqs],
+                )?;
             }
         }
-        let upsert_state = tx.prepare(
-            "INSERT INTO jetfold_states (plugin, key, state) VALUES ($1, $2, $3) \
-             ON CONFLICT (plugin, key) DO UPDATE SET state = excluded.state",
-        )?;
-        for (key, state) in &batch.states {
-            tx.execute(&upsert_state, &[&batch.plugin, key, state])?;
+        if !batch.states.is_empty() {
+            let keys: Vec<&str> = batch.states.iter().map(|(k, _)| k.as_str()).collect();
+            let states: Vec<&[u8]> = batch.states.iter().map(|(_, s)| s.as_slice()).collect();
+            tx.execute(
+                "INSERT INTO jetfold_states (plugin, key, state) \
+                 SELECT $1, k, s FROM unnest($2::text[], $3::bytea[]) AS u(k, s) \
+                 ON CONFLICT (plugin, key) DO UPDATE SET state = excluded.state",
+                &[&batch.plugin, &keys, &states],
+            )?;
         }
         for r in &batch.rejected {
             tx.execute(

@@ -5,7 +5,6 @@ use std::{path::Path, time::Duration};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Checkpoint, Commit, OutboxMessage, merge_patch};
-use crate::effect::Effect;
 use crate::manifest::is_identifier;
 
 /// A connection to the SQLite database of a daemon.
@@ -130,38 +129,40 @@ impl SqliteSink {
     /// Commits one batch atomically.
     pub fn commit(&mut self, batch: &Commit) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
-        for (seq, effect) in &batch.effects {
-            let seq = *seq as i64;
-            match effect {
-                Effect::Upsert { table, key, row } => {
-                    tx.prepare_cached(&format!(
-                        "INSERT INTO \"{table}\" (key, doc, updated_seq) VALUES (?1, ?2, ?3) \
-                         ON CONFLICT(key) DO UPDATE SET doc = excluded.doc, updated_seq = excluded.updated_seq"
-                    ))?
-                    .execute(params![key, row.get(), seq])?;
-                }
-                Effect::Update { table, key, patch } => {
-                    let current: Option<String> = tx
-                        .prepare_cached(&format!("SELECT doc FROM \"{table}\" WHERE key = ?1"))?
-                        .query_row([key], |r| r.get(0))
-                        .optional()?;
-                    if let Some(current) = current {
-                        let mut doc: serde_json::Value =
-                            serde_json::from_str(&current).unwrap_or_default();
-                        let patch: serde_json::Value =
-                            serde_json::from_str(patch.get()).unwrap_or_default();
-                        merge_patch(&mut doc, &patch);
-                        tx.prepare_cached(&format!(
-                            "UPDATE \"{table}\" SET doc = ?2, updated_seq = ?3 WHERE key = ?1"
-                        ))?
-                        .execute(params![key, doc.to_string(), seq])?;
+        for (table, plan) in batch.plan() {
+            for (key, list) in &plan.patches {
+                let current: Option<String> = tx
+                    .prepare_cached(&format!("SELECT doc FROM \"{table}\" WHERE key = ?1"))?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                if let Some(current) = current {
+                    let mut doc: serde_json::Value =
+                        serde_json::from_str(&current).unwrap_or_default();
+                    for (_, patch) in list {
+                        merge_patch(&mut doc, patch);
                     }
+                    let seq = list.last().map_or(0, |(seq, _)| *seq);
+                    tx.prepare_cached(&format!(
+                        "UPDATE \"{table}\" SET doc = ?2, updated_seq = ?3 WHERE key = ?1"
+                    ))?
+                    .execute(params![key, doc.to_string(), seq])?;
                 }
-                Effect::Delete { table, key } => {
-                    tx.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE key = ?1"))?
-                        .execute([key])?;
+            }
+            if !plan.deletes.is_empty() {
+                let mut stmt =
+                    tx.prepare_cached(&format!("DELETE FROM \"{table}\" WHERE key = ?1"))?;
+                for key in &plan.deletes {
+                    stmt.execute([key])?;
                 }
-                Effect::Emit { .. } | Effect::Log { .. } => {}
+            }
+            if !plan.upserts.is_empty() {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "INSERT INTO \"{table}\" (key, doc, updated_seq) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(key) DO UPDATE SET doc = excluded.doc, updated_seq = excluded.updated_seq"
+                ))?;
+                for (key, doc, seq) in &plan.upserts {
+                    stmt.execute(params![key, doc, seq])?;
+                }
             }
         }
         {
@@ -220,6 +221,7 @@ impl SqliteSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::effect::Effect;
     use crate::sink::Rejected;
     use serde_json::value::RawValue;
 
