@@ -169,7 +169,8 @@ pub struct Progress {
     pub rejected: u64,
     /// Batches committed.
     pub batches: u64,
-    /// Transient failures retried: commits, publishes of emitted messages.
+    /// Transient failures retried so far: commits, publishes of emitted messages, state
+    /// reads, binding the source.
     pub retries: u64,
     /// Time spent folding (guest calls and effect checks).
     pub fold_time: Duration,
@@ -376,6 +377,9 @@ fn start_worker(
     folded.and(committed)
 }
 
+/// The daemon stopped before a transient failure cleared.
+struct Stopping;
+
 /// A folded batch on its way to the commit thread.
 struct Job {
     commit: Commit,
@@ -403,13 +407,12 @@ impl Backoff {
 }
 
 /// Runs `attempt` until it succeeds, backing off after each failure (logged at `level` with
-/// `what`, counted in `retries`); `None` if the daemon is stopping first.
+/// `what`, counted in the plugin's progress); `None` if the daemon is stopping first.
 fn retry<T>(
     plugin: &str,
     what: &str,
     level: tracing::Level,
-    stop: &watch::Receiver<bool>,
-    retries: &mut u64,
+    env: &WorkerEnv,
     mut attempt: impl FnMut() -> anyhow::Result<T>,
 ) -> Option<T> {
     let mut backoff = Backoff::new();
@@ -421,9 +424,9 @@ fn retry<T>(
             }
             Err(e) => tracing::warn!(plugin, error = %format!("{e:#}"), "{what}; retrying"),
         }
-        *retries += 1;
-        backoff.wait(stop);
-        if *stop.borrow() {
+        env.progress.send_modify(|p| p.retries += 1);
+        backoff.wait(&env.stop);
+        if *env.stop.borrow() {
             return None;
         }
     }
@@ -435,7 +438,6 @@ struct Committer {
     sink: Sink,
     env: WorkerEnv,
     checkpoint: u64,
-    retries: u64,
 }
 
 impl Committer {
@@ -445,7 +447,7 @@ impl Committer {
         sink.ensure_tables(tables).context("failed to create read-model tables")?;
         let checkpoint = sink.checkpoint(&name)?.map(|c| c.last_seq).unwrap_or(0);
         env.progress.send_modify(|p| p.committed_seq = checkpoint);
-        Ok((Committer { name, sink, env, checkpoint, retries: 0 }, checkpoint))
+        Ok((Committer { name, sink, env, checkpoint }, checkpoint))
     }
 
     fn run(mut self, jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
@@ -460,13 +462,11 @@ impl Committer {
             if !self.handle(&job) {
                 break;
             }
-            let retries = self.retries;
             self.env.progress.send_modify(|p| {
                 p.committed_seq = self.checkpoint;
                 p.events += job.events;
                 p.rejected += job.rejected;
                 p.batches += 1;
-                p.retries = retries;
                 p.fold_time += job.fold_time;
                 p.commit_time += started.elapsed();
             });
@@ -478,12 +478,19 @@ impl Committer {
     fn handle(&mut self, job: &Job) -> bool {
         let commit = &job.commit;
         if commit.last_seq > self.checkpoint {
-            let (sink, stop) = (&mut self.sink, &self.env.stop);
+            let (sink, env) = (&mut self.sink, &self.env);
             let what = "commit failed (nothing acked)";
             let level = tracing::Level::WARN;
-            if retry(&self.name, what, level, stop, &mut self.retries, || sink.commit(commit))
-                .is_none()
-            {
+            let mut failed = false;
+            let attempt = || {
+                // After a failure the connection may be gone: start the next attempt on a
+                // new one (which creates nothing but jetfold's own tables).
+                if std::mem::take(&mut failed) {
+                    *sink = Sink::open(&env.target)?;
+                }
+                sink.commit(commit).inspect_err(|_| failed = true)
+            };
+            if retry(&self.name, what, level, env, attempt).is_none() {
                 return false;
             }
             self.checkpoint = commit.last_seq;
@@ -523,8 +530,7 @@ impl Committer {
         };
         let what = "publishing emitted messages failed (nothing acked)";
         let level = tracing::Level::WARN;
-        if retry(&self.name, what, level, &self.env.stop, &mut self.retries, publish_all).is_none()
-        {
+        if retry(&self.name, what, level, &self.env, publish_all).is_none() {
             return false;
         }
         let ids: Vec<String> = outbox.iter().map(|m| m.msg_id.clone()).collect();
@@ -605,7 +611,6 @@ impl Folder {
 
     /// Folds until stopped; every batch goes to the commit thread through `jobs`.
     fn run(mut self, jobs: mpsc::SyncSender<Job>) -> anyhow::Result<()> {
-        let mut retries = 0;
         let mut source = None;
         let mut backoff = Backoff::new();
         while !*self.env.stop.borrow() {
@@ -613,9 +618,8 @@ impl Folder {
                 Some(stream) => stream,
                 None => {
                     let what = "cannot bind the source";
-                    let (stop, level) = (&self.env.stop, tracing::Level::ERROR);
-                    let Some(stream) =
-                        retry(&self.name, what, level, stop, &mut retries, || self.bind())
+                    let level = tracing::Level::ERROR;
+                    let Some(stream) = retry(&self.name, what, level, &self.env, || self.bind())
                     else {
                         break;
                     };
@@ -638,7 +642,9 @@ impl Folder {
                 continue;
             }
             let started = Instant::now();
-            let (commit, events, rejected) = self.fold(&messages);
+            let Some((commit, events, rejected)) = self.fold(&messages) else {
+                break;
+            };
             let job = Job {
                 commit,
                 ack: messages.into_iter().last(),
@@ -684,26 +690,31 @@ impl Folder {
         })
     }
 
-    fn state_of(&mut self, key: &str) -> Option<Vec<u8>> {
+    /// The key's state: folded by this process, else committed before; `Err` only when the
+    /// daemon stops while the database cannot be read (a state is never guessed).
+    fn state_of(&mut self, key: &str) -> Result<Option<Vec<u8>>, Stopping> {
         if let Some(s) = self.states.get(key) {
-            return Some(s.clone());
+            return Ok(Some(s.clone()));
         }
-        match self.reader.state(&self.name, key) {
-            Ok(Some(s)) => {
-                self.states.insert(key.to_string(), s.clone());
-                Some(s)
+        let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
+        let mut failed = false;
+        let read = || {
+            if std::mem::take(&mut failed) {
+                *reader = Sink::open(&env.target)?;
             }
-            Ok(None) => None,
-            Err(e) => {
-                tracing::error!(plugin = %self.name, key, error = %e, "cannot load state");
-                None
-            }
+            reader.state(name, key).inspect_err(|_| failed = true)
+        };
+        let level = tracing::Level::WARN;
+        let state = retry(name, "cannot read a state", level, env, read).ok_or(Stopping)?;
+        if let Some(s) = &state {
+            self.states.insert(key.to_string(), s.clone());
         }
+        Ok(state)
     }
 
     /// Runs the step over the batch: what to commit (new states included), the number of
-    /// events folded and of those rejected.
-    fn fold(&mut self, messages: &[Message]) -> (Commit, u64, u64) {
+    /// events folded and of those rejected; `None` if the daemon stopped meanwhile.
+    fn fold(&mut self, messages: &[Message]) -> Option<(Commit, u64, u64)> {
         let mut commit = Commit {
             plugin: self.name.clone(),
             digest: self.digest.clone(),
@@ -737,7 +748,9 @@ impl Folder {
                 }
             };
             let key = self.plugin.manifest.state_key(&event);
-            let state = self.state_of(&key);
+            let Ok(state) = self.state_of(&key) else {
+                return None; // stopping: nothing of this batch is committed or acked
+            };
             match self.step.step(&self.plugin.manifest, state.as_ref(), &event) {
                 Ok((new_state, effects)) => {
                     for (index, effect) in effects.into_iter().enumerate() {
@@ -766,7 +779,7 @@ impl Folder {
         commit.states =
             dirty.into_iter().map(|k: String| (k.clone(), self.states[&k].clone())).collect();
         let rejected = commit.rejected.len() as u64;
-        (commit, events, rejected)
+        Some((commit, events, rejected))
     }
 
     /// Sends one accepted effect where it goes: SQL into the commit, emits into the outbox,

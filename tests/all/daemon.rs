@@ -467,3 +467,114 @@ async fn effects_and_checkpoints_go_to_postgres_in_a_schema_of_their_own() {
     );
     assert_eq!(rejected, 5);
 }
+
+/// `count` resources r-<first>… registered and activated: two events each, in order.
+async fn publish_resources(js: &async_nats::jetstream::Context, first: usize, count: usize) {
+    let mut acks = Vec::new();
+    for r in first..first + count {
+        for (i, (ty, payload)) in [
+            (
+                "ResourceRegistered",
+                serde_json::json!({"name": format!("vm-{r}"), "kind": "vm", "region": "eu"}),
+            ),
+            ("StatusChanged", serde_json::json!({"to": "Active"})),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let event = jetfold_host::event::Event {
+                sequence: 0,
+                subject: format!("infra.resource.r-{r}.{ty}"),
+                message_id: format!("outage-{r}-{i}"),
+                event_type: ty.into(),
+                aggregate_id: format!("r-{r}"),
+                correlation_id: None,
+                causation_id: None,
+                time: "2026-01-01T00:00:00Z".parse().unwrap(),
+                schema_version: 1,
+                headers: vec![],
+                payload: serde_json::to_vec(&payload).unwrap(),
+                content_type: jetfold_host::event::JSON.into(),
+            };
+            acks.push(jetfold_host::nats::publish_event(js, &event).await.unwrap());
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_retried_and_nothing_is_lost_or_applied_twice() {
+    let (nats, js, n, dir) = compute_resource_fixture_on_infra().await;
+    let schema = format!("jetfold_outage_{}", std::process::id());
+    // The daemon's connections carry a name of their own, so the test can cut exactly them.
+    let app = format!("jetfold_outage_{}", std::process::id());
+    let url = postgres_url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let text = format!(
+        "plugin-dir = \"plugins\"\nbatch-size = 4\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\npostgres = \"{url}{sep}application_name={app}\"\nschema = \"{schema}\"\n",
+        crate::support::cache_dir().display(),
+        nats.url(),
+    );
+    let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
+    let daemon = jetfold_host::daemon::Daemon::start(config).await.unwrap();
+    let mut progress = daemon.progress("compute-resource").unwrap();
+    progress.wait_for(|p| p.committed_seq == n as u64).await.unwrap();
+
+    // The outage: the read-model table disappears and the daemon's connections are cut.
+    let sql = move |statement: String| {
+        let url = postgres_url();
+        std::thread::spawn(move || {
+            let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+            client.batch_execute(&statement).unwrap();
+        })
+        .join()
+        .unwrap()
+    };
+    sql(format!(
+        "ALTER TABLE \"{schema}\".compute_resources RENAME TO compute_resources_away; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{app}';"
+    ));
+    publish_resources(&js, 3, 20).await;
+    let during = progress.wait_for(|p| p.retries >= 3).await.unwrap().clone();
+    assert_eq!(during.committed_seq, n as u64, "nothing may commit while the table is away");
+    assert_eq!(during.events, n as u64);
+
+    // The database comes back: everything published meanwhile is applied, once.
+    sql(format!("ALTER TABLE \"{schema}\".compute_resources_away RENAME TO compute_resources"));
+    let after = progress.wait_for(|p| p.committed_seq == n as u64 + 40).await.unwrap().clone();
+    assert_eq!(after.events, n as u64 + 40);
+    daemon.stop().await.unwrap();
+
+    let (url, schema2) = (postgres_url(), schema.clone());
+    let (rows, rejected) = tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let rows: Vec<(String, String, String)> = client
+            .query(
+                &format!("SELECT key, doc->>'status', doc->>'version' FROM \"{schema2}\".compute_resources ORDER BY key"),
+                &[],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let rejected: i64 = client
+            .query_one(&format!("SELECT COUNT(*) FROM \"{schema2}\".jetfold_rejected"), &[])
+            .unwrap()
+            .get(0);
+        client.batch_execute(&format!("DROP SCHEMA \"{schema2}\" CASCADE")).unwrap();
+        (rows, rejected)
+    })
+    .await
+    .unwrap();
+    assert_eq!(rejected, 5, "the fixture's own rejections, and no others");
+    assert_eq!(rows.len(), 22);
+    for (key, status, version) in &rows[..] {
+        if key == "r-1" || key == "r-2" {
+            continue;
+        }
+        // Registered then activated: version 2 exactly, so neither event was applied twice.
+        assert_eq!((status.as_str(), version.as_str()), ("Active", "2"), "{key}");
+    }
+}
