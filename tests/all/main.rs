@@ -3,6 +3,7 @@
 //! Plugins are built from `plugins/` by `jetfold build` into real components; the `jetfold`
 //! binary is run as a user runs it.
 
+mod auth;
 mod crash;
 mod daemon;
 mod faults;

@@ -14,6 +14,7 @@ pub struct LocalNats {
     child: Child,
     port: u16,
     store: tempfile::TempDir,
+    config: Option<PathBuf>,
 }
 
 impl Drop for LocalNats {
@@ -40,19 +41,41 @@ pub fn nats_server_binary() -> PathBuf {
 /// Starts nats-server with JetStream on a free port, its store in a temporary directory, and
 /// waits until it accepts connections.
 pub fn start() -> anyhow::Result<LocalNats> {
+    start_with_config(None)
+}
+
+/// [`start`], with a nats-server configuration file's text (authorization, TLS, …) as well;
+/// the address, port, JetStream and store given on the command line take precedence.
+pub fn start_with_config(config: Option<&str>) -> anyhow::Result<LocalNats> {
     let store = tempfile::tempdir()?;
+    let config = match config {
+        Some(text) => {
+            let path = store.path().join("nats-server.conf");
+            std::fs::write(&path, text)?;
+            Some(path)
+        }
+        None => None,
+    };
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = spawn(port, &store)?;
-    let nats = LocalNats { child, port, store };
+    let child = spawn(port, &store, config.as_deref())?;
+    let nats = LocalNats { child, port, store, config };
     nats.wait_ready()?;
     Ok(nats)
 }
 
-fn spawn(port: u16, store: &tempfile::TempDir) -> anyhow::Result<Child> {
+fn spawn(
+    port: u16,
+    store: &tempfile::TempDir,
+    config: Option<&std::path::Path>,
+) -> anyhow::Result<Child> {
     let binary = nats_server_binary();
-    Command::new(&binary)
+    let mut command = Command::new(&binary);
+    if let Some(config) = config {
+        command.arg("-c").arg(config);
+    }
+    command
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(store.path())
+        .arg(store.path().join("jetstream"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -71,7 +94,7 @@ impl LocalNats {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.child.kill().ok();
         self.child.wait().ok();
-        self.child = spawn(self.port, &self.store)?;
+        self.child = spawn(self.port, &self.store, self.config.as_deref())?;
         self.wait_ready()
     }
 

@@ -16,6 +16,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     let give_up = (nats.connect_timeout_secs > 0)
         .then(|| tokio::time::Instant::now() + Duration::from_secs(nats.connect_timeout_secs));
     let mut delay = Duration::from_millis(100);
+    let mut last_error = None;
     loop {
         let attempt = options(config, nats).await?.connect(nats.url.as_str());
         let remaining = give_up.map(|t| t.saturating_duration_since(tokio::time::Instant::now()));
@@ -26,13 +27,26 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
         match result {
             Some(Ok(client)) => return Ok(client),
             Some(Err(e)) => {
-                tracing::warn!(url = %nats.url, error = %e, "cannot connect to NATS; retrying")
+                use async_nats::ConnectErrorKind as Kind;
+                // Refused credentials or a broken TLS setup do not heal by waiting.
+                if matches!(
+                    e.kind(),
+                    Kind::AuthorizationViolation | Kind::Authentication | Kind::ServerParse
+                ) {
+                    anyhow::bail!(
+                        "NATS at {} refused the connection: {e} (check the [nats] credentials)",
+                        nats.url
+                    );
+                }
+                tracing::warn!(url = %nats.url, error = %e, "cannot connect to NATS; retrying");
+                last_error = Some(e);
             }
             None => {}
         }
         if give_up.is_some_and(|t| tokio::time::Instant::now() + delay >= t) {
+            let why = last_error.map(|e| format!(": {e}")).unwrap_or_default();
             anyhow::bail!(
-                "NATS at {} unreachable for {} s (nats.connect-timeout-secs)",
+                "NATS at {} unreachable for {} s (nats.connect-timeout-secs){why}",
                 nats.url,
                 nats.connect_timeout_secs
             );
