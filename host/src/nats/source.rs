@@ -42,10 +42,6 @@ pub mod headers {
     pub const EVENT_TIME: &str = "Event-Time";
     /// Payload media type.
     pub const CONTENT_TYPE: &str = "Content-Type";
-    /// The headers that fill event fields and fall back to JSON payload fields; together with
-    /// `MSG_ID` and `CONTENT_TYPE`, the headers an event does not repeat in its `headers`.
-    pub const WITH_JSON_FALLBACK: [&str; 6] =
-        [EVENT_TYPE, AGGREGATE_ID, CORRELATION_ID, CAUSATION_ID, SCHEMA_VERSION, EVENT_TIME];
     /// Provenance of emitted messages: plugin name.
     pub const PLUGIN: &str = "Jetfold-Plugin";
     /// Provenance: plugin digest.
@@ -127,63 +123,108 @@ struct PayloadFields {
     time: Option<DateTime<Utc>>,
 }
 
+/// The headers of a message jetfold reads, found in one pass over them.
+#[derive(Default)]
+struct Known {
+    msg_id: Option<String>,
+    content_type: Option<String>,
+    event_type: Option<String>,
+    aggregate_id: Option<String>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    schema_version: Option<String>,
+    event_time: Option<String>,
+}
+
+impl Known {
+    /// The slot of a header jetfold reads (names compared without regard to case).
+    fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
+        let is = |h: &str| h.eq_ignore_ascii_case(name);
+        Some(match () {
+            _ if is(headers::MSG_ID) => &mut self.msg_id,
+            _ if is(headers::CONTENT_TYPE) => &mut self.content_type,
+            _ if is(headers::EVENT_TYPE) => &mut self.event_type,
+            _ if is(headers::AGGREGATE_ID) => &mut self.aggregate_id,
+            _ if is(headers::CORRELATION_ID) => &mut self.correlation_id,
+            _ if is(headers::CAUSATION_ID) => &mut self.causation_id,
+            _ if is(headers::SCHEMA_VERSION) => &mut self.schema_version,
+            _ if is(headers::EVENT_TIME) => &mut self.event_time,
+            _ => return None,
+        })
+    }
+
+    /// Whether a field with a JSON fallback has no header.
+    fn needs_payload(&self) -> bool {
+        [
+            &self.event_type,
+            &self.aggregate_id,
+            &self.correlation_id,
+            &self.causation_id,
+            &self.schema_version,
+            &self.event_time,
+        ]
+        .iter()
+        .any(|h| h.is_none())
+    }
+}
+
 /// Builds the event record of a JetStream message.
 pub fn event_from_message(message: &Message) -> anyhow::Result<Event> {
     let info =
         message.info().map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
-    let header = |name: &str| {
-        message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
-    };
-    let content_type = header(headers::CONTENT_TYPE).unwrap_or_else(|| JSON.into());
-    let needs_payload = headers::WITH_JSON_FALLBACK.iter().any(|h| header(h).is_none());
+    let mut known = Known::default();
+    let mut other_headers = Vec::new();
+    if let Some(h) = &message.headers {
+        for (name, values) in h.iter() {
+            let name: &str = name.as_ref();
+            match known.slot(name) {
+                Some(slot) => {
+                    if let Some(first) = values.first() {
+                        *slot = Some(first.as_str().to_string());
+                    }
+                }
+                None => other_headers
+                    .extend(values.iter().map(|v| (name.to_string(), v.as_str().to_string()))),
+            }
+        }
+        other_headers.sort();
+    }
+    let content_type = known.content_type.take().unwrap_or_else(|| JSON.into());
     // The documented JSON fields are read only when a header is missing, and only from JSON.
-    let fields = if needs_payload && content_type == JSON {
+    let fields = if known.needs_payload() && content_type == JSON {
         serde_json::from_slice::<PayloadFields>(&message.payload).unwrap_or_default()
     } else {
         PayloadFields::default()
     };
     let subject = message.subject.to_string();
-    let schema_version = match header(headers::SCHEMA_VERSION) {
+    let schema_version = match known.schema_version {
         Some(v) => v
             .trim()
             .parse()
             .map_err(|_| anyhow::anyhow!("header Schema-Version {v:?} is not a number"))?,
         None => fields.schema_version.unwrap_or(1),
     };
-    let time = match header(headers::EVENT_TIME) {
+    let time = match known.event_time {
         Some(t) => DateTime::parse_from_rfc3339(t.trim())
             .map_err(|e| anyhow::anyhow!("header Event-Time {t:?} is not RFC 3339: {e}"))?
             .with_timezone(&Utc),
         None => fields.time.unwrap_or(info.published),
     };
-    let mut other_headers = Vec::new();
-    if let Some(h) = &message.headers {
-        for (name, values) in h.iter() {
-            let name: &str = name.as_ref();
-            let mut read = headers::WITH_JSON_FALLBACK
-                .iter()
-                .chain([&headers::MSG_ID, &headers::CONTENT_TYPE]);
-            if read.any(|x| x.eq_ignore_ascii_case(name)) {
-                continue;
-            }
-            for v in values {
-                other_headers.push((name.to_string(), v.as_str().to_string()));
-            }
-        }
-        other_headers.sort();
-    }
     Ok(Event {
         sequence: info.stream_sequence,
-        message_id: header(headers::MSG_ID)
+        message_id: known
+            .msg_id
             .unwrap_or_else(|| format!("{}:{}", info.stream, info.stream_sequence)),
-        event_type: header(headers::EVENT_TYPE)
+        event_type: known
+            .event_type
             .or(fields.event_type)
             .unwrap_or_else(|| subject_event_type(&subject).to_string()),
-        aggregate_id: header(headers::AGGREGATE_ID)
+        aggregate_id: known
+            .aggregate_id
             .or(fields.aggregate_id)
             .unwrap_or_else(|| subject_aggregate_id(&subject).unwrap_or(&subject).to_string()),
-        correlation_id: header(headers::CORRELATION_ID).or(fields.correlation_id),
-        causation_id: header(headers::CAUSATION_ID).or(fields.causation_id),
+        correlation_id: known.correlation_id.or(fields.correlation_id),
+        causation_id: known.causation_id.or(fields.causation_id),
         time,
         schema_version,
         headers: other_headers,
