@@ -28,9 +28,13 @@ pub struct Config {
     /// How long JetStream waits for an ack before redelivering, in seconds.
     #[serde(default = "defaults::ack_wait_secs")]
     pub ack_wait_secs: u64,
-    /// How long one fetch waits for a batch to fill, in milliseconds.
+    /// Expiry of each pull request the consumer keeps open, in milliseconds.
     #[serde(default = "defaults::fetch_wait_ms")]
     pub fetch_wait_ms: u64,
+    /// How often the plugin directory is checked for new, changed and removed plugins, in
+    /// milliseconds; 0: only on SIGHUP.
+    #[serde(default = "defaults::plugin_dir_poll_ms")]
+    pub plugin_dir_poll_ms: u64,
     /// Directory of precompiled components (default: the user cache).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
@@ -151,6 +155,9 @@ mod defaults {
     }
     pub fn ack_wait_secs() -> u64 {
         30
+    }
+    pub fn plugin_dir_poll_ms() -> u64 {
+        1000
     }
     pub fn fetch_wait_ms() -> u64 {
         200

@@ -124,6 +124,28 @@ impl DaemonPlugin {
 
 /// Loads every plugin under the config's plugin directory; errors name the file at fault.
 pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<DaemonPlugin>> {
+    let mut plugins = Vec::new();
+    for found in discover_all(config, loader)? {
+        match found {
+            Found::Plugin(p) => plugins.push(*p),
+            Found::Disabled => {}
+            Found::Broken(_, e) => return Err(e),
+        }
+    }
+    Ok(plugins)
+}
+
+/// What a plugin directory holds.
+enum Found {
+    /// A plugin ready to run.
+    Plugin(Box<DaemonPlugin>),
+    /// A plugin the config disables, or an upcaster (not run on its own).
+    Disabled,
+    /// A plugin that cannot be loaded: its directory and why.
+    Broken(PathBuf, anyhow::Error),
+}
+
+fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<Found>> {
     let dir = config.resolve(&config.plugin_dir);
     let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
         .with_context(|| format!("failed to read plugin directory {}", dir.display()))?
@@ -131,12 +153,11 @@ pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         .filter(|p| p.exists())
         .collect();
     manifests.sort();
-    let mut plugins = Vec::new();
-    for path in manifests {
-        let manifest = Manifest::load(&path)?;
+    let load = |path: &PathBuf| -> anyhow::Result<Option<DaemonPlugin>> {
+        let manifest = Manifest::load(path)?;
         let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
         if !overrides.enabled || manifest.kind == PluginKind::Upcaster {
-            continue;
+            return Ok(None);
         }
         let stream = overrides.stream.or(manifest.source.stream.clone()).with_context(|| {
             format!(
@@ -147,15 +168,25 @@ pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         })?;
         let subjects = overrides.subjects.unwrap_or_else(|| manifest.source.subjects.clone());
         let component = loader.load(manifest.kind, &manifest.wasm_path())?;
-        plugins.push(DaemonPlugin {
+        Ok(Some(DaemonPlugin {
             manifest,
             implementation: Implementation::Component(component),
             stream,
             subjects,
             start: overrides.start.unwrap_or_default(),
-        });
-    }
-    Ok(plugins)
+        }))
+    };
+    Ok(manifests
+        .iter()
+        .map(|path| {
+            let dir = path.parent().expect("a manifest path has a directory").to_path_buf();
+            match load(path) {
+                Ok(Some(plugin)) => Found::Plugin(Box::new(plugin)),
+                Ok(None) => Found::Disabled,
+                Err(e) => Found::Broken(dir, e),
+            }
+        })
+        .collect())
 }
 
 /// What a plugin has done since the daemon started, updated after every commit.
@@ -163,6 +194,8 @@ pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
 pub struct Progress {
     /// The last stream sequence committed (the checkpoint).
     pub committed_seq: u64,
+    /// The version that committed it.
+    pub digest: String,
     /// Events folded and committed (rejected ones included).
     pub events: u64,
     /// Events the plugin rejected.
@@ -176,30 +209,166 @@ pub struct Progress {
     pub fold_time: Duration,
     /// Time spent committing, publishing and acking.
     pub commit_time: Duration,
+    /// Versions swapped in and folding (counted at the new version's first event).
+    pub swaps: u64,
+    /// The last swap's pause: from the end of the old version's last event to the start of
+    /// the new version's first (idle time included, if no event was waiting).
+    pub last_swap_pause: Option<Duration>,
+    /// The last version refused since the running one was loaded, and why.
+    pub refused: Option<Refusal>,
+}
+
+/// A version of a plugin that was not loaded; the running version stayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Its digest, or the plugin directory when it could not be read that far.
+    pub version: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A new version of a running plugin, ready to fold.
+struct Swap {
+    plugin: DaemonPlugin,
+    step: Box<dyn Step>,
+}
+
+/// One plugin's workers, as the daemon controls them.
+struct Running {
+    /// The manifest's directory (a plugin whose directory goes away is stopped).
+    dir: PathBuf,
+    /// What the running version is: digest, manifest, source.
+    fingerprint: String,
+    kind: PluginKind,
+    state_version: u32,
+    stop: watch::Sender<bool>,
+    swaps: mpsc::Sender<Swap>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    service: Option<tokio::task::JoinHandle<()>>,
+    progress: watch::Receiver<Progress>,
+    /// Where the daemon reports refused versions.
+    report: watch::Sender<Progress>,
+}
+
+impl Running {
+    fn refuse(&self, version: String, reason: String) {
+        self.report.send_modify(|p| p.refused = Some(Refusal { version, reason }));
+    }
+
+    /// Stops the plugin's workers after they drain; their result.
+    async fn stop(self, name: &str) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        if let Some(service) = self.service {
+            service.abort();
+        }
+        let thread = self.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("{name}: {e:#}")),
+            _ => Err(format!("{name}: worker panicked")),
+        }
+    }
+}
+
+fn fingerprint(plugin: &DaemonPlugin) -> String {
+    let manifest = serde_json::to_string(&plugin.manifest).expect("a manifest serialises");
+    format!(
+        "{} {manifest} {} {:?} {:?}",
+        plugin.digest(),
+        plugin.stream,
+        plugin.subjects,
+        plugin.start
+    )
 }
 
 /// A running daemon: every plugin's workers, until [`Daemon::stop`].
 pub struct Daemon {
-    stop_tx: watch::Sender<bool>,
-    workers: Vec<(String, std::thread::JoinHandle<anyhow::Result<()>>)>,
-    services: Vec<tokio::task::JoinHandle<()>>,
+    config: Config,
+    /// The plugin directory as last loaded.
+    seen: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+    loader: ComponentLoader,
     client: async_nats::Client,
-    progress: BTreeMap<String, watch::Receiver<Progress>>,
+    js: jetstream::Context,
+    running: BTreeMap<String, Running>,
 }
 
 /// Runs the daemon until `shutdown` completes, then drains: every worker finishes (commits
-/// and acks) the batches in hand and stops.
+/// and acks) the batches in hand and stops. The plugin directory is checked for new, changed
+/// and removed plugins every `plugin-dir-poll-ms`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let daemon = Daemon::start(config).await?;
-    shutdown.await;
+    supervise(Daemon::start(config).await?, None, shutdown).await
+}
+
+/// Keeps `daemon` running until `shutdown`: polls the plugin directory, and with
+/// `config_file`, SIGHUP re-reads that file and applies it (changed plugins swap, unchanged
+/// ones are untouched). Then drains and stops.
+pub async fn supervise(
+    mut daemon: Daemon,
+    config_file: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let mut hangups = match &config_file {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot listen for SIGHUP")?,
+        ),
+        None => None,
+    };
+    let hangup = async |h: &mut Option<tokio::signal::unix::Signal>| match h {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let poll = daemon.config.plugin_dir_poll_ms;
+        let tick = async {
+            if poll == 0 {
+                std::future::pending::<()>().await
+            }
+            tokio::time::sleep(Duration::from_millis(poll)).await
+        };
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hangup(&mut hangups) => {
+                let path = config_file.as_ref().expect("SIGHUP is only watched with a config file");
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+                match Config::load(path) {
+                    Ok(config) => daemon.reload(config).await,
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config not reloaded; the running one stays"),
+                }
+            }
+            _ = tick => daemon.poll_plugin_dir().await,
+        }
+    }
     daemon.stop().await
+}
+
+/// Every file under the plugin directory's subdirectories, with its size and change time:
+/// what tells a poll that something was written, renamed or removed.
+fn plugin_dir_snapshot(config: &Config) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut files = Vec::new();
+    let dir = config.resolve(&config.plugin_dir);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+            if let Ok(meta) = file.metadata()
+                && meta.is_file()
+            {
+                files.push((file.path(), meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 impl Daemon {
     /// Loads the plugins of the config's plugin directory and starts them.
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
         let loader = loader(&config)?;
-        let plugins = discover(&config, &loader)?;
+        let plugins = {
+            let (config, loader) = (config.clone(), loader.clone());
+            tokio::task::spawn_blocking(move || discover(&config, &loader)).await??
+        };
         if plugins.is_empty() {
             bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display());
         }
@@ -217,90 +386,267 @@ impl Daemon {
         loader: ComponentLoader,
         plugins: Vec<DaemonPlugin>,
     ) -> anyhow::Result<Daemon> {
-        let target = config.sink_target();
         let client = nats::connect(&config).await?;
         let js = jetstream::new(client.clone());
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut daemon = Daemon {
-            stop_tx,
-            workers: Vec::new(),
-            services: Vec::new(),
-            client: client.clone(),
-            progress: BTreeMap::new(),
-        };
+        let seen = plugin_dir_snapshot(&config);
+        let mut daemon = Daemon { config, seen, loader, client, js, running: BTreeMap::new() };
         for plugin in plugins {
-            let m = &plugin.manifest;
-            if let (PluginKind::Projection, Implementation::Component(c)) =
-                (m.kind, &plugin.implementation)
-            {
-                let guest = plugin.instantiate(c, &loader)?;
-                let service =
-                    crate::query::serve(client.clone(), m.name.clone(), guest, target.clone());
-                let name = m.name.clone();
-                daemon.services.push(tokio::spawn(async move {
-                    if let Err(e) = service.await {
-                        tracing::error!(plugin = %name, error = %format!("{e:#}"), "query service stopped");
-                    }
-                }));
+            if let Err(e) = daemon.start_plugin(plugin).await {
+                daemon.stop().await.ok();
+                return Err(e);
             }
-            let name = m.name.clone();
-            let (progress_tx, progress_rx) = watch::channel(Progress::default());
-            let env = WorkerEnv {
-                rt: Handle::current(),
-                stop: stop_rx.clone(),
-                js: js.clone(),
-                target: target.clone(),
-                progress: progress_tx,
-            };
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let (loader, config) = (loader.clone(), config.clone());
-            // Workers are built on threads of their own: database clients may run runtimes of
-            // their own, which cannot start inside this one.
-            let thread = std::thread::Builder::new()
-                .name(format!("fold-{name}"))
-                .spawn(move || start_worker(plugin, &loader, &config, env, ready_tx))
-                .context("failed to start a worker thread")?;
-            let started = tokio::task::spawn_blocking(move || ready_rx.recv()).await?;
-            match started {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    let _ = thread.join();
-                    daemon.stop().await.ok();
-                    return Err(e);
-                }
-                Err(_) => {
-                    let _ = thread.join();
-                    daemon.stop().await.ok();
-                    bail!("worker thread for `{name}` ended before starting");
-                }
-            }
-            tracing::info!(plugin = %name, "plugin started");
-            daemon.workers.push((name.clone(), thread));
-            daemon.progress.insert(name, progress_rx);
         }
         Ok(daemon)
     }
 
+    /// A projection's query service, on an instance of its own.
+    fn query_service(
+        &self,
+        plugin: &DaemonPlugin,
+        guest: GuestInstance,
+    ) -> tokio::task::JoinHandle<()> {
+        let name = plugin.manifest.name.clone();
+        let service = crate::query::serve(
+            self.client.clone(),
+            name.clone(),
+            guest,
+            self.config.sink_target(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = service.await {
+                tracing::error!(plugin = %name, error = %format!("{e:#}"), "query service stopped");
+            }
+        })
+    }
+
+    /// A fresh instance for a projection's queries, made off the async threads.
+    async fn query_instance(&self, plugin: &DaemonPlugin) -> anyhow::Result<Option<GuestInstance>> {
+        let Implementation::Component(c) = &plugin.implementation else { return Ok(None) };
+        if plugin.manifest.kind != PluginKind::Projection {
+            return Ok(None);
+        }
+        let (c, loader, manifest) = (c.clone(), self.loader.clone(), plugin.manifest.clone());
+        let guest = tokio::task::spawn_blocking(move || {
+            GuestInstance::new(&c, loader.engine(), manifest.limits.clone(), manifest.config_json())
+                .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", manifest.name))
+        })
+        .await??;
+        Ok(Some(guest))
+    }
+
+    async fn start_plugin(&mut self, plugin: DaemonPlugin) -> anyhow::Result<()> {
+        let name = plugin.manifest.name.clone();
+        let query = self.query_instance(&plugin).await?;
+        let service = query.map(|guest| self.query_service(&plugin, guest));
+        let (progress_tx, progress_rx) = watch::channel(Progress::default());
+        let report = progress_tx.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (swaps_tx, swaps_rx) = mpsc::channel();
+        let env = WorkerEnv {
+            rt: Handle::current(),
+            stop: stop_rx,
+            js: self.js.clone(),
+            target: self.config.sink_target(),
+            progress: progress_tx,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (loader, config) = (self.loader.clone(), self.config.clone());
+        let (dir, fingerprint) = (plugin.manifest.dir.clone(), fingerprint(&plugin));
+        let (kind, state_version) = (plugin.manifest.kind, plugin.manifest.state.version);
+        // Workers are built on threads of their own: database clients may run runtimes of
+        // their own, which cannot start inside this one.
+        let thread = std::thread::Builder::new()
+            .name(format!("fold-{name}"))
+            .spawn(move || start_worker(plugin, &loader, &config, env, swaps_rx, ready_tx))
+            .context("failed to start a worker thread")?;
+        let started = tokio::task::spawn_blocking(move || ready_rx.recv()).await?;
+        let failed = match started {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(anyhow::anyhow!("worker thread for `{name}` ended before starting")),
+        };
+        if let Some(e) = failed {
+            let _ = thread.join();
+            if let Some(service) = service {
+                service.abort();
+            }
+            return Err(e);
+        }
+        tracing::info!(plugin = %name, "plugin started");
+        self.running.insert(
+            name,
+            Running {
+                dir,
+                fingerprint,
+                kind,
+                state_version,
+                stop: stop_tx,
+                swaps: swaps_tx,
+                thread,
+                service,
+                progress: progress_rx,
+                report,
+            },
+        );
+        Ok(())
+    }
+
+    /// Applies `config` and the plugin directory as they are now: new plugins start, changed
+    /// ones swap at their next batch, removed or disabled ones stop, unchanged ones are
+    /// untouched. A plugin that cannot be loaded never replaces its running version: the error
+    /// is logged and the running version stays. Settings other than the plugins' apply to
+    /// plugins started from now on.
+    pub async fn reload(&mut self, config: Config) {
+        self.config = config;
+        self.seen = plugin_dir_snapshot(&self.config);
+        let found = {
+            let (config, loader) = (self.config.clone(), self.loader.clone());
+            match tokio::task::spawn_blocking(move || discover_all(&config, &loader)).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %format!("{e:#}"), "plugins not reloaded");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "plugins not reloaded");
+                    return;
+                }
+            }
+        };
+        let mut keep = std::collections::BTreeSet::new();
+        for found in found {
+            match found {
+                Found::Plugin(plugin) => {
+                    let name = plugin.manifest.name.clone();
+                    keep.insert(name.clone());
+                    let digest = plugin.digest();
+                    let outcome = if self.running.contains_key(&name) {
+                        self.swap(*plugin).await
+                    } else {
+                        self.start_plugin(*plugin).await
+                    };
+                    if let Err(e) = outcome {
+                        let reason = format!("{e:#}");
+                        tracing::error!(plugin = %name, digest = %digest, error = %reason, "plugin not loaded; the running version (if any) stays");
+                        if let Some(running) = self.running.get(&name) {
+                            running.refuse(digest, reason);
+                        }
+                    }
+                }
+                Found::Broken(dir, e) => {
+                    let reason = format!("{e:#}");
+                    tracing::error!(dir = %dir.display(), error = %reason, "plugin not loaded; the running version (if any) stays");
+                    for (name, running) in &self.running {
+                        if running.dir == dir {
+                            keep.insert(name.clone());
+                            running.refuse(dir.display().to_string(), reason.clone());
+                        }
+                    }
+                }
+                Found::Disabled => {}
+            }
+        }
+        let gone: Vec<String> =
+            self.running.keys().filter(|name| !keep.contains(*name)).cloned().collect();
+        for name in gone {
+            let running = self.running.remove(&name).expect("listed above");
+            match running.stop(&name).await {
+                Ok(()) => {
+                    tracing::info!(plugin = %name, "plugin removed: stopped (its consumer and checkpoint are kept)")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "plugin removed; its worker stopped with an error")
+                }
+            }
+        }
+    }
+
+    /// Reloads if anything under the plugin directory changed since the last load.
+    pub async fn poll_plugin_dir(&mut self) {
+        if plugin_dir_snapshot(&self.config) != self.seen {
+            self.reload(self.config.clone()).await;
+        }
+    }
+
+    /// Hands a new version of a running plugin to its workers, prepared off the hot path.
+    async fn swap(&mut self, plugin: DaemonPlugin) -> anyhow::Result<()> {
+        let name = plugin.manifest.name.clone();
+        let running = self.running.get(&name).expect("the caller checked");
+        let new_fingerprint = fingerprint(&plugin);
+        if running.fingerprint == new_fingerprint {
+            return Ok(());
+        }
+        if plugin.manifest.kind != running.kind {
+            bail!(
+                "the new version is a {} and the running one a {}",
+                plugin.manifest.kind,
+                running.kind
+            );
+        }
+        if plugin.manifest.state.version != running.state_version {
+            bail!(
+                "the new version declares state version {} and the running one {}: a change of state version needs a migration or a rebuild, which this daemon does not do yet",
+                plugin.manifest.state.version,
+                running.state_version
+            );
+        }
+        let step = match &plugin.implementation {
+            Implementation::Component(c) => {
+                let (c, loader, manifest) =
+                    (c.clone(), self.loader.clone(), plugin.manifest.clone());
+                tokio::task::spawn_blocking(move || {
+                    GuestInstance::new(
+                        &c,
+                        loader.engine(),
+                        manifest.limits.clone(),
+                        manifest.config_json(),
+                    )
+                    .map(|g| Box::new(g) as Box<dyn Step>)
+                    .map_err(|e| anyhow::anyhow!("the new version failed to start: {e}"))
+                })
+                .await??
+            }
+            Implementation::Native { make, .. } => make()?,
+        };
+        let query = self.query_instance(&plugin).await?;
+        let digest = plugin.digest();
+        let service = query.map(|guest| self.query_service(&plugin, guest));
+        let running = self.running.get_mut(&name).expect("checked above");
+        if running.swaps.send(Swap { plugin, step }).is_err() {
+            bail!("the plugin's worker has stopped");
+        }
+        running.fingerprint = new_fingerprint;
+        running.report.send_modify(|p| p.refused = None);
+        if let Some(service) = service
+            && let Some(old) = running.service.replace(service)
+        {
+            old.abort();
+        }
+        tracing::info!(plugin = %name, digest = %digest, "new version handed to the worker; it takes over at the next batch");
+        Ok(())
+    }
+
     /// What a plugin has done so far; `None` for a plugin this daemon does not run.
     pub fn progress(&self, plugin: &str) -> Option<watch::Receiver<Progress>> {
-        self.progress.get(plugin).cloned()
+        self.running.get(plugin).map(|r| r.progress.clone())
+    }
+
+    /// The plugins running, by name.
+    pub fn plugins(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
     }
 
     /// Drains: every worker commits and acks the batches in hand, then stops.
     pub async fn stop(self) -> anyhow::Result<()> {
         tracing::info!("stopping: draining in-flight batches");
-        let _ = self.stop_tx.send(true);
-        let mut failed = Vec::new();
-        for (name, thread) in self.workers {
-            let joined = tokio::task::spawn_blocking(move || thread.join()).await?;
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => failed.push(format!("{name}: {e:#}")),
-                Err(_) => failed.push(format!("{name}: worker panicked")),
-            }
+        for running in self.running.values() {
+            let _ = running.stop.send(true);
         }
-        for service in self.services {
-            service.abort();
+        let mut failed = Vec::new();
+        for (name, running) in self.running {
+            if let Err(e) = running.stop(&name).await {
+                failed.push(e);
+            }
         }
         self.client.flush().await.ok();
         if !failed.is_empty() {
@@ -336,6 +682,7 @@ fn start_worker(
     loader: &ComponentLoader,
     config: &Config,
     env: WorkerEnv,
+    swaps: mpsc::Receiver<Swap>,
     ready: mpsc::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let name = plugin.manifest.name.clone();
@@ -361,7 +708,7 @@ fn start_worker(
         let checkpoint = committer_ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("commit thread for `{name}` ended before starting"))??;
-        let folder = Folder::new(plugin, loader, config, env, checkpoint)?;
+        let folder = Folder::new(plugin, loader, config, env, swaps, checkpoint)?;
         Ok((thread, folder))
     });
     let (thread, folder) = match started {
@@ -383,6 +730,10 @@ struct Stopping;
 /// A folded batch on its way to the commit thread.
 struct Job {
     commit: Commit,
+    /// Tables to create first (a new version may write tables the old one did not).
+    tables: Option<Vec<String>>,
+    /// The swap pause, if the batch holds the first event of a new version.
+    swap_pause: Option<Duration>,
     /// The batch's last message: acking it acks the batch.
     ack: Option<Message>,
     events: u64,
@@ -459,11 +810,25 @@ impl Committer {
         // Jobs still queued when the daemon stops are committed too: that is the drain.
         for job in jobs {
             let started = Instant::now();
+            if let Some(tables) = &job.tables {
+                let (sink, what) = (&mut self.sink, "cannot create the new version's tables");
+                let level = tracing::Level::WARN;
+                if retry(&self.name, what, level, &self.env, || sink.ensure_tables(tables))
+                    .is_none()
+                {
+                    break;
+                }
+            }
             if !self.handle(&job) {
                 break;
             }
             self.env.progress.send_modify(|p| {
                 p.committed_seq = self.checkpoint;
+                p.digest.clone_from(&job.commit.digest);
+                if let Some(pause) = job.swap_pause {
+                    p.swaps += 1;
+                    p.last_swap_pause = Some(pause);
+                }
                 p.events += job.events;
                 p.rejected += job.rejected;
                 p.batches += 1;
@@ -551,6 +916,14 @@ struct Folder {
     /// Reads states of keys this process has not folded yet.
     reader: Sink,
     env: WorkerEnv,
+    swaps: mpsc::Receiver<Swap>,
+    /// Tables a swapped-in version may write, to create before its first commit.
+    new_tables: Option<Vec<String>>,
+    /// When the old version finished its last event, until the new one starts its first.
+    swapped_after: Option<Instant>,
+    last_step_end: Option<Instant>,
+    /// The pause of a swap whose new version has folded its first event.
+    pause: Option<Duration>,
     states: HashMap<String, Vec<u8>>,
     /// The last stream sequence folded (committed, or queued for commit).
     folded: u64,
@@ -565,6 +938,7 @@ impl Folder {
         loader: &ComponentLoader,
         config: &Config,
         env: WorkerEnv,
+        swaps: mpsc::Receiver<Swap>,
         checkpoint: u64,
     ) -> anyhow::Result<Folder> {
         let step = plugin.step(loader)?;
@@ -575,6 +949,11 @@ impl Folder {
             step,
             reader,
             env,
+            swaps,
+            new_tables: None,
+            swapped_after: None,
+            last_step_end: None,
+            pause: None,
             states: HashMap::new(),
             folded: checkpoint,
             batch_size: config.batch_size,
@@ -641,11 +1020,24 @@ impl Folder {
             if messages.is_empty() {
                 continue;
             }
+            // A new version takes over at a batch boundary.
+            let mut rebind = false;
+            while let Ok(swap) = self.swaps.try_recv() {
+                rebind |= self.take_over(swap);
+            }
+            if rebind {
+                // The source changed: what was pulled under the old one is dropped unfolded
+                // and unacked, and the new source starts just after the last folded event.
+                source = None;
+                continue;
+            }
             let started = Instant::now();
             let Some((commit, events, rejected)) = self.fold(&messages) else {
                 break;
             };
             let job = Job {
+                tables: self.new_tables.take(),
+                swap_pause: self.pause.take(),
                 commit,
                 ack: messages.into_iter().last(),
                 events,
@@ -657,6 +1049,26 @@ impl Folder {
             }
         }
         Ok(())
+    }
+
+    /// Replaces the running version with `swap`'s; true if the source changed.
+    fn take_over(&mut self, swap: Swap) -> bool {
+        let Swap { plugin, step } = swap;
+        let old = &self.plugin;
+        let source_changed = (&old.stream, &old.subjects) != (&plugin.stream, &plugin.subjects);
+        let tables = plugin.manifest.allow.tables.clone();
+        if tables.iter().any(|t| !old.manifest.allow.tables.contains(t)) {
+            self.new_tables = Some(tables);
+        }
+        tracing::info!(
+            plugin = %self.name, from = %self.digest, to = %plugin.digest(), after_seq = self.folded,
+            "new version takes over"
+        );
+        self.digest = plugin.digest();
+        self.plugin = plugin;
+        self.step = step;
+        self.swapped_after = Some(self.last_step_end.unwrap_or_else(Instant::now));
+        source_changed
     }
 
     /// Waits for the first message (or the stop), then takes what has already arrived, up to
@@ -751,7 +1163,12 @@ impl Folder {
             let Ok(state) = self.state_of(&key) else {
                 return None; // stopping: nothing of this batch is committed or acked
             };
-            match self.step.step(&self.plugin.manifest, state.as_ref(), &event) {
+            if let Some(after) = self.swapped_after.take() {
+                self.pause = Some(after.elapsed());
+            }
+            let outcome = self.step.step(&self.plugin.manifest, state.as_ref(), &event);
+            self.last_step_end = Some(Instant::now());
+            match outcome {
                 Ok((new_state, effects)) => {
                     for (index, effect) in effects.into_iter().enumerate() {
                         self.route(&mut commit, &event, index, effect);

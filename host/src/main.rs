@@ -48,6 +48,10 @@ enum Command {
     /// Build plugins from source into the components their manifests name.
     Build(BuildArgs),
     /// Run the daemon: consume JetStream, fold events through every plugin, run their effects.
+    ///
+    /// The plugin directory is watched (`plugin-dir-poll-ms`): a new plugin starts, a changed
+    /// one swaps versions at its next batch, a removed one stops. SIGHUP re-reads the config
+    /// file and applies it the same way. SIGTERM or SIGINT drain and exit 0.
     Run(RunArgs),
     /// Ask a running daemon's projection a read-model query (JSON), over NATS.
     State(StateArgs),
@@ -283,7 +287,11 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = jetfold_host::config::Config::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(jetfold_host::daemon::run(config, shutdown_signal()))?;
+    let config_file = Some(args.config.clone());
+    runtime.block_on(async {
+        let daemon = jetfold_host::daemon::Daemon::start(config).await?;
+        jetfold_host::daemon::supervise(daemon, config_file, shutdown_signal()).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -111,8 +111,8 @@ pub struct Source {
     pub subjects: Vec<String>,
 }
 
-/// How an event's state key is chosen.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// How an event's state key is chosen, and the state's version.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StateConfig {
     /// `aggregate-id` (default), `global` (one state for the whole plugin) or `subject-token`.
@@ -121,6 +121,20 @@ pub struct StateConfig {
     /// With `key = "subject-token"`: which dot-separated token of the subject (from 0).
     #[serde(default)]
     pub token: Option<usize>,
+    /// The version of the state's encoding. A new version of the plugin that declares the same
+    /// number continues from the old version's states and checkpoint when it is swapped in.
+    #[serde(default = "first_state_version")]
+    pub version: u32,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig { key: StateKey::default(), token: None, version: first_state_version() }
+    }
+}
+
+fn first_state_version() -> u32 {
+    1
 }
 
 /// The ways to derive a state key from an event.

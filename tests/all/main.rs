@@ -11,3 +11,4 @@ mod loading;
 mod readme;
 mod runner;
 mod support;
+mod swap;
