@@ -686,7 +686,7 @@ fn start_worker(
     ready: mpsc::Sender<anyhow::Result<()>>,
 ) -> anyhow::Result<()> {
     let name = plugin.manifest.name.clone();
-    let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(1);
+    let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(2);
     let (committer_ready_tx, committer_ready_rx) = mpsc::channel();
     let committer = {
         let (env, name, tables) = (env.clone(), name.clone(), plugin.manifest.allow.tables.clone());
@@ -980,7 +980,7 @@ impl Folder {
             .await?;
             let messages = consumer
                 .stream()
-                .max_messages_per_batch(self.batch_size)
+                .max_messages_per_batch(self.batch_size * 2)
                 .expires(self.pull_expiry)
                 .messages()
                 .await?;

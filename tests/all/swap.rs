@@ -273,3 +273,76 @@ async fn the_plugin_directory_is_watched_and_a_broken_version_never_replaces_a_r
     stop.send(()).unwrap();
     supervisor.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file_and_leaves_unchanged_plugins_alone() {
+    plugin("compute-resource");
+    plugin("event-counter");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    publish(&js, 0, 100).await;
+    let dir = daemon_dir(&["compute-resource", "event-counter"]);
+    let config_file = dir.path().join("jetfold.toml");
+    let write_config = |counter_enabled: bool| {
+        let text = format!(
+            "plugin-dir = \"plugins\"\nplugin-dir-poll-ms = 0\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n[plugins.event-counter]\nenabled = {counter_enabled}\n",
+            cache_dir().display(),
+            nats.url()
+        );
+        jetfold_host::component::write_atomically(&config_file, text.as_bytes()).unwrap();
+    };
+    write_config(true);
+    let log = dir.path().join("daemon.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jetfold"))
+        .args(["run", "--config"])
+        .arg(&config_file)
+        .env("JETFOLD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let db = dir.path().join("jetfold.db");
+    let checkpoint = |plugin: &str| crate::support::checkpoint(&db, plugin);
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let both_at = |seq: u64| {
+        move || checkpoint("compute-resource") == seq && checkpoint("event-counter") == seq
+    };
+    crate::support::eventually(60, "both plugins folded the stream", both_at(100)).await;
+
+    // Disable one plugin in the file and send SIGHUP: it stops, the other goes on.
+    write_config(false);
+    signal("HUP");
+    crate::support::eventually(60, "the disabled plugin stopped", || {
+        log_text().lines().any(|l| l.contains("plugin removed") && l.contains("event-counter"))
+    })
+    .await;
+    publish(&js, 100, 150).await;
+    crate::support::eventually(60, "compute-resource went on", || {
+        checkpoint("compute-resource") == 150
+    })
+    .await;
+    assert_eq!(checkpoint("event-counter"), 100, "a stopped plugin folds nothing");
+
+    // Enable it again: it resumes from its checkpoint.
+    write_config(true);
+    signal("HUP");
+    crate::support::eventually(60, "the re-enabled plugin caught up", both_at(150)).await;
+    let text = log_text();
+    assert!(
+        !text.contains("new version takes over"),
+        "nothing changed the running version:\n{text}"
+    );
+    assert_eq!(text.matches("plugin started").count(), 3, "{text}");
+
+    signal("TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM drains and exits 0:\n{}", log_text());
+}
