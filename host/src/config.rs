@@ -14,6 +14,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Config {
+    /// The daemon's name: prefixes its consumers (`<name>-<plugin>`) and names it in the
+    /// registry's status. Daemons sharing a NATS server and a plugin need different names.
+    #[serde(default = "defaults::name")]
+    pub name: String,
+    /// The fleet registry on JetStream.
+    #[serde(default)]
+    pub registry: RegistryConfig,
     /// How to reach NATS.
     #[serde(default)]
     pub nats: NatsConfig,
@@ -44,6 +51,35 @@ pub struct Config {
     /// The directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// The fleet registry: desired plugin versions pushed with `jetfold plugin push`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RegistryConfig {
+    /// Follow the registry: load, swap, pause and resume the plugins pushed to it.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Buckets are `<bucket-prefix>-plugins` (KV and Object Store) and `<bucket-prefix>-daemons`.
+    #[serde(default = "defaults::bucket_prefix")]
+    pub bucket_prefix: String,
+    /// Where the daemon keeps the pushed plugins it runs.
+    #[serde(default = "defaults::registry_dir")]
+    pub dir: PathBuf,
+    /// How often the daemon reports its status, in milliseconds.
+    #[serde(default = "defaults::status_interval_ms")]
+    pub status_interval_ms: u64,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            enabled: false,
+            bucket_prefix: defaults::bucket_prefix(),
+            dir: defaults::registry_dir(),
+            status_interval_ms: defaults::status_interval_ms(),
+        }
+    }
 }
 
 /// NATS connection settings; every authentication method NATS offers.
@@ -150,6 +186,18 @@ impl Default for PluginOverride {
 }
 
 mod defaults {
+    pub fn name() -> String {
+        "jetfold".into()
+    }
+    pub fn bucket_prefix() -> String {
+        "jetfold".into()
+    }
+    pub fn registry_dir() -> std::path::PathBuf {
+        "registry".into()
+    }
+    pub fn status_interval_ms() -> u64 {
+        2000
+    }
     pub fn batch_size() -> usize {
         500
     }
@@ -205,6 +253,15 @@ impl Config {
         config.base_dir = base_dir;
         if config.batch_size == 0 {
             bail!("batch-size must be at least 1");
+        }
+        if !crate::manifest::is_name(&config.name) {
+            bail!("name {:?}: use lowercase letters, digits, `-` and `_`", config.name);
+        }
+        if !crate::manifest::is_name(&config.registry.bucket_prefix) {
+            bail!(
+                "registry.bucket-prefix {:?}: use lowercase letters, digits, `-` and `_`",
+                config.registry.bucket_prefix
+            );
         }
         if config.nats.user.is_some() != config.nats.password.is_some() {
             bail!("nats.user and nats.password go together");

@@ -145,14 +145,35 @@ enum Found {
     Broken(PathBuf, anyhow::Error),
 }
 
+/// The directories plugins are read from: the plugin directory, then (when the daemon follows
+/// the registry) the registry's, whose plugins replace same-named ones of the first.
+fn plugin_dirs(config: &Config) -> Vec<PathBuf> {
+    let mut dirs = vec![config.resolve(&config.plugin_dir)];
+    if config.registry.enabled {
+        dirs.push(config.resolve(&config.registry.dir));
+    }
+    dirs
+}
+
 fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<Found>> {
-    let dir = config.resolve(&config.plugin_dir);
-    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("failed to read plugin directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path().join(MANIFEST_FILE)))
-        .filter(|p| p.exists())
-        .collect();
-    manifests.sort();
+    let mut manifests: Vec<PathBuf> = Vec::new();
+    for (i, dir) in plugin_dirs(config).into_iter().enumerate() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // The registry's directory appears with the first push.
+            Err(_) if i > 0 => continue,
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("failed to read plugin directory {}", dir.display()));
+            }
+        };
+        let mut found: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path().join(MANIFEST_FILE)))
+            .filter(|p| p.exists())
+            .collect();
+        found.sort();
+        manifests.extend(found);
+    }
     let load = |path: &PathBuf| -> anyhow::Result<Option<DaemonPlugin>> {
         let manifest = Manifest::load(path)?;
         let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
@@ -176,7 +197,7 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
             start: overrides.start.unwrap_or_default(),
         }))
     };
-    Ok(manifests
+    let mut all: Vec<Found> = manifests
         .iter()
         .map(|path| {
             let dir = path.parent().expect("a manifest path has a directory").to_path_buf();
@@ -186,7 +207,17 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
                 Err(e) => Found::Broken(dir, e),
             }
         })
-        .collect())
+        .collect();
+    // A later directory's plugin replaces an earlier one of the same name.
+    let mut seen = std::collections::HashSet::new();
+    for found in all.iter_mut().rev() {
+        if let Found::Plugin(p) = found
+            && !seen.insert(p.manifest.name.clone())
+        {
+            *found = Found::Disabled;
+        }
+    }
+    Ok(all)
 }
 
 /// What a plugin has done since the daemon started, updated after every commit.
@@ -241,6 +272,10 @@ struct Running {
     fingerprint: String,
     kind: PluginKind,
     state_version: u32,
+    /// The stream its consumer reads.
+    stream: String,
+    /// The version handed to the workers last.
+    digest: String,
     stop: watch::Sender<bool>,
     swaps: mpsc::Sender<Swap>,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
@@ -289,6 +324,8 @@ pub struct Daemon {
     loader: ComponentLoader,
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The fleet registry, when the daemon follows one.
+    registry: Option<crate::registry::Registry>,
     running: BTreeMap<String, Running>,
 }
 
@@ -318,8 +355,32 @@ pub async fn supervise(
         Some(h) => h.recv().await,
         None => std::future::pending().await,
     };
+    let mut changes = None;
+    let mut report_due = tokio::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
+        if let Some(registry) = &daemon.registry {
+            if changes.is_none() {
+                match registry.watch().await {
+                    Ok(watch) => changes = Some(watch),
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot watch the registry; retrying")
+                    }
+                }
+            }
+            if tokio::time::Instant::now() >= report_due {
+                daemon.report_status().await;
+                report_due = tokio::time::Instant::now()
+                    + Duration::from_millis(daemon.config.registry.status_interval_ms.max(100));
+            }
+        }
+        let change = async {
+            match &mut changes {
+                Some(watch) => watch.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        let report = tokio::time::sleep_until(report_due);
         let poll = daemon.config.plugin_dir_poll_ms;
         let tick = async {
             if poll == 0 {
@@ -338,6 +399,15 @@ pub async fn supervise(
                 }
             }
             _ = tick => daemon.poll_plugin_dir().await,
+            change = change => match change {
+                Some(Ok(_)) => daemon.sync_registry().await,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "registry watch failed; watching again");
+                    changes = None;
+                }
+                None => changes = None,
+            },
+            _ = report, if daemon.registry.is_some() => {}
         }
     }
     daemon.stop().await
@@ -347,8 +417,8 @@ pub async fn supervise(
 /// what tells a poll that something was written, renamed or removed.
 fn plugin_dir_snapshot(config: &Config) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
     let mut files = Vec::new();
-    let dir = config.resolve(&config.plugin_dir);
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+    let entries = plugin_dirs(config).into_iter().flat_map(|d| std::fs::read_dir(d).into_iter());
+    for entry in entries.flatten().flatten() {
         for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
             if let Ok(meta) = file.metadata()
                 && meta.is_file()
@@ -365,31 +435,49 @@ impl Daemon {
     /// Loads the plugins of the config's plugin directory and starts them.
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
         let loader = loader(&config)?;
+        let client = nats::connect(&config).await?;
+        let js = jetstream::new(client.clone());
+        let registry = match config.registry.enabled {
+            true => {
+                let buckets = crate::registry::Buckets::named(&config.registry.bucket_prefix);
+                let registry = crate::registry::Registry::open(&js, &buckets).await?;
+                for (name, digest, reason) in
+                    registry.sync(&config.resolve(&config.registry.dir)).await?
+                {
+                    tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused");
+                }
+                Some(registry)
+            }
+            false => None,
+        };
         let plugins = {
             let (config, loader) = (config.clone(), loader.clone());
             tokio::task::spawn_blocking(move || discover(&config, &loader)).await??
         };
-        if plugins.is_empty() {
+        if plugins.is_empty() && registry.is_none() {
             bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display());
         }
-        Daemon::start_plugins(config, loader, plugins).await
+        Daemon::start_plugins(config, loader, client, registry, plugins).await
     }
 
     /// Starts the given plugins (the config's plugin directory is not read).
     pub async fn start_with(config: Config, plugins: Vec<DaemonPlugin>) -> anyhow::Result<Daemon> {
         let loader = loader(&config)?;
-        Daemon::start_plugins(config, loader, plugins).await
+        let client = nats::connect(&config).await?;
+        Daemon::start_plugins(config, loader, client, None, plugins).await
     }
 
     async fn start_plugins(
         config: Config,
         loader: ComponentLoader,
+        client: async_nats::Client,
+        registry: Option<crate::registry::Registry>,
         plugins: Vec<DaemonPlugin>,
     ) -> anyhow::Result<Daemon> {
-        let client = nats::connect(&config).await?;
         let js = jetstream::new(client.clone());
         let seen = plugin_dir_snapshot(&config);
-        let mut daemon = Daemon { config, seen, loader, client, js, running: BTreeMap::new() };
+        let mut daemon =
+            Daemon { config, seen, loader, client, js, registry, running: BTreeMap::new() };
         for plugin in plugins {
             if let Err(e) = daemon.start_plugin(plugin).await {
                 daemon.stop().await.ok();
@@ -453,6 +541,7 @@ impl Daemon {
         let (loader, config) = (self.loader.clone(), self.config.clone());
         let (dir, fingerprint) = (plugin.manifest.dir.clone(), fingerprint(&plugin));
         let (kind, state_version) = (plugin.manifest.kind, plugin.manifest.state.version);
+        let (stream, digest) = (plugin.stream.clone(), plugin.digest());
         // Workers are built on threads of their own: database clients may run runtimes of
         // their own, which cannot start inside this one.
         let thread = std::thread::Builder::new()
@@ -480,6 +569,8 @@ impl Daemon {
                 fingerprint,
                 kind,
                 state_version,
+                stream,
+                digest,
                 stop: stop_tx,
                 swaps: swaps_tx,
                 thread,
@@ -561,6 +652,75 @@ impl Daemon {
         }
     }
 
+    /// Brings the registry's directory in step with the desired versions, then reloads.
+    pub async fn sync_registry(&mut self) {
+        let Some(registry) = &self.registry else { return };
+        let dir = self.config.resolve(&self.config.registry.dir);
+        match registry.sync(&dir).await {
+            Ok(refused) => {
+                for (name, digest, reason) in refused {
+                    tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused; the running version (if any) stays");
+                    if let Some(running) = self.running.get(&name) {
+                        running.refuse(digest, reason);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read the registry");
+                return;
+            }
+        }
+        self.reload(self.config.clone()).await;
+    }
+
+    /// This daemon's plugins as the registry lists them.
+    pub async fn status(&self) -> crate::registry::DaemonStatus {
+        use crate::registry::PluginStatus;
+        let mut plugins = Vec::new();
+        for (name, running) in &self.running {
+            let p = running.progress.borrow().clone();
+            let consumer = source::consumer_name(&self.config.name, name);
+            let lag = match self.js.get_stream(&running.stream).await {
+                Ok(stream) => stream.consumer_info(&consumer).await.ok().map(|i| i.num_pending),
+                Err(_) => None,
+            };
+            plugins.push(PluginStatus {
+                name: name.clone(),
+                kind: running.kind.to_string(),
+                digest: running.digest.clone(),
+                status: "running".into(),
+                committed_seq: p.committed_seq,
+                lag,
+                last_error: p.refused.map(|r| format!("{} refused: {}", r.version, r.reason)),
+            });
+        }
+        if let Some(registry) = &self.registry {
+            for desired in registry.all().await.unwrap_or_default() {
+                if desired.paused && !self.running.contains_key(&desired.name) {
+                    plugins.push(PluginStatus {
+                        name: desired.name,
+                        kind: String::new(),
+                        digest: desired.digest,
+                        status: "paused".into(),
+                        committed_seq: 0,
+                        lag: None,
+                        last_error: None,
+                    });
+                }
+            }
+        }
+        plugins.sort_by(|a, b| a.name.cmp(&b.name));
+        crate::registry::DaemonStatus { daemon: self.config.name.clone(), plugins }
+    }
+
+    async fn report_status(&self) {
+        let Some(registry) = &self.registry else { return };
+        let status = self.status().await;
+        if let Err(e) = registry.report(&status).await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot report status to the registry");
+        }
+    }
+
     /// Reloads if anything under the plugin directory changed since the last load.
     pub async fn poll_plugin_dir(&mut self) {
         if plugin_dir_snapshot(&self.config) != self.seen {
@@ -616,6 +776,7 @@ impl Daemon {
             bail!("the plugin's worker has stopped");
         }
         running.fingerprint = new_fingerprint;
+        running.digest.clone_from(&digest);
         running.report.send_modify(|p| p.refused = None);
         if let Some(service) = service
             && let Some(old) = running.service.replace(service)
@@ -909,6 +1070,8 @@ impl Committer {
 
 /// The fold stage: the plugin's source, its step and the states of the keys it folded.
 struct Folder {
+    /// The daemon's name (its consumers are `<daemon>-<plugin>`).
+    daemon: String,
     name: String,
     digest: String,
     plugin: DaemonPlugin,
@@ -944,6 +1107,7 @@ impl Folder {
         let step = plugin.step(loader)?;
         let reader = Sink::open(&env.target)?;
         Ok(Folder {
+            daemon: config.name.clone(),
             name: plugin.manifest.name.clone(),
             digest: plugin.digest(),
             step,
@@ -970,6 +1134,7 @@ impl Folder {
             let consumer = source::consumer(
                 &self.env.js,
                 &p.stream,
+                &self.daemon,
                 &self.name,
                 &p.subjects,
                 p.start,

@@ -16,6 +16,7 @@
 //! - [`effect`]: the effects guests return, checked against the manifest.
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`query`]: read-model queries against a running daemon (NATS request/reply).
+//! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
 //! - [`builder`]: `jetfold build`, source to component.
 
@@ -32,4 +33,5 @@ pub mod guest;
 pub mod manifest;
 pub mod nats;
 pub mod query;
+pub mod registry;
 pub mod sink;

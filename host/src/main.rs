@@ -58,6 +58,60 @@ enum Command {
     /// Start a local nats-server, publish a burst of events through the example plugins and
     /// show the resulting read model (build the plugins first).
     Demo(DemoArgs),
+    /// The fleet registry on JetStream: push versions, list daemons, roll back, pause, resume.
+    ///
+    /// Daemons with `[registry] enabled = true` follow it: a pushed version is loaded and
+    /// swapped in at a batch boundary on every one of them.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Store a plugin's component under its sha256 and make it the desired version.
+    Push {
+        /// The plugin: its directory or its plugin.toml.
+        plugin: PathBuf,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// Show the desired versions, then every daemon's plugins: kind, digest, status, lag,
+    /// last error.
+    List {
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// Make an earlier version desired again: the previous one, or --to a digest (prefix).
+    Rollback {
+        /// The plugin's name.
+        name: String,
+        /// The digest (or a prefix of it) to return to.
+        #[arg(long, value_name = "DIGEST")]
+        to: Option<String>,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// Stop a plugin on every daemon (consumers and checkpoints are kept).
+    Pause {
+        /// The plugin's name.
+        name: String,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// Start a paused plugin again, from its checkpoint.
+    Resume {
+        /// The plugin's name.
+        name: String,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// The configuration naming the NATS server and the registry's buckets.
+    #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
+    config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +225,7 @@ fn main() -> ExitCode {
         Command::Build(args) => run_build(args),
         Command::Run(args) => run_daemon(args),
         Command::State(args) => run_state(args),
+        Command::Plugin(command) => run_plugin(command),
         Command::Demo(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
@@ -291,6 +346,72 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let daemon = jetfold_host::daemon::Daemon::start(config).await?;
         jetfold_host::daemon::supervise(daemon, config_file, shutdown_signal()).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
+    use jetfold_host::registry::{Buckets, Registry};
+    let (PluginCommand::Push { at, .. }
+    | PluginCommand::List { at }
+    | PluginCommand::Rollback { at, .. }
+    | PluginCommand::Pause { at, .. }
+    | PluginCommand::Resume { at, .. }) = command;
+    let config = jetfold_host::config::Config::load(&at.config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&config).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        let registry = Registry::open(&js, &Buckets::named(&config.registry.bucket_prefix)).await?;
+        let short = |d: &str| d.chars().take(12).collect::<String>();
+        match command {
+            PluginCommand::Push { plugin, .. } => {
+                let d = registry.push(plugin).await?;
+                let paused = if d.paused { " (paused: resume it to run it)" } else { "" };
+                println!("pushed {} {}{paused}", d.name, d.digest);
+            }
+            PluginCommand::Rollback { name, to, .. } => {
+                let d = registry.rollback(name, to.as_deref()).await?;
+                println!("rolled back {} to {}", d.name, d.digest);
+            }
+            PluginCommand::Pause { name, .. } => {
+                registry.set_paused(name, true).await?;
+                println!("paused {name}");
+            }
+            PluginCommand::Resume { name, .. } => {
+                registry.set_paused(name, false).await?;
+                println!("resumed {name}");
+            }
+            PluginCommand::List { .. } => {
+                println!("desired versions");
+                for d in registry.all().await? {
+                    let paused = if d.paused { "paused" } else { "" };
+                    println!("  {:<24} {} {paused}", d.name, short(&d.digest));
+                }
+                println!(
+                    "\n{:<12} {:<24} {:<11} {:<12} {:<8} {:>10} {:>8}  last error",
+                    "daemon", "plugin", "kind", "digest", "status", "seq", "lag"
+                );
+                for status in registry.statuses().await? {
+                    for p in status.plugins {
+                        let lag = p.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+                        println!(
+                            "{:<12} {:<24} {:<11} {:<12} {:<8} {:>10} {:>8}  {}",
+                            status.daemon,
+                            p.name,
+                            p.kind,
+                            short(&p.digest),
+                            p.status,
+                            p.committed_seq,
+                            lag,
+                            p.last_error.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        client.flush().await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -265,12 +265,7 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), String> {
-        let name_ok = !self.name.is_empty()
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if !name_ok {
+        if !is_name(&self.name) {
             return Err(format!(
                 "`name` must be non-empty lowercase letters, digits, `-` or `_` (it names a durable consumer), got {:?}",
                 self.name
@@ -320,6 +315,15 @@ impl Manifest {
     pub fn config_json(&self) -> String {
         serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".into())
     }
+}
+
+/// Whether `name` is lowercase letters, digits, `-` and `_` (not empty): what names plugins and
+/// daemons, and so durable consumers and KV keys.
+pub fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 /// Whether `name` is a plain SQL identifier, safe to use as a table name.

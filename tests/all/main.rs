@@ -7,6 +7,7 @@ mod auth;
 mod crash;
 mod daemon;
 mod faults;
+mod fleet;
 mod loading;
 mod readme;
 mod runner;

@@ -18,7 +18,7 @@ const RESOURCES: u64 = 500;
 
 /// The `i`-th event of an endless compute-resource stream: resources registered in turn, then
 /// switched between Active and Maintenance.
-fn event(i: u64) -> Event {
+pub fn event(i: u64) -> Event {
     let r = i % RESOURCES;
     let round = i / RESOURCES;
     let (ty, payload) = match round {
@@ -46,7 +46,7 @@ fn event(i: u64) -> Event {
 }
 
 /// Publishes events `from..to`, waiting for the stream to store them.
-async fn publish(js: &async_nats::jetstream::Context, from: u64, to: u64) {
+pub async fn publish(js: &async_nats::jetstream::Context, from: u64, to: u64) {
     let mut acks = Vec::new();
     for i in from..to {
         acks.push(jetfold_host::nats::publish_event(js, &event(i)).await.unwrap());
@@ -66,7 +66,7 @@ fn config(dir: &Path, nats: &NatsServer, db: &str) -> Config {
 }
 
 /// The same component with a custom section appended: another digest, the same behaviour.
-fn other_version(wasm: &[u8]) -> Vec<u8> {
+pub fn other_version(wasm: &[u8]) -> Vec<u8> {
     let (name, body) = (b"jetfold-test-version".as_slice(), b"2".as_slice());
     let mut section = vec![name.len() as u8];
     section.extend_from_slice(name);

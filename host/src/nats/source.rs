@@ -52,9 +52,10 @@ pub mod headers {
     pub const KIND: &str = "Jetfold-Kind";
 }
 
-/// The durable consumer name of a plugin.
-pub fn consumer_name(plugin: &str) -> String {
-    format!("jetfold-{plugin}")
+/// The durable consumer of a plugin on a daemon: `<daemon>-<plugin>` (`jetfold-<plugin>`
+/// for a daemon of the default name).
+pub fn consumer_name(daemon: &str, plugin: &str) -> String {
+    format!("{daemon}-{plugin}")
 }
 
 /// (Re)creates the plugin's durable pull consumer on `stream`, positioned just after the
@@ -68,6 +69,7 @@ pub fn consumer_name(plugin: &str) -> String {
 pub async fn consumer(
     js: &jetstream::Context,
     stream: &str,
+    daemon: &str,
     plugin: &str,
     subjects: &[String],
     start: StartPosition,
@@ -78,7 +80,7 @@ pub async fn consumer(
     let stream_handle = js.get_stream(stream).await.map_err(|e| {
         anyhow::anyhow!("stream `{stream}` (source of plugin `{plugin}`) cannot be opened: {e}; create it or fix [source] stream")
     })?;
-    let name = consumer_name(plugin);
+    let name = consumer_name(daemon, plugin);
     let config = pull::Config {
         durable_name: Some(name.clone()),
         description: Some(format!("jetfold plugin {plugin}")),

@@ -1,0 +1,329 @@
+//! The fleet registry on JetStream: components in an Object Store bucket under their sha256
+//! digest, the desired version of each plugin in a KV bucket, and each daemon's status in a
+//! second KV bucket.
+//!
+//! A daemon with `[registry] enabled = true` keeps a directory of its own (`registry-dir`) in
+//! step with the desired versions: each plugin's manifest and component, the component fetched
+//! by digest and checked against it before it is written. That directory is read like the
+//! plugin directory, so a pushed version is loaded, swapped, paused (its directory removed, its
+//! checkpoint kept) and resumed by the same code that serves the plugin directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, kv, object_store};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt as _;
+
+use crate::component::{PluginDigest, write_atomically};
+use crate::manifest::{MANIFEST_FILE, Manifest};
+
+/// How many versions of each plugin the KV bucket remembers (for rollback).
+const HISTORY: i64 = 64;
+/// How long a daemon's status stays listed after its last report.
+const STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The buckets of a registry.
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    /// Object Store bucket holding components, and KV bucket of desired versions.
+    pub plugins: String,
+    /// KV bucket of daemons' status reports.
+    pub status: String,
+}
+
+impl Buckets {
+    /// The buckets named after `prefix` (`<prefix>-plugins`, `<prefix>-daemons`).
+    pub fn named(prefix: &str) -> Buckets {
+        Buckets { plugins: format!("{prefix}-plugins"), status: format!("{prefix}-daemons") }
+    }
+}
+
+/// The desired version of a plugin, as the KV bucket holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Desired {
+    /// The plugin's name (the KV key).
+    pub name: String,
+    /// sha256 of the component: its name in the Object Store.
+    pub digest: String,
+    /// The manifest's text.
+    pub manifest: String,
+    /// Stopped until resumed.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// A registry on one NATS server.
+pub struct Registry {
+    plugins: kv::Store,
+    objects: object_store::ObjectStore,
+    status: kv::Store,
+}
+
+impl Registry {
+    /// Opens the buckets, creating them if needed.
+    pub async fn open(js: &jetstream::Context, buckets: &Buckets) -> anyhow::Result<Registry> {
+        let plugins = match js.get_key_value(&buckets.plugins).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: buckets.plugins.clone(),
+                    description: "jetfold: desired plugin versions".into(),
+                    history: HISTORY,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the KV bucket {}", buckets.plugins))?,
+        };
+        let objects = match js.get_object_store(&buckets.plugins).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: buckets.plugins.clone(),
+                    description: Some("jetfold: plugin components by sha256".into()),
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| {
+                    format!("cannot create the Object Store bucket {}", buckets.plugins)
+                })?,
+        };
+        let status = match js.get_key_value(&buckets.status).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: buckets.status.clone(),
+                    description: "jetfold: daemons' status".into(),
+                    history: 1,
+                    max_age: STATUS_TTL,
+                    ..Default::default()
+                })
+                .await
+                .with_context(|| format!("cannot create the KV bucket {}", buckets.status))?,
+        };
+        Ok(Registry { plugins, objects, status })
+    }
+
+    /// Stores the plugin at `path` (a manifest or its directory) and makes it the desired
+    /// version. The manifest must parse; the component is stored under its digest.
+    pub async fn push(&self, path: &Path) -> anyhow::Result<Desired> {
+        let manifest = Manifest::load(path)?;
+        let manifest_path =
+            if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
+        let text = std::fs::read_to_string(&manifest_path)?;
+        let wasm_path = manifest.wasm_path();
+        let bytes = std::fs::read(&wasm_path)
+            .with_context(|| format!("cannot read the component {}", wasm_path.display()))?;
+        let digest = PluginDigest::of(&bytes).hex();
+        if self.objects.info(&digest).await.is_err() {
+            self.objects
+                .put(digest.as_str(), &mut bytes.as_slice())
+                .await
+                .with_context(|| format!("cannot store component {digest}"))?;
+        }
+        let paused = self.desired(&manifest.name).await?.is_some_and(|d| d.paused);
+        let desired = Desired { name: manifest.name, digest, manifest: text, paused };
+        self.put(&desired).await?;
+        Ok(desired)
+    }
+
+    async fn put(&self, desired: &Desired) -> anyhow::Result<()> {
+        self.plugins
+            .put(&desired.name, serde_json::to_vec(desired)?.into())
+            .await
+            .with_context(|| format!("cannot set the desired version of {}", desired.name))?;
+        Ok(())
+    }
+
+    /// The desired version of `name`, if any was pushed.
+    pub async fn desired(&self, name: &str) -> anyhow::Result<Option<Desired>> {
+        match self.plugins.get(name).await? {
+            Some(bytes) if !bytes.is_empty() => Ok(Some(serde_json::from_slice(&bytes)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Every plugin's desired version.
+    pub async fn all(&self) -> anyhow::Result<Vec<Desired>> {
+        let mut keys = self.plugins.keys().await?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key?);
+        }
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            if let Some(d) = self.desired(&name).await? {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes an earlier version desired again: `to` (a digest, or a prefix of one), or else
+    /// the newest earlier version with another digest.
+    pub async fn rollback(&self, name: &str, to: Option<&str>) -> anyhow::Result<Desired> {
+        let current =
+            self.desired(name).await?.with_context(|| format!("no plugin `{name}` was pushed"))?;
+        let mut history = self.plugins.history(name).await?;
+        let mut earlier = Vec::new();
+        while let Some(entry) = history.next().await {
+            let entry = entry?;
+            if let Ok(d) = serde_json::from_slice::<Desired>(&entry.value) {
+                earlier.push(d);
+            }
+        }
+        let target = earlier.into_iter().rev().find(|d| match to {
+            Some(prefix) => d.digest.starts_with(prefix),
+            None => d.digest != current.digest,
+        });
+        let Some(mut target) = target else {
+            match to {
+                Some(prefix) => bail!("`{name}` never had a version {prefix}"),
+                None => bail!("`{name}` has no earlier version to roll back to"),
+            }
+        };
+        target.paused = current.paused;
+        self.put(&target).await?;
+        Ok(target)
+    }
+
+    /// Pauses or resumes a plugin on every daemon.
+    pub async fn set_paused(&self, name: &str, paused: bool) -> anyhow::Result<Desired> {
+        let mut d =
+            self.desired(name).await?.with_context(|| format!("no plugin `{name}` was pushed"))?;
+        d.paused = paused;
+        self.put(&d).await?;
+        Ok(d)
+    }
+
+    /// The component stored under `digest`, checked against it.
+    pub async fn component(&self, digest: &str) -> anyhow::Result<Vec<u8>> {
+        let mut object = self
+            .objects
+            .get(digest)
+            .await
+            .with_context(|| format!("component {digest} is not in the registry"))?;
+        let mut bytes = Vec::new();
+        object.read_to_end(&mut bytes).await?;
+        let actual = PluginDigest::of(&bytes).hex();
+        if actual != digest {
+            bail!(
+                "component {digest} does not match its digest (its bytes hash to {actual}): refused"
+            );
+        }
+        Ok(bytes)
+    }
+
+    /// Writes the desired, unpaused versions into `dir` (one subdirectory per plugin) and
+    /// removes the others. A version whose component cannot be fetched or does not match its
+    /// digest is not written (the one there stays): its name, digest and reason are returned.
+    pub async fn sync(&self, dir: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
+        std::fs::create_dir_all(dir)?;
+        let desired = self.all().await?;
+        let mut refused = Vec::new();
+        for d in &desired {
+            let plugin_dir = dir.join(&d.name);
+            if d.paused {
+                if plugin_dir.exists() {
+                    std::fs::remove_dir_all(&plugin_dir)?;
+                }
+                continue;
+            }
+            if let Err(e) = self.materialise(d, &plugin_dir).await {
+                refused.push((d.name.clone(), d.digest.clone(), format!("{e:#}")));
+            }
+        }
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            if path.is_dir() && !desired.iter().any(|d| d.name == name) {
+                std::fs::remove_dir_all(&path)?;
+            }
+        }
+        Ok(refused)
+    }
+
+    async fn materialise(&self, d: &Desired, plugin_dir: &Path) -> anyhow::Result<()> {
+        let manifest = Manifest::parse(
+            &d.manifest,
+            &plugin_dir.join(MANIFEST_FILE),
+            plugin_dir.to_path_buf(),
+        )?;
+        let file = PathBuf::from(
+            manifest.wasm.file_name().context("the manifest names no component file")?,
+        );
+        let wasm_path = plugin_dir.join(&file);
+        let present = std::fs::read(&wasm_path).ok().map(|b| PluginDigest::of(&b).hex());
+        let manifest_now = std::fs::read_to_string(plugin_dir.join(MANIFEST_FILE)).ok();
+        if present.as_deref() == Some(d.digest.as_str())
+            && manifest_now.as_deref() == Some(&d.manifest)
+        {
+            return Ok(());
+        }
+        let bytes = self.component(&d.digest).await?;
+        // The component first, the manifest last: a reader sees a whole plugin or the old one.
+        write_atomically(&wasm_path, &bytes)?;
+        let mut text = d.manifest.clone();
+        if manifest.wasm != file {
+            text = text.replace(&manifest.wasm.display().to_string(), &file.display().to_string());
+        }
+        write_atomically(&plugin_dir.join(MANIFEST_FILE), text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Watches the desired versions: the stream yields on every change.
+    pub async fn watch(&self) -> anyhow::Result<kv::Watch> {
+        Ok(self.plugins.watch_all().await?)
+    }
+
+    /// Publishes a daemon's status (listed until [`STATUS_TTL`] after the last report).
+    pub async fn report(&self, status: &DaemonStatus) -> anyhow::Result<()> {
+        self.status.put(&status.daemon, serde_json::to_vec(status)?.into()).await?;
+        Ok(())
+    }
+
+    /// Every daemon's last status report.
+    pub async fn statuses(&self) -> anyhow::Result<Vec<DaemonStatus>> {
+        let mut keys = self.status.keys().await?;
+        let mut out = Vec::new();
+        while let Some(key) = keys.next().await {
+            if let Some(bytes) = self.status.get(key?).await?
+                && let Ok(status) = serde_json::from_slice(&bytes)
+            {
+                out.push(status);
+            }
+        }
+        out.sort_by(|a: &DaemonStatus, b| a.daemon.cmp(&b.daemon));
+        Ok(out)
+    }
+}
+
+/// What a daemon reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// The daemon's name.
+    pub daemon: String,
+    /// Its plugins.
+    pub plugins: Vec<PluginStatus>,
+}
+
+/// One plugin on one daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginStatus {
+    /// Name.
+    pub name: String,
+    /// `projection`, `policy`.
+    pub kind: String,
+    /// The running version (empty when paused).
+    pub digest: String,
+    /// `running` or `paused`.
+    pub status: String,
+    /// The last sequence committed.
+    pub committed_seq: u64,
+    /// Events in the stream not yet delivered to the plugin's consumer.
+    pub lag: Option<u64>,
+    /// The last version refused, and why.
+    pub last_error: Option<String>,
+}

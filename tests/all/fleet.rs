@@ -1,0 +1,143 @@
+//! The fleet registry: two daemons sharing one NATS server follow what operators push, roll
+//! back, pause and resume with `jetfold plugin`, and refuse a component that does not match its
+//! digest.
+
+use std::path::{Path, PathBuf};
+
+use jetfold_host::{config::Config, daemon::Daemon, sink::sqlite::SqliteSink};
+
+use crate::support::{NatsServer, cache_dir, create_stream, eventually, jetfold, plugin};
+use crate::swap::{other_version, publish};
+
+/// A daemon named `name` that follows the registry, in a directory of its own.
+fn daemon_config(dir: &Path, name: &str, nats: &NatsServer) -> Config {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let text = format!(
+        "name = \"{name}\"\nplugin-dir = \"plugins\"\nplugin-dir-poll-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{name}.db\"\n[registry]\nenabled = true\nstatus-interval-ms = 100\n",
+        cache_dir().display(),
+        nats.url()
+    );
+    Config::parse(&text, dir.to_path_buf(), |_| None).unwrap()
+}
+
+/// Where a daemon's plugin has got to: the last sequence and the digest that committed it.
+fn checkpoint(db: &Path) -> (u64, String) {
+    SqliteSink::open(db)
+        .ok()
+        .and_then(|mut s| s.checkpoint("compute-resource").ok().flatten())
+        .map(|c| (c.last_seq, c.digest))
+        .unwrap_or_default()
+}
+
+/// `jetfold plugin <args> --config <cli>`, which must succeed; its output.
+fn plugin_cli(cli: &Path, args: &[&str]) -> String {
+    let mut all: Vec<String> = vec!["plugin".into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.extend(["--config".into(), cli.display().to_string()]);
+    let run = jetfold(&all);
+    assert_eq!(run.code, 0, "jetfold {all:?}\n{}", run.all());
+    run.stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_follow_push_rollback_pause_and_resume_and_refuse_a_forged_component() {
+    let built = plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    publish(&js, 0, 100).await;
+    let root = tempfile::tempdir().unwrap();
+    let cli = root.path().join("cli.toml");
+    std::fs::write(&cli, format!("plugin-dir = \".\"\n[nats]\nurl = \"{}\"\n", nats.url()))
+        .unwrap();
+
+    let mut daemons = Vec::new();
+    let mut dbs: Vec<PathBuf> = Vec::new();
+    for name in ["daemon-a", "daemon-b"] {
+        let dir = root.path().join(name);
+        let daemon = Daemon::start(daemon_config(&dir, name, &nats)).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(jetfold_host::daemon::supervise(daemon, None, async move {
+            let _ = stopped.await;
+        }));
+        daemons.push((stop, task));
+        dbs.push(dir.join(format!("{name}.db")));
+    }
+    let all_at = |seq: u64, digest: &str| {
+        let (dbs, digest) = (dbs.clone(), digest.to_string());
+        move || dbs.iter().all(|db| checkpoint(db) == (seq, digest.clone()))
+    };
+    let listed = |expect: Vec<&'static str>| {
+        let cli = cli.clone();
+        move || {
+            let out = plugin_cli(&cli, &["list"]);
+            // One line per daemon and plugin, each naming its daemon first.
+            let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("daemon-")).collect();
+            lines.len() == 2 && expect.iter().all(|e| lines.iter().all(|l| l.contains(e)))
+        }
+    };
+
+    // Push: both daemons load it and fold the stream.
+    let out = plugin_cli(&cli, &["push", built.to_str().unwrap()]);
+    let a = out.split_whitespace().nth(2).unwrap().to_string();
+    assert!(out.starts_with("pushed compute-resource "), "{out}");
+    eventually(60, "both daemons folded the stream", all_at(100, &a)).await;
+    let short_a: &'static str = Box::leak(a[..12].to_string().into_boxed_str());
+    eventually(30, "list shows both daemons running it", listed(vec![short_a, "running"])).await;
+
+    // A second version: both swap to it.
+    let v2 = root.path().join("v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::copy(built.join("plugin.toml"), v2.join("plugin.toml")).unwrap();
+    let wasm = std::fs::read(built.join("compute_resource.wasm")).unwrap();
+    std::fs::write(v2.join("compute_resource.wasm"), other_version(&wasm)).unwrap();
+    let out = plugin_cli(&cli, &["push", v2.to_str().unwrap()]);
+    let b = out.split_whitespace().nth(2).unwrap().to_string();
+    assert_ne!(a, b);
+    let short_b: &'static str = Box::leak(b[..12].to_string().into_boxed_str());
+    eventually(30, "list shows both daemons on the new version", listed(vec![short_b])).await;
+    publish(&js, 100, 150).await;
+    eventually(60, "both daemons folded with the new version", all_at(150, &b)).await;
+
+    // Roll back: the previous version again.
+    let out = plugin_cli(&cli, &["rollback", "compute-resource"]);
+    assert!(out.contains(&a), "{out}");
+    eventually(30, "list shows both daemons back on the first version", listed(vec![short_a]))
+        .await;
+    publish(&js, 150, 200).await;
+    eventually(60, "both daemons folded with the first version", all_at(200, &a)).await;
+
+    // Pause: both stop; resume: both catch up from their checkpoints.
+    plugin_cli(&cli, &["pause", "compute-resource"]);
+    eventually(30, "list shows the plugin paused on both", listed(vec!["paused"])).await;
+    publish(&js, 200, 250).await;
+    assert!(dbs.iter().all(|db| checkpoint(db).0 == 200), "a paused plugin folds nothing");
+    plugin_cli(&cli, &["resume", "compute-resource"]);
+    eventually(60, "both daemons caught up after resume", all_at(250, &a)).await;
+
+    // A forged component: stored under a digest it does not have. Refused, the running
+    // version stays, and the list says why.
+    let store = js.get_object_store("jetfold-plugins").await.unwrap();
+    let forged = format!("{:0>64}", "f0");
+    store.put(forged.as_str(), &mut wasm.as_slice()).await.unwrap();
+    let kv = js.get_key_value("jetfold-plugins").await.unwrap();
+    let mut desired: serde_json::Value =
+        serde_json::from_slice(&kv.get("compute-resource").await.unwrap().unwrap()).unwrap();
+    desired["digest"] = forged.clone().into();
+    kv.put("compute-resource", serde_json::to_vec(&desired).unwrap().into()).await.unwrap();
+    eventually(30, "list shows the refusal on both", listed(vec!["does not match its digest"]))
+        .await;
+    publish(&js, 250, 300).await;
+    eventually(60, "the running version goes on", all_at(300, &a)).await;
+
+    for (stop, task) in daemons {
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+    let rows: Vec<_> = dbs
+        .iter()
+        .map(|db| SqliteSink::open(db).unwrap().rows("compute_resources").unwrap())
+        .collect();
+    assert_eq!(rows[0], rows[1], "both daemons hold the same read model");
+    assert_eq!(rows[0].len(), 300, "one row per resource registered by the 300 events");
+}
