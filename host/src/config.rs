@@ -69,6 +69,10 @@ pub struct RegistryConfig {
     /// How often the daemon reports its status, in milliseconds.
     #[serde(default = "defaults::status_interval_ms")]
     pub status_interval_ms: u64,
+    /// ed25519 public keys (base64, as `jetfold plugin keygen` prints them): when any are
+    /// given, a pushed version must be signed by one of them or it is refused.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
 }
 
 impl Default for RegistryConfig {
@@ -78,6 +82,7 @@ impl Default for RegistryConfig {
             bucket_prefix: defaults::bucket_prefix(),
             dir: defaults::registry_dir(),
             status_interval_ms: defaults::status_interval_ms(),
+            trusted_keys: Vec::new(),
         }
     }
 }

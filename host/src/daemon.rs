@@ -327,6 +327,8 @@ pub struct Daemon {
     /// The fleet registry, when the daemon follows one.
     registry: Option<crate::registry::Registry>,
     running: BTreeMap<String, Running>,
+    /// Pushed plugins not running because their version was refused, and why.
+    refused: BTreeMap<String, Refusal>,
 }
 
 /// Runs the daemon until `shutdown` completes, then drains: every worker finishes (commits
@@ -441,8 +443,9 @@ impl Daemon {
             true => {
                 let buckets = crate::registry::Buckets::named(&config.registry.bucket_prefix);
                 let registry = crate::registry::Registry::open(&js, &buckets).await?;
+                let dir = config.resolve(&config.registry.dir);
                 for (name, digest, reason) in
-                    registry.sync(&config.resolve(&config.registry.dir)).await?
+                    registry.sync(&dir, &config.registry.trusted_keys).await?
                 {
                     tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused");
                 }
@@ -476,8 +479,16 @@ impl Daemon {
     ) -> anyhow::Result<Daemon> {
         let js = jetstream::new(client.clone());
         let seen = plugin_dir_snapshot(&config);
-        let mut daemon =
-            Daemon { config, seen, loader, client, js, registry, running: BTreeMap::new() };
+        let mut daemon = Daemon {
+            config,
+            seen,
+            loader,
+            client,
+            js,
+            registry,
+            running: BTreeMap::new(),
+            refused: BTreeMap::new(),
+        };
         for plugin in plugins {
             if let Err(e) = daemon.start_plugin(plugin).await {
                 daemon.stop().await.ok();
@@ -562,6 +573,7 @@ impl Daemon {
             return Err(e);
         }
         tracing::info!(plugin = %name, "plugin started");
+        self.refused.remove(&name);
         self.running.insert(
             name,
             Running {
@@ -619,8 +631,11 @@ impl Daemon {
                     if let Err(e) = outcome {
                         let reason = format!("{e:#}");
                         tracing::error!(plugin = %name, digest = %digest, error = %reason, "plugin not loaded; the running version (if any) stays");
-                        if let Some(running) = self.running.get(&name) {
-                            running.refuse(digest, reason);
+                        match self.running.get(&name) {
+                            Some(running) => running.refuse(digest, reason),
+                            None => {
+                                self.refused.insert(name, Refusal { version: digest, reason });
+                            }
                         }
                     }
                 }
@@ -656,12 +671,17 @@ impl Daemon {
     pub async fn sync_registry(&mut self) {
         let Some(registry) = &self.registry else { return };
         let dir = self.config.resolve(&self.config.registry.dir);
-        match registry.sync(&dir).await {
+        // Every sync checks every desired version again, so refusals are found afresh.
+        self.refused.clear();
+        match registry.sync(&dir, &self.config.registry.trusted_keys).await {
             Ok(refused) => {
                 for (name, digest, reason) in refused {
                     tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused; the running version (if any) stays");
-                    if let Some(running) = self.running.get(&name) {
-                        running.refuse(digest, reason);
+                    match self.running.get(&name) {
+                        Some(running) => running.refuse(digest, reason),
+                        None => {
+                            self.refused.insert(name, Refusal { version: digest, reason });
+                        }
                     }
                 }
             }
@@ -693,6 +713,19 @@ impl Daemon {
                 lag,
                 last_error: p.refused.map(|r| format!("{} refused: {}", r.version, r.reason)),
             });
+        }
+        for (name, r) in &self.refused {
+            if !self.running.contains_key(name) {
+                plugins.push(PluginStatus {
+                    name: name.clone(),
+                    kind: String::new(),
+                    digest: r.version.clone(),
+                    status: "refused".into(),
+                    committed_seq: 0,
+                    lag: None,
+                    last_error: Some(format!("{} refused: {}", r.version, r.reason)),
+                });
+            }
         }
         if let Some(registry) = &self.registry {
             for desired in registry.all().await.unwrap_or_default() {

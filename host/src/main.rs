@@ -72,8 +72,17 @@ enum PluginCommand {
     Push {
         /// The plugin: its directory or its plugin.toml.
         plugin: PathBuf,
+        /// Sign the version with this private key (from `jetfold plugin keygen`).
+        #[arg(long, value_name = "KEY_FILE")]
+        sign: Option<PathBuf>,
         #[command(flatten)]
         at: RegistryArgs,
+    },
+    /// Make an ed25519 signing key: writes the private key to FILE, prints the public key for
+    /// `[registry] trusted-keys`.
+    Keygen {
+        /// Where to write the private key (created; not overwritten).
+        file: PathBuf,
     },
     /// Show the desired versions, then every daemon's plugins: kind, digest, status, lag,
     /// last error.
@@ -352,11 +361,25 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
     use jetfold_host::registry::{Buckets, Registry};
-    let (PluginCommand::Push { at, .. }
-    | PluginCommand::List { at }
-    | PluginCommand::Rollback { at, .. }
-    | PluginCommand::Pause { at, .. }
-    | PluginCommand::Resume { at, .. }) = command;
+    if let PluginCommand::Keygen { file } = command {
+        let (private, public) = jetfold_host::registry::generate_key()?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(file)
+            .with_context(|| format!("cannot create {}", file.display()))?;
+        std::io::Write::write_all(&mut out, format!("{private}\n").as_bytes())?;
+        println!("{public}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let at = match command {
+        PluginCommand::Keygen { .. } => unreachable!("handled above"),
+        PluginCommand::Push { at, .. }
+        | PluginCommand::List { at }
+        | PluginCommand::Rollback { at, .. }
+        | PluginCommand::Pause { at, .. }
+        | PluginCommand::Resume { at, .. } => at,
+    };
     let config = jetfold_host::config::Config::load(&at.config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -365,8 +388,9 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
         let registry = Registry::open(&js, &Buckets::named(&config.registry.bucket_prefix)).await?;
         let short = |d: &str| d.chars().take(12).collect::<String>();
         match command {
-            PluginCommand::Push { plugin, .. } => {
-                let d = registry.push(plugin).await?;
+            PluginCommand::Keygen { .. } => unreachable!("handled above"),
+            PluginCommand::Push { plugin, sign, .. } => {
+                let d = registry.push(plugin, sign.as_deref()).await?;
                 let paused = if d.paused { " (paused: resume it to run it)" } else { "" };
                 println!("pushed {} {}{paused}", d.name, d.digest);
             }

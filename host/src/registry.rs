@@ -52,6 +52,77 @@ pub struct Desired {
     /// Stopped until resumed.
     #[serde(default)]
     pub paused: bool,
+    /// An ed25519 signature of the version, if it was pushed with a signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<Signature>,
+}
+
+/// An ed25519 signature of a pushed version: of its name, component digest and manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// The signer's public key, base64.
+    pub key: String,
+    /// The signature, base64.
+    pub signature: String,
+}
+
+/// What a signature covers: the name, the component's digest and the manifest's digest (the
+/// manifest declares what the plugin may do).
+fn signed_message(d: &Desired) -> Vec<u8> {
+    let manifest = PluginDigest::of(d.manifest.as_bytes()).hex();
+    format!("jetfold-plugin\n{}\n{}\n{manifest}\n", d.name, d.digest).into_bytes()
+}
+
+/// A new signing key: the private key (PKCS#8, base64) to keep, and the public key (base64)
+/// to list under `[registry] trusted-keys`.
+pub fn generate_key() -> anyhow::Result<(String, String)> {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("cannot generate a key"))?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| anyhow::anyhow!("cannot read the generated key"))?;
+    Ok((b64.encode(pkcs8.as_ref()), b64.encode(pair.public_key().as_ref())))
+}
+
+/// Signs `d` with the private key in `key_file` (as [`generate_key`] writes it).
+pub fn sign(d: &mut Desired, key_file: &Path) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use ring::signature::KeyPair as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = std::fs::read_to_string(key_file)
+        .with_context(|| format!("cannot read the signing key {}", key_file.display()))?;
+    let pkcs8 = b64.decode(text.trim()).context("the signing key is not base64")?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|_| anyhow::anyhow!("{} is not an ed25519 private key", key_file.display()))?;
+    let signature = pair.sign(&signed_message(d));
+    d.signature = Some(Signature {
+        key: b64.encode(pair.public_key().as_ref()),
+        signature: b64.encode(signature.as_ref()),
+    });
+    Ok(())
+}
+
+/// Checks `d`'s signature against `trusted` public keys (base64); no keys, no check.
+pub fn verify(d: &Desired, trusted: &[String]) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    if trusted.is_empty() {
+        return Ok(());
+    }
+    let Some(sig) = &d.signature else {
+        bail!("unsigned, and [registry] trusted-keys requires a signature: refused");
+    };
+    if !trusted.iter().any(|k| k.trim() == sig.key) {
+        bail!("signed by {}, which is not among [registry] trusted-keys: refused", sig.key);
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key = b64.decode(&sig.key).context("the signature's key is not base64")?;
+    let signature = b64.decode(&sig.signature).context("the signature is not base64")?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+        .verify(&signed_message(d), &signature)
+        .map_err(|_| anyhow::anyhow!("the signature does not match this version: refused"))
 }
 
 /// A registry on one NATS server.
@@ -107,7 +178,7 @@ impl Registry {
 
     /// Stores the plugin at `path` (a manifest or its directory) and makes it the desired
     /// version. The manifest must parse; the component is stored under its digest.
-    pub async fn push(&self, path: &Path) -> anyhow::Result<Desired> {
+    pub async fn push(&self, path: &Path, sign_with: Option<&Path>) -> anyhow::Result<Desired> {
         let manifest = Manifest::load(path)?;
         let manifest_path =
             if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
@@ -123,7 +194,11 @@ impl Registry {
                 .with_context(|| format!("cannot store component {digest}"))?;
         }
         let paused = self.desired(&manifest.name).await?.is_some_and(|d| d.paused);
-        let desired = Desired { name: manifest.name, digest, manifest: text, paused };
+        let mut desired =
+            Desired { name: manifest.name, digest, manifest: text, paused, signature: None };
+        if let Some(key) = sign_with {
+            sign(&mut desired, key)?;
+        }
         self.put(&desired).await?;
         Ok(desired)
     }
@@ -217,9 +292,14 @@ impl Registry {
     }
 
     /// Writes the desired, unpaused versions into `dir` (one subdirectory per plugin) and
-    /// removes the others. A version whose component cannot be fetched or does not match its
-    /// digest is not written (the one there stays): its name, digest and reason are returned.
-    pub async fn sync(&self, dir: &Path) -> anyhow::Result<Vec<(String, String, String)>> {
+    /// removes the others. A version whose signature is missing or wrong (when `trusted` keys
+    /// are given), or whose component cannot be fetched or does not match its digest, is not
+    /// written (the one there stays): its name, digest and reason are returned.
+    pub async fn sync(
+        &self,
+        dir: &Path,
+        trusted: &[String],
+    ) -> anyhow::Result<Vec<(String, String, String)>> {
         std::fs::create_dir_all(dir)?;
         let desired = self.all().await?;
         let mut refused = Vec::new();
@@ -231,7 +311,11 @@ impl Registry {
                 }
                 continue;
             }
-            if let Err(e) = self.materialise(d, &plugin_dir).await {
+            let outcome = match verify(d, trusted) {
+                Ok(()) => self.materialise(d, &plugin_dir).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = outcome {
                 refused.push((d.name.clone(), d.digest.clone(), format!("{e:#}")));
             }
         }

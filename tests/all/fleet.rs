@@ -141,3 +141,72 @@ async fn two_daemons_follow_push_rollback_pause_and_resume_and_refuse_a_forged_c
     assert_eq!(rows[0], rows[1], "both daemons hold the same read model");
     assert_eq!(rows[0].len(), 300, "one row per resource registered by the 300 events");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_with_trusted_keys_loads_only_versions_they_signed() {
+    let built = plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    publish(&js, 0, 100).await;
+    let root = tempfile::tempdir().unwrap();
+    let cli = root.path().join("cli.toml");
+    std::fs::write(&cli, format!("plugin-dir = \".\"\n[nats]\nurl = \"{}\"\n", nats.url()))
+        .unwrap();
+    let keygen = |file: &str| {
+        let run = jetfold(["plugin", "keygen", root.path().join(file).to_str().unwrap()]);
+        assert_eq!(run.code, 0, "{}", run.all());
+        run.stdout.trim().to_string()
+    };
+    let (trusted, stranger) = (keygen("trusted.key"), keygen("stranger.key"));
+
+    let dir = root.path().join("daemon");
+    let mut config = daemon_config(&dir, "signed", &nats);
+    config.registry.trusted_keys = vec![trusted];
+    let daemon = Daemon::start(config).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(jetfold_host::daemon::supervise(daemon, None, async move {
+        let _ = stopped.await;
+    }));
+    let listed = |what: &'static str| {
+        let cli = cli.clone();
+        move || {
+            plugin_cli(&cli, &["list"])
+                .lines()
+                .any(|l| l.starts_with("signed ") && l.contains(what))
+        }
+    };
+    let plugin_path = built.to_str().unwrap();
+
+    // Unsigned, then signed by a key the daemon does not trust: refused, nothing runs.
+    plugin_cli(&cli, &["push", plugin_path]);
+    eventually(30, "the unsigned version refused", listed("unsigned")).await;
+    let stranger_key = root.path().join("stranger.key");
+    plugin_cli(&cli, &["push", plugin_path, "--sign", stranger_key.to_str().unwrap()]);
+    eventually(30, "the stranger's version refused", listed("not among [registry] trusted-keys"))
+        .await;
+    assert!(plugin_cli(&cli, &["list"]).contains(&stranger), "the refusal names the key");
+    let db = dir.join("signed.db");
+    assert_eq!(checkpoint(&db).0, 0, "no refused version ran");
+
+    // Signed by the trusted key: it runs.
+    let trusted_key = root.path().join("trusted.key");
+    plugin_cli(&cli, &["push", plugin_path, "--sign", trusted_key.to_str().unwrap()]);
+    eventually(60, "the signed version folded the stream", || checkpoint(&db).0 == 100).await;
+
+    // The manifest changed after signing (a wider allow-list): the signature no longer
+    // matches; refused, and the running version goes on.
+    let kv = js.get_key_value("jetfold-plugins").await.unwrap();
+    let mut desired: serde_json::Value =
+        serde_json::from_slice(&kv.get("compute-resource").await.unwrap().unwrap()).unwrap();
+    let widened =
+        desired["manifest"].as_str().unwrap().replace("[allow]", "[allow]\nsubjects = [\">\"]");
+    desired["manifest"] = widened.into();
+    kv.put("compute-resource", serde_json::to_vec(&desired).unwrap().into()).await.unwrap();
+    eventually(30, "the altered version refused", listed("signature does not match")).await;
+    publish(&js, 100, 150).await;
+    eventually(60, "the signed version goes on", || checkpoint(&db).0 == 150).await;
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
