@@ -110,6 +110,7 @@ async fn daemon_rate(
             stream: manifest.source.stream.clone().unwrap(),
             subjects: manifest.source.subjects.clone(),
             start: Default::default(),
+            at_seq: None,
             manifest,
             implementation: Implementation::Native {
                 digest: "native-compute-resource".into(),

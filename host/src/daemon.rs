@@ -92,7 +92,14 @@ pub struct DaemonPlugin {
     pub subjects: Vec<String>,
     /// Where a new consumer starts.
     pub start: StartPosition,
+    /// When this version replaces a running one: exactly at this stream sequence (events
+    /// before it are the old version's, from it on the new one's), rather than at the next
+    /// batch. Read from a `promote-at-seq` file beside the manifest.
+    pub at_seq: Option<u64>,
 }
+
+/// The file beside a manifest that holds a version's promotion sequence.
+pub const AT_SEQ_FILE: &str = "promote-at-seq";
 
 impl DaemonPlugin {
     /// The version's identity: the component's sha256, or the native step's name.
@@ -189,12 +196,22 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         })?;
         let subjects = overrides.subjects.unwrap_or_else(|| manifest.source.subjects.clone());
         let component = loader.load(manifest.kind, &manifest.wasm_path())?;
+        let at_seq = match std::fs::read_to_string(manifest.dir.join(AT_SEQ_FILE)) {
+            Ok(text) => Some(text.trim().parse::<u64>().with_context(|| {
+                format!(
+                    "{}: not a stream sequence: {text:?}",
+                    manifest.dir.join(AT_SEQ_FILE).display()
+                )
+            })?),
+            Err(_) => None,
+        };
         Ok(Some(DaemonPlugin {
             manifest,
             implementation: Implementation::Component(component),
             stream,
             subjects,
             start: overrides.start.unwrap_or_default(),
+            at_seq,
         }))
     };
     let mut all: Vec<Found> = manifests
@@ -247,6 +264,8 @@ pub struct Progress {
     pub last_swap_pause: Option<Duration>,
     /// The last version refused since the running one was loaded, and why.
     pub refused: Option<Refusal>,
+    /// The stream sequence of the first event the last swapped-in version folded.
+    pub swapped_at_seq: Option<u64>,
 }
 
 /// A version of a plugin that was not loaded; the running version stayed.
@@ -272,8 +291,8 @@ struct Running {
     fingerprint: String,
     kind: PluginKind,
     state_version: u32,
-    /// The stream its consumer reads.
-    stream: String,
+    /// The stream and filter subjects of the version handed to the workers last.
+    source: (String, Vec<String>),
     /// The version handed to the workers last.
     digest: String,
     stop: watch::Sender<bool>,
@@ -308,11 +327,12 @@ impl Running {
 fn fingerprint(plugin: &DaemonPlugin) -> String {
     let manifest = serde_json::to_string(&plugin.manifest).expect("a manifest serialises");
     format!(
-        "{} {manifest} {} {:?} {:?}",
+        "{} {manifest} {} {:?} {:?} {:?}",
         plugin.digest(),
         plugin.stream,
         plugin.subjects,
-        plugin.start
+        plugin.start,
+        plugin.at_seq
     )
 }
 
@@ -552,7 +572,8 @@ impl Daemon {
         let (loader, config) = (self.loader.clone(), self.config.clone());
         let (dir, fingerprint) = (plugin.manifest.dir.clone(), fingerprint(&plugin));
         let (kind, state_version) = (plugin.manifest.kind, plugin.manifest.state.version);
-        let (stream, digest) = (plugin.stream.clone(), plugin.digest());
+        let digest = plugin.digest();
+        let source = (plugin.stream.clone(), plugin.subjects.clone());
         // Workers are built on threads of their own: database clients may run runtimes of
         // their own, which cannot start inside this one.
         let thread = std::thread::Builder::new()
@@ -581,7 +602,7 @@ impl Daemon {
                 fingerprint,
                 kind,
                 state_version,
-                stream,
+                source,
                 digest,
                 stop: stop_tx,
                 swaps: swaps_tx,
@@ -700,7 +721,7 @@ impl Daemon {
         for (name, running) in &self.running {
             let p = running.progress.borrow().clone();
             let consumer = source::consumer_name(&self.config.name, name);
-            let lag = match self.js.get_stream(&running.stream).await {
+            let lag = match self.js.get_stream(&running.source.0).await {
                 Ok(stream) => stream.consumer_info(&consumer).await.ok().map(|i| i.num_pending),
                 Err(_) => None,
             };
@@ -783,6 +804,20 @@ impl Daemon {
                 running.state_version
             );
         }
+        let committed = running.progress.borrow().committed_seq;
+        if let Some(at) = plugin.at_seq
+            && at <= committed
+        {
+            bail!(
+                "promotion at sequence {at} is already past (committed up to {committed}): refused"
+            );
+        }
+        let same_source = running.source.0 == plugin.stream && running.source.1 == plugin.subjects;
+        if plugin.at_seq.is_some() && !same_source {
+            bail!(
+                "a version promoted at a sequence must read the same stream and subjects as the running one"
+            );
+        }
         let step = match &plugin.implementation {
             Implementation::Component(c) => {
                 let (c, loader, manifest) =
@@ -803,6 +838,7 @@ impl Daemon {
         };
         let query = self.query_instance(&plugin).await?;
         let digest = plugin.digest();
+        let source = (plugin.stream.clone(), plugin.subjects.clone());
         let service = query.map(|guest| self.query_service(&plugin, guest));
         let running = self.running.get_mut(&name).expect("checked above");
         if running.swaps.send(Swap { plugin, step }).is_err() {
@@ -810,6 +846,7 @@ impl Daemon {
         }
         running.fingerprint = new_fingerprint;
         running.digest.clone_from(&digest);
+        running.source = source;
         running.report.send_modify(|p| p.refused = None);
         if let Some(service) = service
             && let Some(old) = running.service.replace(service)
@@ -926,8 +963,9 @@ struct Job {
     commit: Commit,
     /// Tables to create first (a new version may write tables the old one did not).
     tables: Option<Vec<String>>,
-    /// The swap pause, if the batch holds the first event of a new version.
-    swap_pause: Option<Duration>,
+    /// The swap pause and the new version's first sequence, if the batch holds the first
+    /// event of a new version.
+    swap_pause: Option<(Duration, u64)>,
     /// The batch's last message: acking it acks the batch.
     ack: Option<Message>,
     events: u64,
@@ -1019,9 +1057,10 @@ impl Committer {
             self.env.progress.send_modify(|p| {
                 p.committed_seq = self.checkpoint;
                 p.digest.clone_from(&job.commit.digest);
-                if let Some(pause) = job.swap_pause {
+                if let Some((pause, seq)) = job.swap_pause {
                     p.swaps += 1;
                     p.last_swap_pause = Some(pause);
+                    p.swapped_at_seq = Some(seq);
                 }
                 p.events += job.events;
                 p.rejected += job.rejected;
@@ -1118,8 +1157,11 @@ struct Folder {
     /// When the old version finished its last event, until the new one starts its first.
     swapped_after: Option<Instant>,
     last_step_end: Option<Instant>,
-    /// The pause of a swap whose new version has folded its first event.
-    pause: Option<Duration>,
+    /// The pause of a swap whose new version has folded its first event, and that event's
+    /// sequence.
+    pause: Option<(Duration, u64)>,
+    /// A version waiting for its promotion sequence.
+    promotion: Option<Swap>,
     states: HashMap<String, Vec<u8>>,
     /// The last stream sequence folded (committed, or queued for commit).
     folded: u64,
@@ -1151,6 +1193,7 @@ impl Folder {
             swapped_after: None,
             last_step_end: None,
             pause: None,
+            promotion: None,
             states: HashMap::new(),
             folded: checkpoint,
             batch_size: config.batch_size,
@@ -1218,10 +1261,27 @@ impl Folder {
             if messages.is_empty() {
                 continue;
             }
-            // A new version takes over at a batch boundary.
+            // A new version takes over at a batch boundary, or waits for its sequence.
             let mut rebind = false;
             while let Ok(swap) = self.swaps.try_recv() {
-                rebind |= self.take_over(swap);
+                match swap.plugin.at_seq {
+                    Some(at) if at <= self.folded => {
+                        let reason = format!(
+                            "promotion at sequence {at} is already past (folded up to {}): refused",
+                            self.folded
+                        );
+                        tracing::error!(plugin = %self.name, digest = %swap.plugin.digest(), "{reason}");
+                        let version = swap.plugin.digest();
+                        self.env
+                            .progress
+                            .send_modify(|p| p.refused = Some(Refusal { version, reason }));
+                    }
+                    Some(_) => self.promotion = Some(swap),
+                    None => {
+                        self.promotion = None;
+                        rebind |= self.take_over(swap);
+                    }
+                }
             }
             if rebind {
                 // The source changed: what was pulled under the old one is dropped unfolded
@@ -1361,8 +1421,14 @@ impl Folder {
             let Ok(state) = self.state_of(&key) else {
                 return None; // stopping: nothing of this batch is committed or acked
             };
+            if self.promotion.as_ref().is_some_and(|s| s.plugin.at_seq.is_some_and(|at| seq >= at))
+            {
+                let swap = self.promotion.take().expect("checked above");
+                // Same source: checked before the version was handed over.
+                self.take_over(swap);
+            }
             if let Some(after) = self.swapped_after.take() {
-                self.pause = Some(after.elapsed());
+                self.pause = Some((after.elapsed(), seq));
             }
             let outcome = self.step.step(&self.plugin.manifest, state.as_ref(), &event);
             self.last_step_end = Some(Instant::now());
@@ -1393,6 +1459,9 @@ impl Folder {
         }
         commit.states =
             dirty.into_iter().map(|k: String| (k.clone(), self.states[&k].clone())).collect();
+        // A promotion may have swapped versions inside the batch: the checkpoint names the
+        // version that folded its last event.
+        commit.digest.clone_from(&self.digest);
         let rejected = commit.rejected.len() as u64;
         Some((commit, events, rejected))
     }

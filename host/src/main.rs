@@ -72,6 +72,10 @@ enum PluginCommand {
     Push {
         /// The plugin: its directory or its plugin.toml.
         plugin: PathBuf,
+        /// Take over exactly at this stream sequence (the running version folds the events
+        /// before it) instead of at each daemon's next batch.
+        #[arg(long, value_name = "SEQ")]
+        at_seq: Option<u64>,
         /// Sign the version with this private key (from `jetfold plugin keygen`).
         #[arg(long, value_name = "KEY_FILE")]
         sign: Option<PathBuf>,
@@ -389,8 +393,8 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
         let short = |d: &str| d.chars().take(12).collect::<String>();
         match command {
             PluginCommand::Keygen { .. } => unreachable!("handled above"),
-            PluginCommand::Push { plugin, sign, .. } => {
-                let d = registry.push(plugin, sign.as_deref()).await?;
+            PluginCommand::Push { plugin, at_seq, sign, .. } => {
+                let d = registry.push(plugin, *at_seq, sign.as_deref()).await?;
                 let paused = if d.paused { " (paused: resume it to run it)" } else { "" };
                 println!("pushed {} {}{paused}", d.name, d.digest);
             }

@@ -52,6 +52,9 @@ pub struct Desired {
     /// Stopped until resumed.
     #[serde(default)]
     pub paused: bool,
+    /// Take over exactly at this stream sequence instead of at the next batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_seq: Option<u64>,
     /// An ed25519 signature of the version, if it was pushed with a signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
@@ -178,7 +181,12 @@ impl Registry {
 
     /// Stores the plugin at `path` (a manifest or its directory) and makes it the desired
     /// version. The manifest must parse; the component is stored under its digest.
-    pub async fn push(&self, path: &Path, sign_with: Option<&Path>) -> anyhow::Result<Desired> {
+    pub async fn push(
+        &self,
+        path: &Path,
+        at_seq: Option<u64>,
+        sign_with: Option<&Path>,
+    ) -> anyhow::Result<Desired> {
         let manifest = Manifest::load(path)?;
         let manifest_path =
             if path.is_dir() { path.join(MANIFEST_FILE) } else { path.to_path_buf() };
@@ -194,8 +202,14 @@ impl Registry {
                 .with_context(|| format!("cannot store component {digest}"))?;
         }
         let paused = self.desired(&manifest.name).await?.is_some_and(|d| d.paused);
-        let mut desired =
-            Desired { name: manifest.name, digest, manifest: text, paused, signature: None };
+        let mut desired = Desired {
+            name: manifest.name,
+            digest,
+            manifest: text,
+            paused,
+            at_seq,
+            signature: None,
+        };
         if let Some(key) = sign_with {
             sign(&mut desired, key)?;
         }
@@ -260,6 +274,7 @@ impl Registry {
             }
         };
         target.paused = current.paused;
+        target.at_seq = None;
         self.put(&target).await?;
         Ok(target)
     }
@@ -341,13 +356,24 @@ impl Registry {
         let wasm_path = plugin_dir.join(&file);
         let present = std::fs::read(&wasm_path).ok().map(|b| PluginDigest::of(&b).hex());
         let manifest_now = std::fs::read_to_string(plugin_dir.join(MANIFEST_FILE)).ok();
+        let at_seq_now = std::fs::read_to_string(plugin_dir.join(crate::daemon::AT_SEQ_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok());
         if present.as_deref() == Some(d.digest.as_str())
             && manifest_now.as_deref() == Some(&d.manifest)
+            && at_seq_now == d.at_seq
         {
             return Ok(());
         }
         let bytes = self.component(&d.digest).await?;
-        // The component first, the manifest last: a reader sees a whole plugin or the old one.
+        // The promotion sequence and the component first, the manifest last: a reader sees a
+        // whole plugin or the old one.
+        let at_seq_file = plugin_dir.join(crate::daemon::AT_SEQ_FILE);
+        match d.at_seq {
+            Some(seq) => write_atomically(&at_seq_file, format!("{seq}\n").as_bytes())?,
+            None if at_seq_file.exists() => std::fs::remove_file(&at_seq_file)?,
+            None => {}
+        }
         write_atomically(&wasm_path, &bytes)?;
         let mut text = d.manifest.clone();
         if manifest.wasm != file {

@@ -210,3 +210,60 @@ async fn a_daemon_with_trusted_keys_loads_only_versions_they_signed() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_pushed_with_at_seq_takes_over_exactly_there() {
+    let built = plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    publish(&js, 0, 100).await;
+    let root = tempfile::tempdir().unwrap();
+    let cli = root.path().join("cli.toml");
+    std::fs::write(&cli, format!("plugin-dir = \".\"\n[nats]\nurl = \"{}\"\n", nats.url()))
+        .unwrap();
+    let out = plugin_cli(&cli, &["push", built.to_str().unwrap()]);
+    let a = out.split_whitespace().nth(2).unwrap().to_string();
+
+    let dir = root.path().join("daemon");
+    let daemon = Daemon::start(daemon_config(&dir, "promoter", &nats)).await.unwrap();
+    let mut progress = daemon.progress("compute-resource").unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(jetfold_host::daemon::supervise(daemon, None, async move {
+        let _ = stopped.await;
+    }));
+    progress.wait_for(|p| p.committed_seq == 100).await.unwrap();
+
+    // Version B, to take over at sequence 150: the daemon holds it until then.
+    let v2 = root.path().join("v2");
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::copy(built.join("plugin.toml"), v2.join("plugin.toml")).unwrap();
+    let wasm = std::fs::read(built.join("compute_resource.wasm")).unwrap();
+    std::fs::write(v2.join("compute_resource.wasm"), other_version(&wasm)).unwrap();
+    let out = plugin_cli(&cli, &["push", v2.to_str().unwrap(), "--at-seq", "150"]);
+    let b = out.split_whitespace().nth(2).unwrap().to_string();
+    let short_b = b[..12].to_string();
+    eventually(30, "the daemon holds version B", || {
+        plugin_cli(&cli, &["list"])
+            .lines()
+            .any(|l| l.starts_with("promoter ") && l.contains(&short_b))
+    })
+    .await;
+    publish(&js, 100, 200).await;
+    let p = progress.wait_for(|p| p.committed_seq == 200).await.unwrap().clone();
+    assert_eq!(p.digest, b);
+    assert_eq!((p.swaps, p.swapped_at_seq), (1, Some(150)), "B folded from 150 exactly");
+
+    // A promotion at a sequence already folded cannot be exact: refused, B stays.
+    plugin_cli(&cli, &["push", built.to_str().unwrap(), "--at-seq", "120"]);
+    let refused =
+        progress.wait_for(|p| p.refused.is_some()).await.unwrap().refused.clone().unwrap();
+    assert!(refused.reason.contains("already past"), "{refused:?}");
+    assert_eq!(refused.version, a);
+    publish(&js, 200, 220).await;
+    let p = progress.wait_for(|p| p.committed_seq == 220).await.unwrap().clone();
+    assert_eq!((p.digest.as_str(), p.swaps), (b.as_str(), 1));
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
