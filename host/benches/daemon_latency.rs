@@ -9,14 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use jetfold_host::{
-    builder::{BuildOptions, build_plugin},
-    config::Config,
-    daemon::Daemon,
-};
+use jetfold_host::{config::Config, daemon::Daemon};
 
 mod common;
-use common::{events, target_dir};
+use common::events;
 
 fn main() {
     tracing_subscriber::fmt()
@@ -27,29 +23,11 @@ fn main() {
     let rate = env("JETFOLD_BENCH_RATE", 10_000);
     let seconds = env("JETFOLD_BENCH_SECONDS", 8);
     let n = (rate * seconds) as usize;
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let plugin = root.join("plugins/compute-resource");
-    let options =
-        BuildOptions { target_dir: Some(target_dir().join("jetfold-guests")), debug: false };
-    build_plugin(&plugin, &options).expect("build compute-resource");
+    let plugin = common::compute_resource();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let nats = jetfold_host::nats::local::start().unwrap();
-        let url = nats.url();
-        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "INFRA".into(),
-            subjects: vec!["infra.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("plugins/compute-resource");
-        std::fs::create_dir_all(&dest).unwrap();
-        std::fs::copy(plugin.join("plugin.toml"), dest.join("plugin.toml")).unwrap();
-        std::fs::copy(plugin.join("compute_resource.wasm"), dest.join("compute_resource.wasm"))
-            .unwrap();
+        let (_nats, url, js) = common::infra().await;
+        let dir = common::daemon_dir(&plugin);
         let text = format!("plugin-dir = \"plugins\"\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"bench.db\"\n");
         let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
         let daemon = Daemon::start(config).await.unwrap();

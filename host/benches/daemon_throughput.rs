@@ -17,7 +17,6 @@ use std::time::Instant;
 use futures::StreamExt as _;
 use jetfold_host::{
     bindings::types,
-    builder::{BuildOptions, build_plugin},
     config::Config,
     daemon::{Daemon, DaemonPlugin, Implementation, Step},
     effect::{self, Effect},
@@ -28,7 +27,7 @@ use jetfold_host::{
 use std::sync::Arc;
 
 mod common;
-use common::{events, median, target_dir};
+use common::{events, median};
 
 /// compute-resource compiled into the host: the SDK's own step, effects checked like a
 /// guest's.
@@ -145,33 +144,11 @@ fn main() {
         std::env::var("JETFOLD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let rounds: usize =
         std::env::var("JETFOLD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let plugin = root.join("plugins/compute-resource");
-    let options =
-        BuildOptions { target_dir: Some(target_dir().join("jetfold-guests")), debug: false };
-    build_plugin(&plugin, &options).expect("build compute-resource");
+    let plugin = common::compute_resource();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let nats = jetfold_host::nats::local::start().unwrap();
-        let url = nats.url();
-        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "INFRA".into(),
-            subjects: vec!["infra.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        let all = events(n);
-        for chunk in all.chunks(5_000) {
-            let mut acks = Vec::new();
-            for e in chunk {
-                acks.push(jetfold_host::nats::publish_event(&js, e).await.unwrap());
-            }
-            for a in acks {
-                a.await.unwrap();
-            }
-        }
+        let (_nats, url, js) = common::infra().await;
+        common::publish_all(&js, &events(n)).await;
         println!("stream INFRA pre-filled with {n} compute-resource events; medians of {rounds} round(s)");
 
         // 1. Raw consumption, as the daemon consumes: the limit.
@@ -202,11 +179,7 @@ fn main() {
         let raw = median(raws);
         println!("  raw JetStream consumption (500 in flight, one ack per 500)   {raw:>9.0} events/s");
 
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("plugins/compute-resource");
-        std::fs::create_dir_all(&dest).unwrap();
-        std::fs::copy(plugin.join("plugin.toml"), dest.join("plugin.toml")).unwrap();
-        std::fs::copy(plugin.join("compute_resource.wasm"), dest.join("compute_resource.wasm")).unwrap();
+        let dir = common::daemon_dir(&plugin);
         let pg = std::env::var("JETFOLD_BENCH_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let mut schemas = Vec::new();
         for sink in ["SQLite", "PostgreSQL"] {

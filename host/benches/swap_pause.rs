@@ -8,56 +8,27 @@
 
 use std::time::{Duration, Instant};
 
-use jetfold_host::{
-    builder::{BuildOptions, build_plugin},
-    config::Config,
-    daemon::Daemon,
-};
+use jetfold_host::{config::Config, daemon::Daemon};
 
 mod common;
-use common::{events, target_dir};
+use common::events;
 
 fn main() {
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     let n = env("JETFOLD_BENCH_EVENTS", 300_000);
     let swaps = env("JETFOLD_BENCH_SWAPS", 50) as u64;
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let plugin = root.join("plugins/compute-resource");
-    let options =
-        BuildOptions { target_dir: Some(target_dir().join("jetfold-guests")), debug: false };
-    build_plugin(&plugin, &options).expect("build compute-resource");
+    let plugin = common::compute_resource();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let nats = jetfold_host::nats::local::start().unwrap();
-        let url = nats.url();
-        let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "INFRA".into(),
-            subjects: vec!["infra.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        for chunk in events(n).chunks(5_000) {
-            let mut acks = Vec::new();
-            for e in chunk {
-                acks.push(jetfold_host::nats::publish_event(&js, e).await.unwrap());
-            }
-            for a in acks {
-                a.await.unwrap();
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let dest = dir.path().join("plugins/compute-resource");
-        std::fs::create_dir_all(&dest).unwrap();
-        std::fs::copy(plugin.join("plugin.toml"), dest.join("plugin.toml")).unwrap();
-        let wasm = dest.join("compute_resource.wasm");
+        let (_nats, url, js) = common::infra().await;
+        common::publish_all(&js, &events(n)).await;
+        let dir = common::daemon_dir(&plugin);
+        let wasm = dir.path().join("plugins/compute-resource/compute_resource.wasm");
         let a = std::fs::read(plugin.join("compute_resource.wasm")).unwrap();
         // The same component with a custom section appended: another digest.
         let mut b = a.clone();
         b.extend_from_slice(&[0, 10, 9]); // custom section: size 10, name of 9 bytes
         b.extend_from_slice(b"jetfold-b");
-        std::fs::write(&wasm, &a).unwrap();
         let text = format!(
             "plugin-dir = \"plugins\"\nplugin-dir-poll-ms = 5\ncache-dir = \"cache\"\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"bench.db\"\n"
         );

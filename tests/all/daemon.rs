@@ -406,6 +406,32 @@ fn postgres_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
+/// Every `compute_resources` row of `schema` (key, document) and the number of rejected
+/// events; then the schema is dropped.
+async fn postgres_outcome(schema: &str) -> (Vec<(String, serde_json::Value)>, i64) {
+    let (url, schema) = (postgres_url(), schema.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let rows = client
+            .query(
+                &format!("SELECT key, doc::text FROM \"{schema}\".compute_resources ORDER BY key"),
+                &[],
+            )
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get(0), serde_json::from_str(r.get::<_, &str>(1)).unwrap()))
+            .collect();
+        let rejected: i64 = client
+            .query_one(&format!("SELECT COUNT(*) FROM \"{schema}\".jetfold_rejected"), &[])
+            .unwrap()
+            .get(0);
+        client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).unwrap();
+        (rows, rejected)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn effects_and_checkpoints_go_to_postgres_in_a_schema_of_their_own() {
     let (nats, _js, n, dir) = compute_resource_fixture_on_infra().await;
@@ -435,29 +461,9 @@ async fn effects_and_checkpoints_go_to_postgres_in_a_schema_of_their_own() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 
-    let (url, schema2) = (postgres_url(), schema.clone());
-    let (rows, rejected) = tokio::task::spawn_blocking(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let rows: Vec<(String, String)> = client
-            .query(
-                &format!(
-                    "SELECT key, doc->>'status' FROM \"{schema2}\".compute_resources ORDER BY key"
-                ),
-                &[],
-            )
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let rejected: i64 = client
-            .query_one(&format!("SELECT COUNT(*) FROM \"{schema2}\".jetfold_rejected"), &[])
-            .unwrap()
-            .get(0);
-        client.batch_execute(&format!("DROP SCHEMA \"{schema2}\" CASCADE")).unwrap();
-        (rows, rejected)
-    })
-    .await
-    .unwrap();
+    let (docs, rejected) = postgres_outcome(&schema).await;
+    let rows: Vec<(String, String)> =
+        docs.iter().map(|(k, d)| (k.clone(), d["status"].as_str().unwrap().to_string())).collect();
     assert_eq!(
         rows,
         vec![
@@ -547,27 +553,13 @@ async fn a_database_outage_is_retried_and_nothing_is_lost_or_applied_twice() {
     assert_eq!(after.events, n as u64 + 40);
     daemon.stop().await.unwrap();
 
-    let (url, schema2) = (postgres_url(), schema.clone());
-    let (rows, rejected) = tokio::task::spawn_blocking(move || {
-        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-        let rows: Vec<(String, String, String)> = client
-            .query(
-                &format!("SELECT key, doc->>'status', doc->>'version' FROM \"{schema2}\".compute_resources ORDER BY key"),
-                &[],
-            )
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        let rejected: i64 = client
-            .query_one(&format!("SELECT COUNT(*) FROM \"{schema2}\".jetfold_rejected"), &[])
-            .unwrap()
-            .get(0);
-        client.batch_execute(&format!("DROP SCHEMA \"{schema2}\" CASCADE")).unwrap();
-        (rows, rejected)
-    })
-    .await
-    .unwrap();
+    let (docs, rejected) = postgres_outcome(&schema).await;
+    let rows: Vec<(String, String, String)> = docs
+        .iter()
+        .map(|(k, d)| {
+            (k.clone(), d["status"].as_str().unwrap().to_string(), d["version"].to_string())
+        })
+        .collect();
     assert_eq!(rejected, 5, "the fixture's own rejections, and no others");
     assert_eq!(rows.len(), 22);
     for (key, status, version) in &rows[..] {

@@ -9,6 +9,31 @@ use jetfold_host::{config::Config, daemon::Daemon, sink::sqlite::SqliteSink};
 use crate::support::{NatsServer, cache_dir, create_stream, eventually, jetfold, plugin};
 use crate::swap::{other_version, publish};
 
+/// A nats-server whose INFRA stream holds 100 compute-resource events, the built plugin, a
+/// temporary directory and in it the `jetfold plugin` CLI's config.
+struct Fleet {
+    built: PathBuf,
+    nats: NatsServer,
+    js: async_nats::jetstream::Context,
+    root: tempfile::TempDir,
+    cli: PathBuf,
+}
+
+impl Fleet {
+    async fn start() -> Fleet {
+        let built = plugin("compute-resource");
+        let nats = NatsServer::start();
+        let js = nats.jetstream().await;
+        create_stream(&js, "INFRA", &["infra.>"]).await;
+        publish(&js, 0, 100).await;
+        let root = tempfile::tempdir().unwrap();
+        let cli = root.path().join("cli.toml");
+        let text = format!("plugin-dir = \".\"\n[nats]\nurl = \"{}\"\n", nats.url());
+        std::fs::write(&cli, text).unwrap();
+        Fleet { built, nats, js, root, cli }
+    }
+}
+
 /// A daemon named `name` that follows the registry, in a directory of its own.
 fn daemon_config(dir: &Path, name: &str, nats: &NatsServer) -> Config {
     std::fs::create_dir_all(dir.join("plugins")).unwrap();
@@ -41,15 +66,7 @@ fn plugin_cli(cli: &Path, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_follow_push_rollback_pause_and_resume_and_refuse_a_forged_component() {
-    let built = plugin("compute-resource");
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    create_stream(&js, "INFRA", &["infra.>"]).await;
-    publish(&js, 0, 100).await;
-    let root = tempfile::tempdir().unwrap();
-    let cli = root.path().join("cli.toml");
-    std::fs::write(&cli, format!("plugin-dir = \".\"\n[nats]\nurl = \"{}\"\n", nats.url()))
-        .unwrap();
+    let Fleet { built, nats, js, root, cli } = Fleet::start().await;
 
     let mut daemons = Vec::new();
     let mut dbs: Vec<PathBuf> = Vec::new();
@@ -144,15 +161,7 @@ async fn two_daemons_follow_push_rollback_pause_and_resume_and_refuse_a_forged_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_with_trusted_keys_loads_only_versions_they_signed() {
-    let built = plugin("compute-resource");
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    create_stream(&js, "INFRA", &["infra.>"]).await;
-    publish(&js, 0, 100).await;
-    let root = tempfile::tempdir().unwrap();
-    let cli = root.path().join("cli.toml");
-    std::fs::write(&cli, format!("plugin-dir = \".\"\n[nats]\nurl = \"{}\"\n", nats.url()))
-        .unwrap();
+    let Fleet { built, nats, js, root, cli } = Fleet::start().await;
     let keygen = |file: &str| {
         let run = jetfold(["plugin", "keygen", root.path().join(file).to_str().unwrap()]);
         assert_eq!(run.code, 0, "{}", run.all());
@@ -213,15 +222,7 @@ async fn a_daemon_with_trusted_keys_loads_only_versions_they_signed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_pushed_with_at_seq_takes_over_exactly_there() {
-    let built = plugin("compute-resource");
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    create_stream(&js, "INFRA", &["infra.>"]).await;
-    publish(&js, 0, 100).await;
-    let root = tempfile::tempdir().unwrap();
-    let cli = root.path().join("cli.toml");
-    std::fs::write(&cli, format!("plugin-dir = \".\"\n[nats]\nurl = \"{}\"\n", nats.url()))
-        .unwrap();
+    let Fleet { built, nats, js, root, cli } = Fleet::start().await;
     let out = plugin_cli(&cli, &["push", built.to_str().unwrap()]);
     let a = out.split_whitespace().nth(2).unwrap().to_string();
 

@@ -2,7 +2,62 @@
 
 #![allow(dead_code)] // each benchmark uses part of it
 
-use jetfold_host::event::{Event, JSON};
+use std::path::PathBuf;
+
+use jetfold_host::{
+    builder::{BuildOptions, build_plugin},
+    event::{Event, JSON},
+    nats::local::LocalNats,
+};
+
+/// Builds `plugins/compute-resource` into its component (release) and returns its directory.
+pub fn compute_resource() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let plugin = root.join("plugins/compute-resource");
+    let options =
+        BuildOptions { target_dir: Some(target_dir().join("jetfold-guests")), debug: false };
+    build_plugin(&plugin, &options).expect("build compute-resource");
+    plugin
+}
+
+/// A local nats-server with an empty INFRA stream (`infra.>`): the server, its URL, a client.
+pub async fn infra() -> (LocalNats, String, async_nats::jetstream::Context) {
+    let nats = jetfold_host::nats::local::start().unwrap();
+    let url = nats.url();
+    let js = async_nats::jetstream::new(async_nats::connect(url.as_str()).await.unwrap());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "INFRA".into(),
+        subjects: vec!["infra.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    (nats, url, js)
+}
+
+/// Publishes `events`, 5,000 in flight at a time, until the stream has stored them all.
+pub async fn publish_all(js: &async_nats::jetstream::Context, events: &[Event]) {
+    for chunk in events.chunks(5_000) {
+        let mut acks = Vec::new();
+        for e in chunk {
+            acks.push(jetfold_host::nats::publish_event(js, e).await.unwrap());
+        }
+        for a in acks {
+            a.await.unwrap();
+        }
+    }
+}
+
+/// A daemon directory holding `plugins/compute-resource` (manifest and component).
+pub fn daemon_dir(plugin: &std::path::Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("plugins/compute-resource");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::copy(plugin.join("plugin.toml"), dest.join("plugin.toml")).unwrap();
+    std::fs::copy(plugin.join("compute_resource.wasm"), dest.join("compute_resource.wasm"))
+        .unwrap();
+    dir
+}
 
 /// The cargo target directory the benchmark runs from.
 pub fn target_dir() -> std::path::PathBuf {
