@@ -110,6 +110,7 @@ async fn daemon_rate(
             subjects: manifest.source.subjects.clone(),
             start: Default::default(),
             at_seq: None,
+            shadow: None,
             manifest,
             implementation: Implementation::Native {
                 digest: "native-compute-resource".into(),

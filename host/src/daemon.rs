@@ -38,7 +38,7 @@ use crate::fold::{StepError, checked_step};
 use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, PluginKind};
 use crate::nats::{self, source, source::headers};
-use crate::sink::{Commit, OutboxMessage, Rejected, Sink, SinkTarget};
+use crate::sink::{Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
 
 /// One fold step of a plugin: the key's new state and the checked effects of one event.
 pub trait Step: Send {
@@ -81,6 +81,7 @@ pub enum Implementation {
 }
 
 /// A plugin the daemon runs, with its source resolved.
+#[derive(Clone)]
 pub struct DaemonPlugin {
     /// The manifest.
     pub manifest: Manifest,
@@ -96,7 +97,13 @@ pub struct DaemonPlugin {
     /// before it are the old version's, from it on the new one's), rather than at the next
     /// batch. Read from a `promote-at-seq` file beside the manifest.
     pub at_seq: Option<u64>,
+    /// A version run beside this one on the same events with its effects suppressed, its
+    /// outcomes compared (read from a `shadow/` directory beside the manifest).
+    pub shadow: Option<Box<DaemonPlugin>>,
 }
+
+/// The directory beside a manifest that holds a shadow version.
+pub const SHADOW_DIR: &str = "shadow";
 
 /// The file beside a manifest that holds a version's promotion sequence.
 pub const AT_SEQ_FILE: &str = "promote-at-seq";
@@ -205,6 +212,33 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
             })?),
             Err(_) => None,
         };
+        let shadow_manifest = manifest.dir.join(SHADOW_DIR).join(MANIFEST_FILE);
+        let shadow = match shadow_manifest.exists() {
+            true => {
+                let m = Manifest::load(&shadow_manifest)?;
+                if (m.name.as_str(), m.kind) != (manifest.name.as_str(), manifest.kind) {
+                    bail!(
+                        "{}: a shadow must be the same plugin ({} {}), not {} {}",
+                        shadow_manifest.display(),
+                        manifest.kind,
+                        manifest.name,
+                        m.kind,
+                        m.name
+                    );
+                }
+                let component = loader.load(m.kind, &m.wasm_path())?;
+                Some(Box::new(DaemonPlugin {
+                    manifest: m,
+                    implementation: Implementation::Component(component),
+                    stream: stream.clone(),
+                    subjects: subjects.clone(),
+                    start: StartPosition::default(),
+                    at_seq: None,
+                    shadow: None,
+                }))
+            }
+            false => None,
+        };
         Ok(Some(DaemonPlugin {
             manifest,
             implementation: Implementation::Component(component),
@@ -212,6 +246,7 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
             subjects,
             start: overrides.start.unwrap_or_default(),
             at_seq,
+            shadow,
         }))
     };
     let mut all: Vec<Found> = manifests
@@ -266,6 +301,30 @@ pub struct Progress {
     pub refused: Option<Refusal>,
     /// The stream sequence of the first event the last swapped-in version folded.
     pub swapped_at_seq: Option<u64>,
+    /// The shadow version folding beside the live one, if any.
+    pub shadow: Option<ShadowProgress>,
+}
+
+/// What a shadow version has done since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShadowProgress {
+    /// Its digest.
+    pub digest: String,
+    /// Events it folded beside the live version.
+    pub events: u64,
+    /// Events where its outcome (state, effects, or error) differed.
+    pub diffs: u64,
+}
+
+/// An outcome as a shadow comparison sees it: the new state and the effects, or the error.
+fn describe(outcome: &Result<(Vec<u8>, Vec<Effect>), StepError>) -> String {
+    match outcome {
+        Ok((state, effects)) => {
+            let effects: Vec<String> = effects.iter().map(|e| format!("{e:?}")).collect();
+            format!("state {} effects {effects:?}", crate::fold::state_document(state))
+        }
+        Err(e) => format!("{} {}: {}", e.kind, e.code.as_deref().unwrap_or(""), e.message),
+    }
 }
 
 /// A version of a plugin that was not loaded; the running version stayed.
@@ -281,6 +340,24 @@ pub struct Refusal {
 struct Swap {
     plugin: DaemonPlugin,
     step: Box<dyn Step>,
+    shadow: Option<Shadow>,
+}
+
+/// A shadow version, ready to fold beside the live one.
+struct Shadow {
+    digest: String,
+    manifest: Manifest,
+    step: Box<dyn Step>,
+}
+
+impl Shadow {
+    /// Instantiates the shadow version `shadow`.
+    fn new(shadow: &DaemonPlugin, loader: &ComponentLoader) -> anyhow::Result<Shadow> {
+        let step = shadow
+            .step(loader)
+            .map_err(|e| anyhow::anyhow!("the shadow version failed to start: {e:#}"))?;
+        Ok(Shadow { digest: shadow.digest(), manifest: shadow.manifest.clone(), step })
+    }
 }
 
 /// One plugin's workers, as the daemon controls them.
@@ -295,6 +372,8 @@ struct Running {
     source: (String, Vec<String>),
     /// The version handed to the workers last.
     digest: String,
+    /// Its shadow version's digest, if it has one.
+    shadow: Option<String>,
     stop: watch::Sender<bool>,
     swaps: mpsc::Sender<Swap>,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
@@ -326,8 +405,9 @@ impl Running {
 
 fn fingerprint(plugin: &DaemonPlugin) -> String {
     let manifest = serde_json::to_string(&plugin.manifest).expect("a manifest serialises");
+    let shadow = plugin.shadow.as_deref().map(fingerprint).unwrap_or_default();
     format!(
-        "{} {manifest} {} {:?} {:?} {:?}",
+        "{} {manifest} {} {:?} {:?} {:?} shadow: {shadow}",
         plugin.digest(),
         plugin.stream,
         plugin.subjects,
@@ -573,6 +653,7 @@ impl Daemon {
         let (dir, fingerprint) = (plugin.manifest.dir.clone(), fingerprint(&plugin));
         let (kind, state_version) = (plugin.manifest.kind, plugin.manifest.state.version);
         let digest = plugin.digest();
+        let shadow = plugin.shadow.as_ref().map(|s| s.digest());
         let source = (plugin.stream.clone(), plugin.subjects.clone());
         // Workers are built on threads of their own: database clients may run runtimes of
         // their own, which cannot start inside this one.
@@ -604,6 +685,7 @@ impl Daemon {
                 state_version,
                 source,
                 digest,
+                shadow,
                 stop: stop_tx,
                 swaps: swaps_tx,
                 thread,
@@ -733,6 +815,10 @@ impl Daemon {
                 committed_seq: p.committed_seq,
                 lag,
                 last_error: p.refused.map(|r| format!("{} refused: {}", r.version, r.reason)),
+                shadow: running.shadow.clone().map(|d| match p.shadow {
+                    Some(s) if s.digest == d => (d, s.events, s.diffs),
+                    _ => (d, 0, 0),
+                }),
             });
         }
         for (name, r) in &self.refused {
@@ -745,6 +831,7 @@ impl Daemon {
                     committed_seq: 0,
                     lag: None,
                     last_error: Some(format!("{} refused: {}", r.version, r.reason)),
+                    shadow: None,
                 });
             }
         }
@@ -759,6 +846,7 @@ impl Daemon {
                         committed_seq: 0,
                         lag: None,
                         last_error: None,
+                        shadow: None,
                     });
                 }
             }
@@ -836,16 +924,25 @@ impl Daemon {
             }
             Implementation::Native { make, .. } => make()?,
         };
+        let shadow = match plugin.shadow.as_deref() {
+            Some(sh) => {
+                let (sh, loader) = (sh.clone(), self.loader.clone());
+                Some(tokio::task::spawn_blocking(move || Shadow::new(&sh, &loader)).await??)
+            }
+            None => None,
+        };
         let query = self.query_instance(&plugin).await?;
         let digest = plugin.digest();
+        let shadow_digest = plugin.shadow.as_ref().map(|s| s.digest());
         let source = (plugin.stream.clone(), plugin.subjects.clone());
         let service = query.map(|guest| self.query_service(&plugin, guest));
         let running = self.running.get_mut(&name).expect("checked above");
-        if running.swaps.send(Swap { plugin, step }).is_err() {
+        if running.swaps.send(Swap { plugin, step, shadow }).is_err() {
             bail!("the plugin's worker has stopped");
         }
         running.fingerprint = new_fingerprint;
         running.digest.clone_from(&digest);
+        running.shadow = shadow_digest;
         running.source = source;
         running.report.send_modify(|p| p.refused = None);
         if let Some(service) = service
@@ -963,6 +1060,8 @@ struct Job {
     commit: Commit,
     /// Tables to create first (a new version may write tables the old one did not).
     tables: Option<Vec<String>>,
+    /// The shadow version's digest and the events it folded in this batch.
+    shadow: Option<(String, u64)>,
     /// The swap pause and the new version's first sequence, if the batch holds the first
     /// event of a new version.
     swap_pause: Option<(Duration, u64)>,
@@ -1057,6 +1156,20 @@ impl Committer {
             self.env.progress.send_modify(|p| {
                 p.committed_seq = self.checkpoint;
                 p.digest.clone_from(&job.commit.digest);
+                match &job.shadow {
+                    Some((digest, events)) => {
+                        if p.shadow.as_ref().is_none_or(|s| &s.digest != digest) {
+                            p.shadow = Some(ShadowProgress {
+                                digest: digest.clone(),
+                                ..Default::default()
+                            });
+                        }
+                        let s = p.shadow.as_mut().expect("set above");
+                        s.events += events;
+                        s.diffs += job.commit.shadow_diffs.len() as u64;
+                    }
+                    None => p.shadow = None,
+                }
                 if let Some((pause, seq)) = job.swap_pause {
                     p.swaps += 1;
                     p.last_swap_pause = Some(pause);
@@ -1162,6 +1275,10 @@ struct Folder {
     pause: Option<(Duration, u64)>,
     /// A version waiting for its promotion sequence.
     promotion: Option<Swap>,
+    /// A version folding beside the live one, effects suppressed, outcomes compared.
+    shadow: Option<Shadow>,
+    /// Events the shadow folded in the last batch.
+    shadow_events: u64,
     states: HashMap<String, Vec<u8>>,
     /// The last stream sequence folded (committed, or queued for commit).
     folded: u64,
@@ -1180,6 +1297,7 @@ impl Folder {
         checkpoint: u64,
     ) -> anyhow::Result<Folder> {
         let step = plugin.step(loader)?;
+        let shadow = plugin.shadow.as_deref().map(|sh| Shadow::new(sh, loader)).transpose()?;
         let reader = Sink::open(&env.target)?;
         Ok(Folder {
             daemon: config.name.clone(),
@@ -1194,6 +1312,8 @@ impl Folder {
             last_step_end: None,
             pause: None,
             promotion: None,
+            shadow,
+            shadow_events: 0,
             states: HashMap::new(),
             folded: checkpoint,
             batch_size: config.batch_size,
@@ -1295,6 +1415,7 @@ impl Folder {
             };
             let job = Job {
                 tables: self.new_tables.take(),
+                shadow: self.shadow.as_ref().map(|s| (s.digest.clone(), self.shadow_events)),
                 swap_pause: self.pause.take(),
                 commit,
                 ack: messages.into_iter().last(),
@@ -1311,7 +1432,8 @@ impl Folder {
 
     /// Replaces the running version with `swap`'s; true if the source changed.
     fn take_over(&mut self, swap: Swap) -> bool {
-        let Swap { plugin, step } = swap;
+        let Swap { plugin, step, shadow } = swap;
+        self.shadow = shadow;
         let old = &self.plugin;
         let source_changed = (&old.stream, &old.subjects) != (&plugin.stream, &plugin.subjects);
         let tables = plugin.manifest.allow.tables.clone();
@@ -1393,6 +1515,7 @@ impl Folder {
         };
         let mut dirty = HashSet::new();
         let mut events = 0;
+        let mut shadow_events = 0;
         for message in messages {
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
@@ -1432,6 +1555,20 @@ impl Folder {
             }
             let outcome = self.step.step(&self.plugin.manifest, state.as_ref(), &event);
             self.last_step_end = Some(Instant::now());
+            if let Some(shadow) = &mut self.shadow {
+                let theirs = shadow.step.step(&shadow.manifest, state.as_ref(), &event);
+                shadow_events += 1;
+                let (live, theirs) = (describe(&outcome), describe(&theirs));
+                if live != theirs {
+                    commit.shadow_diffs.push(ShadowDiff {
+                        shadow_digest: shadow.digest.clone(),
+                        seq,
+                        key: key.clone(),
+                        live,
+                        shadow: theirs,
+                    });
+                }
+            }
             match outcome {
                 Ok((new_state, effects)) => {
                     for (index, effect) in effects.into_iter().enumerate() {
@@ -1462,6 +1599,7 @@ impl Folder {
         // A promotion may have swapped versions inside the batch: the checkpoint names the
         // version that folded its last event.
         commit.digest.clone_from(&self.digest);
+        self.shadow_events = shadow_events;
         let rejected = commit.rejected.len() as u64;
         Some((commit, events, rejected))
     }

@@ -79,6 +79,10 @@ enum PluginCommand {
         /// Sign the version with this private key (from `jetfold plugin keygen`).
         #[arg(long, value_name = "KEY_FILE")]
         sign: Option<PathBuf>,
+        /// Run it beside the live version on live events, effects suppressed; events where
+        /// the two differ are recorded in the sink's jetfold_shadow_diffs.
+        #[arg(long, conflicts_with = "at_seq")]
+        shadow: bool,
         #[command(flatten)]
         at: RegistryArgs,
     },
@@ -101,6 +105,13 @@ enum PluginCommand {
         /// The digest (or a prefix of it) to return to.
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// Make the shadow version the live one.
+    Promote {
+        /// The plugin's name.
+        name: String,
         #[command(flatten)]
         at: RegistryArgs,
     },
@@ -382,6 +393,7 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
         | PluginCommand::List { at }
         | PluginCommand::Rollback { at, .. }
         | PluginCommand::Pause { at, .. }
+        | PluginCommand::Promote { at, .. }
         | PluginCommand::Resume { at, .. } => at,
     };
     let config = jetfold_host::config::Config::load(&at.config)?;
@@ -393,8 +405,17 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
         let short = |d: &str| d.chars().take(12).collect::<String>();
         match command {
             PluginCommand::Keygen { .. } => unreachable!("handled above"),
+            PluginCommand::Push { plugin, at_seq, sign, shadow: true, .. } => {
+                let d = registry.push(plugin, *at_seq, sign.as_deref(), true).await?;
+                let s = d.shadow.as_ref().expect("a shadow push sets it");
+                println!("pushed {} {} as the shadow of {}", d.name, s.digest, d.digest);
+            }
+            PluginCommand::Promote { name, .. } => {
+                let d = registry.promote(name).await?;
+                println!("promoted {} {}", d.name, d.digest);
+            }
             PluginCommand::Push { plugin, at_seq, sign, .. } => {
-                let d = registry.push(plugin, *at_seq, sign.as_deref()).await?;
+                let d = registry.push(plugin, *at_seq, sign.as_deref(), false).await?;
                 let paused = if d.paused { " (paused: resume it to run it)" } else { "" };
                 println!("pushed {} {}{paused}", d.name, d.digest);
             }
@@ -434,6 +455,13 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
                             lag,
                             p.last_error.unwrap_or_default()
                         );
+                        if let Some((digest, events, diffs)) = p.shadow {
+                            println!(
+                                "{:<12}   shadow {}: {diffs} of {events} events differ",
+                                status.daemon,
+                                short(&digest)
+                            );
+                        }
                     }
                 }
             }

@@ -58,6 +58,9 @@ pub struct Desired {
     /// An ed25519 signature of the version, if it was pushed with a signing key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<Signature>,
+    /// A version run beside this one, effects suppressed, its differences recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<Box<Desired>>,
 }
 
 /// An ed25519 signature of a pushed version: of its name, component digest and manifest.
@@ -181,11 +184,13 @@ impl Registry {
 
     /// Stores the plugin at `path` (a manifest or its directory) and makes it the desired
     /// version. The manifest must parse; the component is stored under its digest.
+    /// With `shadow`, the version runs beside the live one instead of replacing it.
     pub async fn push(
         &self,
         path: &Path,
         at_seq: Option<u64>,
         sign_with: Option<&Path>,
+        shadow: bool,
     ) -> anyhow::Result<Desired> {
         let manifest = Manifest::load(path)?;
         let manifest_path =
@@ -201,7 +206,8 @@ impl Registry {
                 .await
                 .with_context(|| format!("cannot store component {digest}"))?;
         }
-        let paused = self.desired(&manifest.name).await?.is_some_and(|d| d.paused);
+        let current = self.desired(&manifest.name).await?;
+        let paused = current.as_ref().is_some_and(|d| d.paused);
         let mut desired = Desired {
             name: manifest.name,
             digest,
@@ -209,9 +215,18 @@ impl Registry {
             paused,
             at_seq,
             signature: None,
+            shadow: None,
         };
         if let Some(key) = sign_with {
             sign(&mut desired, key)?;
+        }
+        if shadow {
+            let mut live = current.with_context(|| {
+                format!("`{}` has no live version to shadow: push one first", desired.name)
+            })?;
+            live.shadow = Some(Box::new(desired));
+            self.put(&live).await?;
+            return Ok(live);
         }
         self.put(&desired).await?;
         Ok(desired)
@@ -275,8 +290,21 @@ impl Registry {
         };
         target.paused = current.paused;
         target.at_seq = None;
+        target.shadow = None;
         self.put(&target).await?;
         Ok(target)
+    }
+
+    /// Makes the shadow version the live one (at each daemon's next batch).
+    pub async fn promote(&self, name: &str) -> anyhow::Result<Desired> {
+        let current =
+            self.desired(name).await?.with_context(|| format!("no plugin `{name}` was pushed"))?;
+        let mut promoted = *current
+            .shadow
+            .with_context(|| format!("`{name}` has no shadow version to promote"))?;
+        promoted.paused = current.paused;
+        self.put(&promoted).await?;
+        Ok(promoted)
     }
 
     /// Pauses or resumes a plugin on every daemon.
@@ -330,6 +358,20 @@ impl Registry {
                 Ok(()) => self.materialise(d, &plugin_dir).await,
                 Err(e) => Err(e),
             };
+            let shadow_dir = plugin_dir.join(crate::daemon::SHADOW_DIR);
+            let shadow = match (&outcome, &d.shadow) {
+                (Ok(()), Some(shadow)) => match verify(shadow, trusted) {
+                    Ok(()) => self.materialise(shadow, &shadow_dir).await,
+                    Err(e) => Err(e),
+                },
+                (Ok(()), None) if shadow_dir.exists() => {
+                    std::fs::remove_dir_all(&shadow_dir).map_err(anyhow::Error::from)
+                }
+                _ => Ok(()),
+            };
+            if let (Err(e), Some(s)) = (shadow, &d.shadow) {
+                refused.push((d.name.clone(), s.digest.clone(), format!("shadow: {e:#}")));
+            }
             if let Err(e) = outcome {
                 refused.push((d.name.clone(), d.digest.clone(), format!("{e:#}")));
             }
@@ -436,4 +478,7 @@ pub struct PluginStatus {
     pub lag: Option<u64>,
     /// The last version refused, and why.
     pub last_error: Option<String>,
+    /// The shadow version beside it: digest, events folded, events that differed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<(String, u64, u64)>,
 }

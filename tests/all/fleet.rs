@@ -268,3 +268,93 @@ async fn a_version_pushed_with_at_seq_takes_over_exactly_there() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_version_runs_beside_the_live_one_and_its_differences_are_recorded() {
+    let Fleet { built, nats, js, root, cli } = Fleet::start().await;
+    plugin_cli(&cli, &["push", built.to_str().unwrap()]);
+    let dir = root.path().join("daemon");
+    let daemon = Daemon::start(daemon_config(&dir, "shadowed", &nats)).await.unwrap();
+    let mut progress = daemon.progress("compute-resource").unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(jetfold_host::daemon::supervise(daemon, None, async move {
+        let _ = stopped.await;
+    }));
+    let live = progress.wait_for(|p| p.committed_seq == 100).await.unwrap().digest.clone();
+
+    // Two candidate versions: the same behaviour under another digest, and one whose
+    // manifest no longer allows the upserts the plugin makes.
+    let wasm = std::fs::read(built.join("compute_resource.wasm")).unwrap();
+    let manifest = std::fs::read_to_string(built.join("plugin.toml")).unwrap();
+    let candidate = |name: &str, manifest: &str, component: Vec<u8>| {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+        std::fs::write(dir.join("compute_resource.wasm"), component).unwrap();
+        dir
+    };
+    let same = candidate("same", &manifest, other_version(&wasm));
+    let strict = candidate(
+        "strict",
+        &manifest.replace("effects = [\"upsert\", \"log\"]", "effects = [\"log\"]"),
+        other_version(&other_version(&wasm)),
+    );
+    assert_ne!(std::fs::read_to_string(strict.join("plugin.toml")).unwrap(), manifest);
+
+    let out = plugin_cli(&cli, &["push", same.to_str().unwrap(), "--shadow"]);
+    let same_digest = out.split_whitespace().nth(2).unwrap().to_string();
+    eventually(30, "the shadow is handed to the worker", || {
+        plugin_cli(&cli, &["list"]).contains("shadow ")
+    })
+    .await;
+    publish(&js, 100, 150).await;
+    let p = progress.wait_for(|p| p.committed_seq == 150).await.unwrap().clone();
+    assert_eq!(p.digest, live, "a shadow never replaces the live version");
+    let shadow = p.shadow.unwrap();
+    assert_eq!(
+        (shadow.digest.as_str(), shadow.events, shadow.diffs),
+        (same_digest.as_str(), 50, 0)
+    );
+
+    let out = plugin_cli(&cli, &["push", strict.to_str().unwrap(), "--shadow"]);
+    let strict_digest = out.split_whitespace().nth(2).unwrap().to_string();
+    eventually(30, "the strict shadow is handed to the worker", || {
+        plugin_cli(&cli, &["list"]).contains(&format!("shadow {}", &strict_digest[..12]))
+    })
+    .await;
+    publish(&js, 150, 200).await;
+    let p = progress
+        .wait_for(|p| p.committed_seq == 200 && p.shadow.as_ref().is_some_and(|s| s.diffs > 0))
+        .await
+        .unwrap()
+        .clone();
+    let shadow = p.shadow.unwrap();
+    assert_eq!(shadow.digest, strict_digest);
+    assert!(shadow.diffs > 0 && shadow.diffs == shadow.events, "every upsert differs: {shadow:?}");
+    let conn = rusqlite::Connection::open(dir.join("shadowed.db")).unwrap();
+    let (rows, refusals): (i64, i64) = conn
+        .query_row(
+            "SELECT COUNT(*), SUM(shadow LIKE 'rejected-effect%') FROM jetfold_shadow_diffs WHERE seq > 150",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((rows, refusals), (50, 50));
+    assert_eq!(checkpoint(&dir.join("shadowed.db")).1, live, "the live version's effects went on");
+
+    // The good candidate again, promoted: it becomes the live version.
+    plugin_cli(&cli, &["push", same.to_str().unwrap(), "--shadow"]);
+    plugin_cli(&cli, &["promote", "compute-resource"]);
+    eventually(30, "the promotion is handed over", || {
+        let out = plugin_cli(&cli, &["list"]);
+        out.lines().any(|l| l.starts_with("shadowed ") && l.contains(&same_digest[..12]))
+            && !out.contains("  shadow ")
+    })
+    .await;
+    publish(&js, 200, 210).await;
+    let p = progress.wait_for(|p| p.committed_seq == 210).await.unwrap().clone();
+    assert_eq!((p.digest.as_str(), p.shadow.is_none()), (same_digest.as_str(), true));
+
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}

@@ -7,8 +7,9 @@
 //!
 //! Table layout: every table a manifest allows is `"<table>"(key TEXT PRIMARY KEY,
 //! doc TEXT NOT NULL, updated_seq INTEGER NOT NULL)`, `doc` the row as a JSON object.
-//! jetfold's own tables are `jetfold_checkpoints`, `jetfold_states`, `jetfold_rejected` and
-//! `jetfold_outbox`.
+//! jetfold's own tables are `jetfold_checkpoints`, `jetfold_states`, `jetfold_rejected`,
+//! `jetfold_outbox` and `jetfold_shadow_diffs` (plugin, shadow digest, seq, key, live and
+//! shadow outcomes).
 
 pub mod postgres;
 pub mod sqlite;
@@ -161,6 +162,23 @@ pub struct Commit {
     pub rejected: Vec<Rejected>,
     /// Messages to publish.
     pub outbox: Vec<OutboxMessage>,
+    /// Events where a shadow version disagreed with the live one.
+    pub shadow_diffs: Vec<ShadowDiff>,
+}
+
+/// An event where a shadow version's outcome differs from the live version's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowDiff {
+    /// The shadow version's digest.
+    pub shadow_digest: String,
+    /// Stream sequence.
+    pub seq: u64,
+    /// State key.
+    pub key: String,
+    /// The live version's outcome: new state and effects, or the error.
+    pub live: String,
+    /// The shadow version's outcome.
+    pub shadow: String,
 }
 
 /// What a batch's SQL effects leave behind in one table, key by key: the effects of a batch

@@ -16,6 +16,8 @@ CREATE TABLE IF NOT EXISTS jetfold_checkpoints (plugin TEXT PRIMARY KEY, digest 
 CREATE TABLE IF NOT EXISTS jetfold_states (plugin TEXT NOT NULL, key TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (plugin, key));
 CREATE TABLE IF NOT EXISTS jetfold_rejected (plugin TEXT NOT NULL, seq BIGINT NOT NULL, key TEXT NOT NULL, event_type TEXT NOT NULL,
     kind TEXT NOT NULL, code TEXT, message TEXT NOT NULL, PRIMARY KEY (plugin, seq));
+CREATE TABLE IF NOT EXISTS jetfold_shadow_diffs (plugin TEXT NOT NULL, shadow_digest TEXT NOT NULL, seq BIGINT NOT NULL, key TEXT NOT NULL,
+    live TEXT NOT NULL, shadow TEXT NOT NULL, PRIMARY KEY (plugin, shadow_digest, seq));
 CREATE TABLE IF NOT EXISTS jetfold_outbox (id BIGSERIAL, plugin TEXT NOT NULL, msg_id TEXT PRIMARY KEY, subject TEXT NOT NULL,
     headers TEXT NOT NULL, payload BYTEA NOT NULL);
 ";
@@ -162,6 +164,13 @@ impl PostgresSink {
                 "INSERT INTO jetfold_outbox (plugin, msg_id, subject, headers, payload) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (msg_id) DO NOTHING",
                 &[&batch.plugin, &m.msg_id, &m.subject, &headers, &m.payload],
+            )?;
+        }
+        for d in &batch.shadow_diffs {
+            tx.execute(
+                "INSERT INTO jetfold_shadow_diffs (plugin, shadow_digest, seq, key, live, shadow) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (plugin, shadow_digest, seq) DO UPDATE SET live = excluded.live, shadow = excluded.shadow",
+                &[&batch.plugin, &d.shadow_digest, &(d.seq as i64), &d.key, &d.live, &d.shadow],
             )?;
         }
         tx.execute(

@@ -34,6 +34,15 @@ CREATE TABLE IF NOT EXISTS jetfold_rejected (
     message TEXT NOT NULL,
     PRIMARY KEY (plugin, seq)
 );
+CREATE TABLE IF NOT EXISTS jetfold_shadow_diffs (
+    plugin TEXT NOT NULL,
+    shadow_digest TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    live TEXT NOT NULL,
+    shadow TEXT NOT NULL,
+    PRIMARY KEY (plugin, shadow_digest, seq)
+);
 CREATE TABLE IF NOT EXISTS jetfold_outbox (
     plugin TEXT NOT NULL,
     msg_id TEXT PRIMARY KEY,
@@ -200,6 +209,22 @@ impl SqliteSink {
                 stmt.execute(params![batch.plugin, m.msg_id, m.subject, headers, m.payload])?;
             }
         }
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO jetfold_shadow_diffs (plugin, shadow_digest, seq, key, live, shadow) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for d in &batch.shadow_diffs {
+                stmt.execute(params![
+                    batch.plugin,
+                    d.shadow_digest,
+                    d.seq as i64,
+                    d.key,
+                    d.live,
+                    d.shadow
+                ])?;
+            }
+        }
         tx.execute(
             "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq) VALUES (?1, ?2, ?3) \
              ON CONFLICT(plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq",
@@ -275,6 +300,13 @@ mod tests {
                 (3, Effect::Delete { table: "things".into(), key: "b".into() }),
             ],
             states: vec![("a".into(), b"{}".to_vec())],
+            shadow_diffs: vec![crate::sink::ShadowDiff {
+                shadow_digest: "d2".into(),
+                seq: 2,
+                key: "a".into(),
+                live: "state {} effects []".into(),
+                shadow: "error : no".into(),
+            }],
             rejected: vec![Rejected {
                 seq: 2,
                 key: "a".into(),
@@ -301,6 +333,15 @@ mod tests {
         );
         assert_eq!(sink.state("p", "a").unwrap(), Some(b"{}".to_vec()));
         assert_eq!(sink.outbox("p").unwrap(), batch.outbox);
+        let diffs: i64 = sink
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM jetfold_shadow_diffs WHERE plugin = 'p' AND seq = 2",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(diffs, 1);
         sink.clear_outbox(&["p:1:0".into()]).unwrap();
         assert!(sink.outbox("p").unwrap().is_empty());
     }
