@@ -1,6 +1,6 @@
 //! The fleet registry: two daemons sharing one NATS server follow what operators push, roll
-//! back, pause and resume with `jetfold plugin`, and refuse a component that does not match its
-//! digest.
+//! back, pause, resume, shadow and promote with `jetfold plugin`, and refuse a component that
+//! does not match its digest or a signature they do not trust.
 
 use std::path::{Path, PathBuf};
 
@@ -65,7 +65,8 @@ fn plugin_cli(cli: &Path, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_daemons_follow_push_rollback_pause_and_resume_and_refuse_a_forged_component() {
+async fn two_daemons_follow_push_rollback_pause_resume_shadow_and_promote_and_refuse_a_forged_component()
+ {
     let Fleet { built, nats, js, root, cli } = Fleet::start().await;
 
     let mut daemons = Vec::new();
@@ -131,6 +132,36 @@ async fn two_daemons_follow_push_rollback_pause_and_resume_and_refuse_a_forged_c
     assert!(dbs.iter().all(|db| checkpoint(db).0 == 200), "a paused plugin folds nothing");
     plugin_cli(&cli, &["resume", "compute-resource"]);
     eventually(60, "both daemons caught up after resume", all_at(250, &a)).await;
+
+    // A shadow on both daemons: the same behaviour under a third digest, so no event differs;
+    // then promoted, it becomes the live version everywhere.
+    let v3 = root.path().join("v3");
+    std::fs::create_dir_all(&v3).unwrap();
+    std::fs::copy(built.join("plugin.toml"), v3.join("plugin.toml")).unwrap();
+    std::fs::write(v3.join("compute_resource.wasm"), other_version(&other_version(&wasm))).unwrap();
+    let out = plugin_cli(&cli, &["push", v3.to_str().unwrap(), "--shadow"]);
+    let c = out.split_whitespace().nth(2).unwrap().to_string();
+    let shadow_line: &'static str = Box::leak(format!("shadow {}", &c[..12]).into_boxed_str());
+    eventually(30, "both daemons run the shadow", || {
+        let out = plugin_cli(&cli, &["list"]);
+        out.lines().filter(|l| l.contains(shadow_line)).count() == 2
+    })
+    .await;
+    publish(&js, 250, 260).await;
+    eventually(60, "both shadows folded the events, none differing", || {
+        let out = plugin_cli(&cli, &["list"]);
+        out.lines()
+            .filter(|l| l.contains(shadow_line) && l.contains(": 0 of 10 events differ"))
+            .count()
+            == 2
+    })
+    .await;
+    plugin_cli(&cli, &["promote", "compute-resource"]);
+    let short_c: &'static str = Box::leak(c[..12].to_string().into_boxed_str());
+    eventually(30, "list shows both daemons on the promoted version", listed(vec![short_c])).await;
+    publish(&js, 260, 270).await;
+    eventually(60, "both daemons folded with the promoted version", all_at(270, &c)).await;
+    let a = c; // the live version from here on
 
     // A forged component: stored under a digest it does not have. Refused, the running
     // version stays, and the list says why.
