@@ -108,6 +108,17 @@ enum PluginCommand {
         #[command(flatten)]
         at: RegistryArgs,
     },
+    /// Stop a plugin on every daemon and forget it; with --purge, also delete its durable
+    /// consumers (`<daemon>-<plugin>`) once every daemon has stopped it.
+    Remove {
+        /// The plugin's name.
+        name: String,
+        /// Delete the daemons' durable consumers of the plugin too.
+        #[arg(long)]
+        purge: bool,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
     /// Make the shadow version the live one.
     Promote {
         /// The plugin's name.
@@ -394,6 +405,7 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
         | PluginCommand::Rollback { at, .. }
         | PluginCommand::Pause { at, .. }
         | PluginCommand::Promote { at, .. }
+        | PluginCommand::Remove { at, .. }
         | PluginCommand::Resume { at, .. } => at,
     };
     let config = jetfold_host::config::Config::load(&at.config)?;
@@ -409,6 +421,16 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
                 let d = registry.push(plugin, *at_seq, sign.as_deref(), true).await?;
                 let s = d.shadow.as_ref().expect("a shadow push sets it");
                 println!("pushed {} {} as the shadow of {}", d.name, s.digest, d.digest);
+            }
+            PluginCommand::Remove { name, purge, .. } => {
+                let removed = registry.remove(name).await?;
+                let Some(desired) = removed else {
+                    anyhow::bail!("no plugin `{name}` was pushed");
+                };
+                println!("removed {name}");
+                if *purge {
+                    purge_consumers(&registry, &js, &desired).await?;
+                }
             }
             PluginCommand::Promote { name, .. } => {
                 let d = registry.promote(name).await?;
@@ -470,6 +492,50 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits (up to 30 s) until no daemon reports `desired`'s plugin running, then deletes every
+/// reporting daemon's durable consumer of it on the stream its manifest names.
+async fn purge_consumers(
+    registry: &jetfold_host::registry::Registry,
+    js: &async_nats::jetstream::Context,
+    desired: &jetfold_host::registry::Desired,
+) -> anyhow::Result<()> {
+    let name = &desired.name;
+    let manifest: toml::Table = toml::from_str(&desired.manifest)?;
+    let stream = manifest
+        .get("source")
+        .and_then(|s| s.get("stream"))
+        .and_then(|s| s.as_str())
+        .with_context(|| format!("the manifest of `{name}` names no [source] stream"))?;
+    let daemons: Vec<String> = registry.statuses().await?.into_iter().map(|s| s.daemon).collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let running: Vec<String> = registry
+            .statuses()
+            .await?
+            .into_iter()
+            .filter(|s| s.plugins.iter().any(|p| &p.name == name && p.status == "running"))
+            .map(|s| s.daemon)
+            .collect();
+        if running.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("`{name}` still runs on {}: consumers not purged", running.join(", "));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let stream = js.get_stream(stream).await?;
+    for daemon in daemons {
+        let consumer = jetfold_host::nats::source::consumer_name(&daemon, name);
+        match stream.delete_consumer(&consumer).await {
+            Ok(_) => println!("purged consumer {consumer}"),
+            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) => anyhow::bail!("cannot delete consumer {consumer}: {e}"),
+        }
+    }
+    Ok(())
 }
 
 fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {

@@ -295,6 +295,19 @@ impl Registry {
         Ok(target)
     }
 
+    /// Forgets a plugin: every daemon following the registry stops it. Returns what was
+    /// desired, if anything.
+    pub async fn remove(&self, name: &str) -> anyhow::Result<Option<Desired>> {
+        let current = self.desired(name).await?;
+        if current.is_some() {
+            self.plugins
+                .delete(name)
+                .await
+                .with_context(|| format!("cannot remove `{name}` from the registry"))?;
+        }
+        Ok(current)
+    }
+
     /// Makes the shadow version the live one (at each daemon's next batch).
     pub async fn promote(&self, name: &str) -> anyhow::Result<Desired> {
         let current =

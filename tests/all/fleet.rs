@@ -252,7 +252,7 @@ async fn a_daemon_with_trusted_keys_loads_only_versions_they_signed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_pushed_with_at_seq_takes_over_exactly_there() {
+async fn a_version_pushed_with_at_seq_takes_over_exactly_there_and_remove_purges_consumers() {
     let Fleet { built, nats, js, root, cli } = Fleet::start().await;
     let out = plugin_cli(&cli, &["push", built.to_str().unwrap()]);
     let a = out.split_whitespace().nth(2).unwrap().to_string();
@@ -295,6 +295,17 @@ async fn a_version_pushed_with_at_seq_takes_over_exactly_there() {
     publish(&js, 200, 220).await;
     let p = progress.wait_for(|p| p.committed_seq == 220).await.unwrap().clone();
     assert_eq!((p.digest.as_str(), p.swaps), (b.as_str(), 1));
+
+    // Removed with --purge: the daemon stops the plugin, then its consumer is deleted.
+    let out = plugin_cli(&cli, &["remove", "compute-resource", "--purge"]);
+    assert!(out.contains("purged consumer promoter-compute-resource"), "{out}");
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while progress.changed().await.is_ok() {}
+    })
+    .await
+    .expect("the removed plugin's worker stopped");
+    let stream = js.get_stream("INFRA").await.unwrap();
+    assert!(stream.consumer_info("promoter-compute-resource").await.is_err(), "consumer purged");
 
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
