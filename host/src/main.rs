@@ -58,7 +58,8 @@ enum Command {
     /// Start a local nats-server, publish a burst of events through the example plugins and
     /// show the resulting read model (build the plugins first).
     Demo(DemoArgs),
-    /// The fleet registry on JetStream: push versions, list daemons, roll back, pause, resume.
+    /// The fleet registry on JetStream: push, shadow, promote, roll back, pause, resume,
+    /// remove plugin versions; list every daemon's plugins.
     ///
     /// Daemons with `[registry] enabled = true` follow it: a pushed version is loaded and
     /// swapped in at a batch boundary on every one of them.
