@@ -38,6 +38,10 @@ pub struct Config {
     /// Expiry of each pull request the consumer keeps open, in milliseconds.
     #[serde(default = "defaults::fetch_wait_ms")]
     pub fetch_wait_ms: u64,
+    /// States each plugin keeps in memory before it forgets committed ones (and reads them
+    /// back from the database when their keys come up again).
+    #[serde(default = "defaults::state_cache_keys")]
+    pub state_cache_keys: usize,
     /// How often the plugin directory is checked for new, changed and removed plugins, in
     /// milliseconds; 0: only on SIGHUP.
     #[serde(default = "defaults::plugin_dir_poll_ms")]
@@ -208,6 +212,9 @@ mod defaults {
     }
     pub fn ack_wait_secs() -> u64 {
         30
+    }
+    pub fn state_cache_keys() -> usize {
+        100_000
     }
     pub fn plugin_dir_poll_ms() -> u64 {
         1000

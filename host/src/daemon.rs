@@ -1280,6 +1280,11 @@ struct Folder {
     /// Events the shadow folded in the last batch.
     shadow_events: u64,
     states: HashMap<String, Vec<u8>>,
+    /// Keys of the batches handed to the commit thread, by their last sequence: the states
+    /// that must stay in memory until those batches are committed.
+    uncommitted: std::collections::VecDeque<(u64, Vec<String>)>,
+    /// How many states to keep in memory before forgetting committed ones.
+    cache_keys: usize,
     /// The last stream sequence folded (committed, or queued for commit).
     folded: u64,
     batch_size: usize,
@@ -1315,6 +1320,8 @@ impl Folder {
             shadow,
             shadow_events: 0,
             states: HashMap::new(),
+            uncommitted: Default::default(),
+            cache_keys: config.state_cache_keys,
             folded: checkpoint,
             batch_size: config.batch_size,
             ack_wait: config.ack_wait(),
@@ -1413,6 +1420,11 @@ impl Folder {
             let Some((commit, events, rejected)) = self.fold(&messages) else {
                 break;
             };
+            self.uncommitted.push_back((
+                commit.last_seq,
+                commit.states.iter().map(|(k, _)| k.clone()).collect(),
+            ));
+            self.trim_states();
             let job = Job {
                 tables: self.new_tables.take(),
                 shadow: self.shadow.as_ref().map(|s| (s.digest.clone(), self.shadow_events)),
@@ -1428,6 +1440,20 @@ impl Folder {
             }
         }
         Ok(())
+    }
+
+    /// Forgets committed states once more than `cache_keys` are held: they are read back
+    /// from the database when next needed. States of batches not yet committed stay.
+    fn trim_states(&mut self) {
+        if self.states.len() <= self.cache_keys {
+            return;
+        }
+        let committed = self.env.progress.borrow().committed_seq;
+        while self.uncommitted.front().is_some_and(|(seq, _)| *seq <= committed) {
+            self.uncommitted.pop_front();
+        }
+        let keep: HashSet<&String> = self.uncommitted.iter().flat_map(|(_, keys)| keys).collect();
+        self.states.retain(|key, _| keep.contains(key));
     }
 
     /// Replaces the running version with `swap`'s; true if the source changed.

@@ -210,10 +210,11 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     create_stream(&js, "INFRA", &["infra.>"]).await;
     create_stream(&js, "PEOPLE", &["people.person.>", "people.clock.>"]).await;
     create_stream(&js, "COMMANDS", &["people.commands.>"]).await;
+    // A small state cache: committed states are forgotten and read back all along.
     std::fs::write(
         dir.path().join("jetfold.toml"),
         format!(
-            "plugin-dir = \"plugins\"\nbatch-size = 200\nfetch-wait-ms = 50\nack-wait-secs = 2\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
+            "plugin-dir = \"plugins\"\nbatch-size = 200\nfetch-wait-ms = 50\nack-wait-secs = 2\nstate-cache-keys = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
             cache_dir().display(),
             nats.url()
         ),
