@@ -1072,6 +1072,12 @@ struct Job {
     fold_time: Duration,
 }
 
+/// Whether the daemon is stopping: told to, or gone without saying (its stop sender dropped,
+/// as when a `Daemon` is dropped without [`Daemon::stop`]).
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
 /// Exponential backoff between retries of a transient failure.
 struct Backoff(Duration);
 
@@ -1081,7 +1087,7 @@ impl Backoff {
     }
     fn wait(&mut self, stop: &watch::Receiver<bool>) {
         let deadline = Instant::now() + self.0;
-        while Instant::now() < deadline && !*stop.borrow() {
+        while Instant::now() < deadline && !stopping(stop) {
             std::thread::sleep(Duration::from_millis(20).min(self.0));
         }
         self.0 = (self.0 * 2).min(Duration::from_secs(10));
@@ -1108,7 +1114,7 @@ fn retry<T>(
         }
         env.progress.send_modify(|p| p.retries += 1);
         backoff.wait(&env.stop);
-        if *env.stop.borrow() {
+        if stopping(&env.stop) {
             return None;
         }
     }
@@ -1360,7 +1366,7 @@ impl Folder {
     fn run(mut self, jobs: mpsc::SyncSender<Job>) -> anyhow::Result<()> {
         let mut source = None;
         let mut backoff = Backoff::new();
-        while !*self.env.stop.borrow() {
+        while !stopping(&self.env.stop) {
             let stream = match &mut source {
                 Some(stream) => stream,
                 None => {

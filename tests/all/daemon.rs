@@ -570,3 +570,18 @@ async fn a_database_outage_is_retried_and_nothing_is_lost_or_applied_twice() {
         assert_eq!((status.as_str(), version.as_str()), ("Active", "2"), "{key}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_dropped_without_stop_lets_its_workers_end() {
+    let (nats, _js, n, dir) = compute_resource_fixture_on_infra().await;
+    let daemon = jetfold_host::daemon::Daemon::start(config(dir.path(), &nats)).await.unwrap();
+    let mut progress = daemon.progress("compute-resource").unwrap();
+    progress.wait_for(|p| p.committed_seq == n as u64).await.unwrap();
+    drop(daemon);
+    // The workers notice their daemon is gone and end: the last sender of progress goes.
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while progress.changed().await.is_ok() {}
+    })
+    .await
+    .expect("the workers of a dropped daemon did not end");
+}
