@@ -326,6 +326,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_readme_example_config_is_accepted_as_written() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("A complete `jetfold.toml`").expect("the README shows a config");
+        let block = &readme[start..];
+        let body = &block[block.find("```toml\n").unwrap() + 8..];
+        let text = &body[..body.find("```").unwrap()];
+        let c = Config::parse(text, PathBuf::from("/etc/jetfold"), |_| None).unwrap();
+        assert_eq!((c.name.as_str(), c.batch_size, c.state_cache_keys), ("jetfold", 500, 100_000));
+        assert!(!c.registry.enabled);
+        assert_eq!(c.plugins["compute-resource"].stream.as_deref(), Some("INFRA"));
+    }
+
+    #[test]
     fn a_minimal_config_gets_defaults_and_env_overrides() {
         let env = |k: &str| (k == "NATS_URL").then(|| "nats://elsewhere:4333".to_string());
         let c = Config::parse("plugin-dir = \"plugins\"\n", PathBuf::from("/etc/jetfold"), env)
