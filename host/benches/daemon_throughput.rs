@@ -41,21 +41,7 @@ impl Step for NativeComputeResource {
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
         use jetfold_guest::{__private as sdk, Effect as E};
-        let raw = sdk::RawEvent {
-            sequence: event.sequence,
-            subject: event.subject.clone(),
-            message_id: event.message_id.clone(),
-            event_type: event.event_type.clone(),
-            aggregate_id: event.aggregate_id.clone(),
-            correlation_id: event.correlation_id.clone(),
-            causation_id: event.causation_id.clone(),
-            seconds: event.time.timestamp(),
-            nanoseconds: event.time.timestamp_subsec_nanos(),
-            schema_version: event.schema_version,
-            headers: event.headers.clone(),
-            payload: event.payload.clone(),
-            content_type: event.content_type.clone(),
-        };
+        let raw = common::raw(event);
         let (state, effects) = sdk::apply::<
             compute_resource::ResourceState,
             compute_resource::ResourceEvent,

@@ -15,7 +15,6 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use compute_resource::{AttachedPolicy, Resource, ResourceEvent, ResourceState, Status};
-use jetfold_guest::__private::RawEvent;
 use jetfold_host::{
     builder::{BuildOptions, build_plugin},
     component::ComponentLoader,
@@ -26,6 +25,8 @@ use jetfold_host::{
 };
 
 const ROUNDS: usize = 7;
+
+mod common;
 
 fn target_dir() -> PathBuf {
     std::env::current_exe().unwrap().ancestors().nth(3).unwrap().to_path_buf()
@@ -110,24 +111,6 @@ fn event(seq: u64, id: &str) -> Event {
     }
 }
 
-fn raw(e: &Event) -> RawEvent {
-    RawEvent {
-        sequence: e.sequence,
-        subject: e.subject.clone(),
-        message_id: e.message_id.clone(),
-        event_type: e.event_type.clone(),
-        aggregate_id: e.aggregate_id.clone(),
-        correlation_id: e.correlation_id.clone(),
-        causation_id: e.causation_id.clone(),
-        seconds: e.time.timestamp(),
-        nanoseconds: e.time.timestamp_subsec_nanos(),
-        schema_version: e.schema_version,
-        headers: e.headers.clone(),
-        payload: e.payload.clone(),
-        content_type: e.content_type.clone(),
-    }
-}
-
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let plugin_dir = root.join("plugins/compute-resource");
@@ -153,7 +136,7 @@ fn main() {
     // Same-state calls: every event starts from the same 4 KB Active state; odd events would be
     // invalid transitions, so only even (Maintenance) events are used for the timed loop.
     let maint: Vec<&Event> = events.iter().filter(|e| e.sequence.is_multiple_of(2)).collect();
-    let raws: Vec<_> = maint.iter().map(|e| raw(e)).collect();
+    let raws: Vec<_> = maint.iter().map(|e| common::raw(e)).collect();
     jetfold_guest::__private::init_projection::<
         ResourceState,
         ResourceEvent,

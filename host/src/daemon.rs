@@ -108,6 +108,19 @@ pub const SHADOW_DIR: &str = "shadow";
 /// The file beside a manifest that holds a version's promotion sequence.
 pub const AT_SEQ_FILE: &str = "promote-at-seq";
 
+/// The promotion sequence in a plugin directory's [`AT_SEQ_FILE`], if it has one.
+pub fn read_at_seq(dir: &std::path::Path) -> anyhow::Result<Option<u64>> {
+    let path = dir.join(AT_SEQ_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            text.trim()
+                .parse::<u64>()
+                .with_context(|| format!("{}: not a stream sequence: {text:?}", path.display()))?,
+        )),
+        Err(_) => Ok(None),
+    }
+}
+
 impl DaemonPlugin {
     /// The version's identity: the component's sha256, or the native step's name.
     pub fn digest(&self) -> String {
@@ -133,6 +146,12 @@ impl DaemonPlugin {
             Implementation::Component(c) => Ok(Box::new(self.instantiate(c, loader)?)),
             Implementation::Native { make, .. } => make(),
         }
+    }
+
+    /// What a worker folds with: the plugin's step and, if it has one, its shadow's.
+    fn prepare(&self, loader: &ComponentLoader) -> anyhow::Result<(Box<dyn Step>, Option<Shadow>)> {
+        let shadow = self.shadow.as_deref().map(|sh| Shadow::new(sh, loader)).transpose()?;
+        Ok((self.step(loader)?, shadow))
     }
 }
 
@@ -203,15 +222,7 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         })?;
         let subjects = overrides.subjects.unwrap_or_else(|| manifest.source.subjects.clone());
         let component = loader.load(manifest.kind, &manifest.wasm_path())?;
-        let at_seq = match std::fs::read_to_string(manifest.dir.join(AT_SEQ_FILE)) {
-            Ok(text) => Some(text.trim().parse::<u64>().with_context(|| {
-                format!(
-                    "{}: not a stream sequence: {text:?}",
-                    manifest.dir.join(AT_SEQ_FILE).display()
-                )
-            })?),
-            Err(_) => None,
-        };
+        let at_seq = read_at_seq(&manifest.dir)?;
         let shadow_manifest = manifest.dir.join(SHADOW_DIR).join(MANIFEST_FILE);
         let shadow = match shadow_manifest.exists() {
             true => {
@@ -624,12 +635,8 @@ impl Daemon {
         if plugin.manifest.kind != PluginKind::Projection {
             return Ok(None);
         }
-        let (c, loader, manifest) = (c.clone(), self.loader.clone(), plugin.manifest.clone());
-        let guest = tokio::task::spawn_blocking(move || {
-            GuestInstance::new(&c, loader.engine(), manifest.limits.clone(), manifest.config_json())
-                .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", manifest.name))
-        })
-        .await??;
+        let (c, loader, plugin) = (c.clone(), self.loader.clone(), plugin.clone());
+        let guest = tokio::task::spawn_blocking(move || plugin.instantiate(&c, &loader)).await??;
         Ok(Some(guest))
     }
 
@@ -734,12 +741,7 @@ impl Daemon {
                     if let Err(e) = outcome {
                         let reason = format!("{e:#}");
                         tracing::error!(plugin = %name, digest = %digest, error = %reason, "plugin not loaded; the running version (if any) stays");
-                        match self.running.get(&name) {
-                            Some(running) => running.refuse(digest, reason),
-                            None => {
-                                self.refused.insert(name, Refusal { version: digest, reason });
-                            }
-                        }
+                        self.refuse(name, digest, reason);
                     }
                 }
                 Found::Broken(dir, e) => {
@@ -780,12 +782,7 @@ impl Daemon {
             Ok(refused) => {
                 for (name, digest, reason) in refused {
                     tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused; the running version (if any) stays");
-                    match self.running.get(&name) {
-                        Some(running) => running.refuse(digest, reason),
-                        None => {
-                            self.refused.insert(name, Refusal { version: digest, reason });
-                        }
-                    }
+                    self.refuse(name, digest, reason);
                 }
             }
             Err(e) => {
@@ -863,6 +860,17 @@ impl Daemon {
         }
     }
 
+    /// Records that `version` of plugin `name` was refused: on the running plugin's progress,
+    /// or among the plugins not running.
+    fn refuse(&mut self, name: String, version: String, reason: String) {
+        match self.running.get(&name) {
+            Some(running) => running.refuse(version, reason),
+            None => {
+                self.refused.insert(name, Refusal { version, reason });
+            }
+        }
+    }
+
     /// Reloads if anything under the plugin directory changed since the last load.
     pub async fn poll_plugin_dir(&mut self) {
         if plugin_dir_snapshot(&self.config) != self.seen {
@@ -906,30 +914,11 @@ impl Daemon {
                 "a version promoted at a sequence must read the same stream and subjects as the running one"
             );
         }
-        let step = match &plugin.implementation {
-            Implementation::Component(c) => {
-                let (c, loader, manifest) =
-                    (c.clone(), self.loader.clone(), plugin.manifest.clone());
-                tokio::task::spawn_blocking(move || {
-                    GuestInstance::new(
-                        &c,
-                        loader.engine(),
-                        manifest.limits.clone(),
-                        manifest.config_json(),
-                    )
-                    .map(|g| Box::new(g) as Box<dyn Step>)
-                    .map_err(|e| anyhow::anyhow!("the new version failed to start: {e}"))
-                })
-                .await??
-            }
-            Implementation::Native { make, .. } => make()?,
-        };
-        let shadow = match plugin.shadow.as_deref() {
-            Some(sh) => {
-                let (sh, loader) = (sh.clone(), self.loader.clone());
-                Some(tokio::task::spawn_blocking(move || Shadow::new(&sh, &loader)).await??)
-            }
-            None => None,
+        let (step, shadow) = {
+            let (p, loader) = (plugin.clone(), self.loader.clone());
+            tokio::task::spawn_blocking(move || p.prepare(&loader))
+                .await?
+                .map_err(|e| anyhow::anyhow!("the new version failed to start: {e:#}"))?
         };
         let query = self.query_instance(&plugin).await?;
         let digest = plugin.digest();
@@ -1120,6 +1109,25 @@ fn retry<T>(
     }
 }
 
+/// [`retry`] for a database operation: after a failure the connection may be gone, so each
+/// next attempt runs on a new one (opening it creates nothing but jetfold's own tables).
+fn retry_sink<T>(
+    plugin: &str,
+    what: &str,
+    env: &WorkerEnv,
+    sink: &mut Sink,
+    mut op: impl FnMut(&mut Sink) -> anyhow::Result<T>,
+) -> Option<T> {
+    let mut failed = false;
+    let attempt = || {
+        if std::mem::take(&mut failed) {
+            *sink = Sink::open(&env.target)?;
+        }
+        op(sink).inspect_err(|_| failed = true)
+    };
+    retry(plugin, what, tracing::Level::WARN, env, attempt)
+}
+
 /// The commit stage: the only writer of the plugin's tables and checkpoint.
 struct Committer {
     name: String,
@@ -1148,9 +1156,9 @@ impl Committer {
         for job in jobs {
             let started = Instant::now();
             if let Some(tables) = &job.tables {
-                let (sink, what) = (&mut self.sink, "cannot create the new version's tables");
-                let level = tracing::Level::WARN;
-                if retry(&self.name, what, level, &self.env, || sink.ensure_tables(tables))
+                let what = "cannot create the new version's tables";
+                let sink = &mut self.sink;
+                if retry_sink(&self.name, what, &self.env, sink, |s| s.ensure_tables(tables))
                     .is_none()
                 {
                     break;
@@ -1195,19 +1203,10 @@ impl Committer {
     fn handle(&mut self, job: &Job) -> bool {
         let commit = &job.commit;
         if commit.last_seq > self.checkpoint {
-            let (sink, env) = (&mut self.sink, &self.env);
             let what = "commit failed (nothing acked)";
-            let level = tracing::Level::WARN;
-            let mut failed = false;
-            let attempt = || {
-                // After a failure the connection may be gone: start the next attempt on a
-                // new one (which creates nothing but jetfold's own tables).
-                if std::mem::take(&mut failed) {
-                    *sink = Sink::open(&env.target)?;
-                }
-                sink.commit(commit).inspect_err(|_| failed = true)
-            };
-            if retry(&self.name, what, level, env, attempt).is_none() {
+            let committed =
+                retry_sink(&self.name, what, &self.env, &mut self.sink, |s| s.commit(commit));
+            if committed.is_none() {
                 return false;
             }
             self.checkpoint = commit.last_seq;
@@ -1307,8 +1306,7 @@ impl Folder {
         swaps: mpsc::Receiver<Swap>,
         checkpoint: u64,
     ) -> anyhow::Result<Folder> {
-        let step = plugin.step(loader)?;
-        let shadow = plugin.shadow.as_deref().map(|sh| Shadow::new(sh, loader)).transpose()?;
+        let (step, shadow) = plugin.prepare(loader)?;
         let reader = Sink::open(&env.target)?;
         Ok(Folder {
             daemon: config.name.clone(),
@@ -1521,15 +1519,8 @@ impl Folder {
             return Ok(Some(s.clone()));
         }
         let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
-        let mut failed = false;
-        let read = || {
-            if std::mem::take(&mut failed) {
-                *reader = Sink::open(&env.target)?;
-            }
-            reader.state(name, key).inspect_err(|_| failed = true)
-        };
-        let level = tracing::Level::WARN;
-        let state = retry(name, "cannot read a state", level, env, read).ok_or(Stopping)?;
+        let state = retry_sink(name, "cannot read a state", env, reader, |r| r.state(name, key))
+            .ok_or(Stopping)?;
         if let Some(s) = &state {
             self.states.insert(key.to_string(), s.clone());
         }
@@ -1626,8 +1617,13 @@ impl Folder {
                 }
             }
         }
-        commit.states =
-            dirty.into_iter().map(|k: String| (k.clone(), self.states[&k].clone())).collect();
+        commit.states = dirty
+            .into_iter()
+            .map(|key: String| {
+                let state = self.states[&key].clone();
+                (key, state)
+            })
+            .collect();
         // A promotion may have swapped versions inside the batch: the checkpoint names the
         // version that folded its last event.
         commit.digest.clone_from(&self.digest);

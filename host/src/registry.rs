@@ -411,9 +411,7 @@ impl Registry {
         let wasm_path = plugin_dir.join(&file);
         let present = std::fs::read(&wasm_path).ok().map(|b| PluginDigest::of(&b).hex());
         let manifest_now = std::fs::read_to_string(plugin_dir.join(MANIFEST_FILE)).ok();
-        let at_seq_now = std::fs::read_to_string(plugin_dir.join(crate::daemon::AT_SEQ_FILE))
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok());
+        let at_seq_now = crate::daemon::read_at_seq(plugin_dir).ok().flatten();
         if present.as_deref() == Some(d.digest.as_str())
             && manifest_now.as_deref() == Some(&d.manifest)
             && at_seq_now == d.at_seq

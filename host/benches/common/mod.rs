@@ -117,3 +117,22 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
+
+/// An event as the guest SDK's native entry points take it.
+pub fn raw(e: &Event) -> jetfold_guest::__private::RawEvent {
+    jetfold_guest::__private::RawEvent {
+        sequence: e.sequence,
+        subject: e.subject.clone(),
+        message_id: e.message_id.clone(),
+        event_type: e.event_type.clone(),
+        aggregate_id: e.aggregate_id.clone(),
+        correlation_id: e.correlation_id.clone(),
+        causation_id: e.causation_id.clone(),
+        seconds: e.time.timestamp(),
+        nanoseconds: e.time.timestamp_subsec_nanos(),
+        schema_version: e.schema_version,
+        headers: e.headers.clone(),
+        payload: e.payload.clone(),
+        content_type: e.content_type.clone(),
+    }
+}
