@@ -367,5 +367,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(format!("{e:#}").contains("unknown field `strat`"), "{e:#}");
+        // The daemon's name prefixes consumer names: NATS-unsafe names are refused.
+        let e = Config::parse("name = \"a.b\"\nplugin-dir = \"p\"\n", PathBuf::new(), none)
+            .unwrap_err();
+        assert!(e.to_string().contains("name \"a.b\""), "{e:#}");
+        let e = Config::parse(
+            "plugin-dir = \"p\"\n[registry]\nbucket-prefix = \"Fleet*\"\n",
+            PathBuf::new(),
+            none,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("bucket-prefix"), "{e:#}");
     }
 }
