@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 
-use crate::{Context, Effect, Error, Event, Json, Policy, Projection, Upcaster, payload};
+use crate::{Context, Effect, Error, Event, Json, Migrate, Policy, Projection, Upcaster, payload};
 
 pub use wit_bindgen;
 
@@ -157,6 +157,16 @@ where
     C: DeserializeOwned + Send + Sync + 'static,
 {
     step(state, event, P::decide)
+}
+
+pub fn migrate<M: Migrate + serde::Serialize>(
+    from_version: u32,
+    state: Vec<u8>,
+) -> Result<Vec<u8>, Error> {
+    let old: Json = serde_json::from_slice(&state).map_err(|e| {
+        Error::new("invalid-state", format!("the state of version {from_version} is not JSON: {e}"))
+    })?;
+    encode_state(&M::migrate(from_version, old)?)
 }
 
 pub fn upcast<U: Upcaster>(event: RawEvent) -> Result<RawEvent, Error> {

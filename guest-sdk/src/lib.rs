@@ -49,8 +49,8 @@ use serde::{Serialize, de::DeserializeOwned};
 /// What most plugins need, in one import.
 pub mod prelude {
     pub use crate::{
-        Context, Effect, Error, Event, Json, LogLevel, MessageKind, NoConfig, Policy, Projection,
-        Result, Upcaster, export_policy, export_projection, export_upcaster,
+        Context, Effect, Error, Event, Json, LogLevel, MessageKind, Migrate, NoConfig, Policy,
+        Projection, Result, Upcaster, export_policy, export_projection, export_upcaster,
     };
     pub use serde::{Deserialize, Serialize};
     pub use serde_json::json;
@@ -91,6 +91,16 @@ where
     fn decide(&mut self, event: Event<E>, cx: &mut Context<C>) -> Result<()>;
 }
 
+/// A projection's or policy's state that can be made from the states of its earlier state
+/// versions: export it with `export_projection!(MyState, migrate)` (or `export_policy!`) and
+/// raise `[state] version` in the manifest. When the new version takes over, the host passes
+/// every stored state through [`Migrate::migrate`] once, before the first event.
+pub trait Migrate: Sized {
+    /// The state that version `from_version` of this plugin stored (`state`, as JSON), in this
+    /// version; `Err` refuses the new version and the running one goes on.
+    fn migrate(from_version: u32, state: Json) -> Result<Self>;
+}
+
 /// An upcaster rewrites an event of one schema version into the next.
 pub trait Upcaster {
     /// Returns the event in its next schema version (raise `schema_version`).
@@ -104,6 +114,7 @@ include!(concat!(env!("OUT_DIR"), "/export.rs"));
 /// Exports a [`Projection`] as the plugin's component: `export_projection!(MyState)`. The
 /// event and configuration types come from the type's one `Projection` impl. Invoke it once,
 /// at the crate root. It expands to nothing outside WebAssembly, so native tests are unaffected.
+/// `export_projection!(MyState, migrate)` also exports the state's [`Migrate`] impl.
 #[macro_export]
 macro_rules! export_projection {
     ($($args:tt)*) => { $crate::__jetfold_export_projection!($($args)*); };
@@ -111,7 +122,7 @@ macro_rules! export_projection {
 
 /// Exports a [`Policy`] as the plugin's component: `export_policy!(MyState)`. Commands
 /// recorded with [`Context::command`] become the policy's command decisions; other effects
-/// stay effects.
+/// stay effects. `export_policy!(MyState, migrate)` also exports the state's [`Migrate`] impl.
 #[macro_export]
 macro_rules! export_policy {
     ($($args:tt)*) => { $crate::__jetfold_export_policy!($($args)*); };

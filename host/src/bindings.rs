@@ -29,5 +29,17 @@ pub mod upcaster {
     });
 }
 
+/// The optional `migration` interface (`migrate`), through a world that exports it.
+pub mod migration {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "jetfold:plugin/projection-with-migration",
+        with: { "jetfold:plugin/types": super::projection::jetfold::plugin::types },
+    });
+    pub use self::exports::jetfold::plugin::migration::{
+        Guest as Migration, GuestIndices as MigrationIndices,
+    };
+}
+
 /// The WIT types shared by every world.
 pub use projection::jetfold::plugin::types;

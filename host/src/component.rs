@@ -17,12 +17,18 @@ use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine};
 
-use crate::bindings::{policy::PolicyPre, projection::ProjectionPre, upcaster::UpcasterPre};
+use crate::bindings::{
+    migration::MigrationIndices, policy::PolicyPre, projection::ProjectionPre,
+    upcaster::UpcasterPre,
+};
 use crate::guest::HostState;
 use crate::manifest::PluginKind;
 
 /// The contract's type-only interface, which components may import.
 const TYPES_INTERFACE: &str = "jetfold:plugin/types@";
+
+/// The contract's optional `migration` interface, which projections and policies may export.
+const MIGRATION_INTERFACE: &str = "jetfold:plugin/migration@";
 
 /// A plugin version's identity: the sha256 digest of its `.wasm`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -123,6 +129,16 @@ pub struct LoadedComponent {
     /// How long loading took (read, digest, compile or map, checks).
     pub load_time: Duration,
     pub(crate) pre: PluginPre,
+    /// The `migrate` export, if the component has one.
+    pub(crate) migration: Option<MigrationIndices>,
+}
+
+impl LoadedComponent {
+    /// Whether the component exports `migrate` (the `migration` interface), so it can take
+    /// over states written under an earlier state version.
+    pub fn migrates(&self) -> bool {
+        self.migration.is_some()
+    }
 }
 
 /// The instance-ready component, typed by world.
@@ -223,6 +239,17 @@ impl ComponentLoader {
             reason: format!("{reason:#}"),
         };
         let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let exported =
+            ty.exports(&self.engine).find(|(name, _)| name.starts_with(MIGRATION_INTERFACE));
+        let migration = match exported {
+            None => None,
+            Some(_) if kind == PluginKind::Upcaster => {
+                return Err(wrong_world(wasmtime::Error::msg(
+                    "an upcaster has no state, so it cannot export `migration`",
+                )));
+            }
+            Some(_) => Some(MigrationIndices::new(&instance_pre).map_err(wrong_world)?),
+        };
         let pre = match kind {
             PluginKind::Projection => {
                 PluginPre::Projection(ProjectionPre::new(instance_pre).map_err(wrong_world)?)
@@ -234,7 +261,14 @@ impl ComponentLoader {
                 PluginPre::Upcaster(UpcasterPre::new(instance_pre).map_err(wrong_world)?)
             }
         };
-        Ok(LoadedComponent { digest, kind, from_cache, load_time: started.elapsed(), pre })
+        Ok(LoadedComponent {
+            digest,
+            kind,
+            from_cache,
+            load_time: started.elapsed(),
+            pre,
+            migration,
+        })
     }
 
     fn compile_cached(

@@ -38,7 +38,7 @@ use crate::fold::{StepError, checked_step};
 use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, PluginKind};
 use crate::nats::{self, source, source::headers};
-use crate::sink::{Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
+use crate::sink::{Checkpoint, Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
 
 /// One fold step of a plugin: the key's new state and the checked effects of one event.
 pub trait Step: Send {
@@ -49,6 +49,17 @@ pub trait Step: Send {
         state: Option<&Vec<u8>>,
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<Effect>), StepError>;
+
+    /// Whether this version converts states of other state versions (`migrate`).
+    fn migrates(&self) -> bool {
+        false
+    }
+
+    /// `state`, written under state version `from_version`, in this version's.
+    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
+        let _ = (from_version, state);
+        Err("this version does not export `migrate`".into())
+    }
 }
 
 impl Step for GuestInstance {
@@ -59,6 +70,14 @@ impl Step for GuestInstance {
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
         checked_step(self, manifest, state, event)
+    }
+
+    fn migrates(&self) -> bool {
+        GuestInstance::migrates(self)
+    }
+
+    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
+        GuestInstance::migrate(self, from_version, state).map_err(|e| e.to_string())
     }
 }
 
@@ -100,6 +119,21 @@ pub struct DaemonPlugin {
     /// A version run beside this one on the same events with its effects suppressed, its
     /// outcomes compared (read from a `shadow/` directory beside the manifest).
     pub shadow: Option<Box<DaemonPlugin>>,
+}
+
+/// Appended to a plugin's name (its staging identity: states, checkpoint, consumer) and to
+/// its tables' names while a new version rebuilds them.
+pub const REBUILD_SUFFIX: &str = "__rebuild";
+
+/// What a worker does.
+#[derive(Clone)]
+enum Role {
+    /// Folds the plugin's events into its tables, effects performed.
+    Live,
+    /// Rebuilds a new version from the stream start under a staging identity, into tables of
+    /// its own, emitted messages and logs suppressed, never past what the live version has
+    /// committed (`ceiling`: the live worker's progress).
+    Rebuild { staging: String, ceiling: watch::Receiver<Progress> },
 }
 
 /// The directory beside a manifest that holds a shadow version.
@@ -148,8 +182,25 @@ impl DaemonPlugin {
         }
     }
 
+    /// Whether this version exports `migrate`, so it may change the state version in place.
+    pub fn migrates(&self) -> bool {
+        match &self.implementation {
+            Implementation::Component(c) => c.migrates(),
+            Implementation::Native { .. } => false,
+        }
+    }
+
     /// What a worker folds with: the plugin's step and, if it has one, its shadow's.
     fn prepare(&self, loader: &ComponentLoader) -> anyhow::Result<(Box<dyn Step>, Option<Shadow>)> {
+        if let Some(shadow) = &self.shadow
+            && shadow.manifest.state.version != self.manifest.state.version
+        {
+            bail!(
+                "the shadow version declares state version {} and the live one {}: a shadow folds the live version's states, so they must agree",
+                shadow.manifest.state.version,
+                self.manifest.state.version
+            );
+        }
         let shadow = self.shadow.as_deref().map(|sh| Shadow::new(sh, loader)).transpose()?;
         Ok((self.step(loader)?, shadow))
     }
@@ -314,6 +365,17 @@ pub struct Progress {
     pub swapped_at_seq: Option<u64>,
     /// The shadow version folding beside the live one, if any.
     pub shadow: Option<ShadowProgress>,
+    /// A new version rebuilding its states and read model from the stream start, if any.
+    pub rebuild: Option<RebuildProgress>,
+}
+
+/// How far a rebuild has got.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// The version being rebuilt.
+    pub digest: String,
+    /// The last stream sequence it committed (into its own tables).
+    pub committed_seq: u64,
 }
 
 /// What a shadow version has done since it started.
@@ -392,6 +454,32 @@ struct Running {
     progress: watch::Receiver<Progress>,
     /// Where the daemon reports refused versions.
     report: watch::Sender<Progress>,
+    /// The version the workers run.
+    plugin: DaemonPlugin,
+    /// A new version rebuilding beside it, to take over when caught up.
+    rebuild: Option<Worker>,
+}
+
+/// A worker thread (a fold thread and its commit thread) and how to stop it.
+struct Worker {
+    /// The version it runs.
+    plugin: DaemonPlugin,
+    stop: watch::Sender<bool>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    progress: watch::Receiver<Progress>,
+}
+
+impl Worker {
+    /// Stops it after it drains; its result.
+    async fn stop(self, name: &str) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        let thread = self.thread;
+        match tokio::task::spawn_blocking(move || thread.join()).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(format!("{name}: {e:#}")),
+            _ => Err(format!("{name}: worker panicked")),
+        }
+    }
 }
 
 impl Running {
@@ -399,11 +487,16 @@ impl Running {
         self.report.send_modify(|p| p.refused = Some(Refusal { version, reason }));
     }
 
-    /// Stops the plugin's workers after they drain; their result.
+    /// Stops the plugin's workers (and its rebuild's) after they drain; their result.
     async fn stop(self, name: &str) -> Result<(), String> {
         let _ = self.stop.send(true);
         if let Some(service) = self.service {
             service.abort();
+        }
+        if let Some(rebuild) = self.rebuild
+            && let Err(e) = rebuild.stop(name).await
+        {
+            tracing::warn!(plugin = %name, error = %e, "the rebuild stopped with an error");
         }
         let thread = self.thread;
         match tokio::task::spawn_blocking(move || thread.join()).await {
@@ -470,6 +563,9 @@ pub async fn supervise(
     };
     let mut changes = None;
     let mut report_due = tokio::time::Instant::now();
+    // Rebuilds are checked on a clock of their own: the loop's other timers restart each turn.
+    let mut rebuilds = tokio::time::interval(Duration::from_millis(50));
+    rebuilds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         if let Some(registry) = &daemon.registry {
@@ -521,6 +617,7 @@ pub async fn supervise(
                 None => changes = None,
             },
             _ = report, if daemon.registry.is_some() => {}
+            _ = rebuilds.tick(), if daemon.rebuilding() => daemon.advance_rebuilds().await,
         }
     }
     daemon.stop().await
@@ -641,32 +738,81 @@ impl Daemon {
     }
 
     async fn start_plugin(&mut self, plugin: DaemonPlugin) -> anyhow::Result<()> {
+        self.start_plugin_with(plugin, None).await
+    }
+
+    /// Starts `plugin`'s workers; with `report`, they report on that progress channel (a
+    /// version taking over after a rebuild goes on with the one its predecessor used).
+    async fn start_plugin_with(
+        &mut self,
+        plugin: DaemonPlugin,
+        report: Option<watch::Sender<Progress>>,
+    ) -> anyhow::Result<()> {
         let name = plugin.manifest.name.clone();
         let query = self.query_instance(&plugin).await?;
         let service = query.map(|guest| self.query_service(&plugin, guest));
-        let (progress_tx, progress_rx) = watch::channel(Progress::default());
-        let report = progress_tx.clone();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let report = report.unwrap_or_else(|| watch::channel(Progress::default()).0);
         let (swaps_tx, swaps_rx) = mpsc::channel();
+        let worker = match self.spawn_worker(&plugin, report.clone(), swaps_rx, Role::Live).await {
+            Ok(worker) => worker,
+            Err(e) => {
+                if let Some(service) = service {
+                    service.abort();
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(plugin = %name, "plugin started");
+        self.refused.remove(&name);
+        self.running.insert(
+            name,
+            Running {
+                dir: plugin.manifest.dir.clone(),
+                fingerprint: fingerprint(&plugin),
+                kind: plugin.manifest.kind,
+                state_version: plugin.manifest.state.version,
+                source: (plugin.stream.clone(), plugin.subjects.clone()),
+                digest: plugin.digest(),
+                shadow: plugin.shadow.as_ref().map(|s| s.digest()),
+                stop: worker.stop,
+                swaps: swaps_tx,
+                thread: worker.thread,
+                service,
+                progress: worker.progress,
+                report,
+                plugin,
+                rebuild: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a worker thread for `plugin` in `role`, reporting on `progress`; returns once
+    /// it is folding, or with the reason it could not start.
+    async fn spawn_worker(
+        &self,
+        plugin: &DaemonPlugin,
+        progress: watch::Sender<Progress>,
+        swaps: mpsc::Receiver<Swap>,
+        role: Role,
+    ) -> anyhow::Result<Worker> {
+        let name = plugin.manifest.name.clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let progress_rx = progress.subscribe();
         let env = WorkerEnv {
             rt: Handle::current(),
             stop: stop_rx,
             js: self.js.clone(),
             target: self.config.sink_target(),
-            progress: progress_tx,
+            progress,
         };
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (loader, config) = (self.loader.clone(), self.config.clone());
-        let (dir, fingerprint) = (plugin.manifest.dir.clone(), fingerprint(&plugin));
-        let (kind, state_version) = (plugin.manifest.kind, plugin.manifest.state.version);
-        let digest = plugin.digest();
-        let shadow = plugin.shadow.as_ref().map(|s| s.digest());
-        let source = (plugin.stream.clone(), plugin.subjects.clone());
+        let (loader, config, p) = (self.loader.clone(), self.config.clone(), plugin.clone());
         // Workers are built on threads of their own: database clients may run runtimes of
         // their own, which cannot start inside this one.
         let thread = std::thread::Builder::new()
             .name(format!("fold-{name}"))
-            .spawn(move || start_worker(plugin, &loader, &config, env, swaps_rx, ready_tx))
+            .spawn(move || start_worker(p, &loader, &config, env, swaps, ready_tx, role))
             .context("failed to start a worker thread")?;
         let started = tokio::task::spawn_blocking(move || ready_rx.recv()).await?;
         let failed = match started {
@@ -676,32 +822,168 @@ impl Daemon {
         };
         if let Some(e) = failed {
             let _ = thread.join();
-            if let Some(service) = service {
-                service.abort();
-            }
             return Err(e);
         }
-        tracing::info!(plugin = %name, "plugin started");
-        self.refused.remove(&name);
-        self.running.insert(
-            name,
-            Running {
-                dir,
-                fingerprint,
-                kind,
-                state_version,
-                source,
-                digest,
-                shadow,
-                stop: stop_tx,
-                swaps: swaps_tx,
-                thread,
-                service,
-                progress: progress_rx,
-                report,
-            },
-        );
+        Ok(Worker { plugin: plugin.clone(), stop: stop_tx, thread, progress: progress_rx })
+    }
+
+    /// Starts rebuilding `plugin`, a new version of a running one, from the stream start into
+    /// tables of its own; it takes over when caught up ([`Daemon::advance_rebuilds`]). A
+    /// rebuild already under way for the plugin is dropped.
+    async fn start_rebuild(&mut self, plugin: DaemonPlugin) -> anyhow::Result<()> {
+        let name = plugin.manifest.name.clone();
+        if plugin.at_seq.is_some() {
+            bail!(
+                "a version that changes the state version without `migrate` is rebuilt from the stream and takes over when caught up, not at a given sequence"
+            );
+        }
+        let tables: Vec<String> =
+            plugin.manifest.allow.tables.iter().map(|t| format!("{t}{REBUILD_SUFFIX}")).collect();
+        if let Some(long) = tables.iter().find(|t| !crate::manifest::is_identifier(t)) {
+            bail!(
+                "cannot rebuild into `{long}`: table names must leave room for `{REBUILD_SUFFIX}` (at most 63 characters)"
+            );
+        }
+        let running = self.running.get_mut(&name).expect("the caller checked");
+        if let Some(old) = running.rebuild.take() {
+            tracing::info!(plugin = %name, digest = %old.plugin.digest(), "rebuild dropped for a newer version");
+            let _ = old.stop(&name).await;
+        }
+        let staging = format!("{name}{REBUILD_SUFFIX}");
+        let (target, s) = (self.config.sink_target(), staging.clone());
+        tokio::task::spawn_blocking(move || Sink::open(&target)?.reset_staging(&s, &tables))
+            .await?
+            .context("cannot clear an earlier rebuild's tables")?;
+        let ceiling = running.progress.clone();
+        let (_, swaps) = mpsc::channel();
+        let progress = watch::channel(Progress::default()).0;
+        let role = Role::Rebuild { staging, ceiling };
+        let worker = self
+            .spawn_worker(&plugin, progress, swaps, role)
+            .await
+            .map_err(|e| anyhow::anyhow!("the new version failed to start its rebuild: {e:#}"))?;
+        let digest = plugin.digest();
+        tracing::info!(plugin = %name, digest = %digest, "rebuilding the new version from the stream start; the running version goes on until it catches up");
+        let running = self.running.get_mut(&name).expect("checked above");
+        running.fingerprint = fingerprint(&plugin);
+        running.report.send_modify(|p| {
+            p.refused = None;
+            p.rebuild = Some(RebuildProgress { digest, committed_seq: 0 });
+        });
+        running.rebuild = Some(worker);
         Ok(())
+    }
+
+    /// Whether any plugin is rebuilding a new version.
+    pub fn rebuilding(&self) -> bool {
+        self.running.values().any(|r| r.rebuild.is_some())
+    }
+
+    /// Reports how far each rebuild has got, and lets each one that has caught up with its
+    /// live version take over.
+    pub async fn advance_rebuilds(&mut self) {
+        let names: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.rebuild.is_some())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            let running = self.running.get_mut(&name).expect("listed above");
+            let rebuild = running.rebuild.as_ref().expect("listed above");
+            let built = rebuild.progress.borrow().committed_seq;
+            let live = running.progress.borrow().committed_seq;
+            running.report.send_modify(|p| {
+                if let Some(r) = &mut p.rebuild {
+                    r.committed_seq = built;
+                }
+            });
+            if rebuild.thread.is_finished() {
+                let rebuild = running.rebuild.take().expect("checked above");
+                let digest = rebuild.plugin.digest();
+                let error = rebuild.stop(&name).await.err().unwrap_or_else(|| "it stopped".into());
+                let reason = format!("the rebuild failed: {error}; the running version goes on");
+                tracing::error!(plugin = %name, digest = %digest, "{reason}");
+                running.report.send_modify(|p| p.rebuild = None);
+                running.fingerprint = fingerprint(&running.plugin);
+                running.refuse(digest, reason);
+                continue;
+            }
+            // Close enough: the live version stops, and the rebuild folds the rest while it
+            // waits (at most a few batches).
+            if live.saturating_sub(built) <= 2 * self.config.batch_size as u64 {
+                self.take_over_from_rebuild(&name).await;
+            }
+        }
+    }
+
+    /// The rebuilt version takes over: the live version stops after committing what it
+    /// folded; the rebuild folds up to that very sequence and stops; then one transaction
+    /// replaces the live tables, states and checkpoint with the rebuilt ones, and the new
+    /// version goes on live from there. If anything fails, the old version is started again.
+    async fn take_over_from_rebuild(&mut self, name: &str) {
+        let mut running = self.running.remove(name).expect("the caller checked");
+        let rebuild = running.rebuild.take().expect("the caller checked");
+        let (report, old) = (running.report.clone(), running.plugin.clone());
+        let started = Instant::now();
+        if let Err(e) = running.stop(name).await {
+            tracing::warn!(plugin = %name, error = %e, "the live version stopped with an error");
+        }
+        let last = report.borrow().committed_seq;
+        let mut built = rebuild.progress.clone();
+        let caught_up = built.wait_for(|p| p.committed_seq >= last).await.is_ok();
+        let new = rebuild.plugin.clone();
+        let stopped = rebuild.stop(name).await;
+        let promoted = match (caught_up, stopped) {
+            (true, Ok(())) => {
+                let (target, live) = (self.config.sink_target(), name.to_string());
+                let tables = new.manifest.allow.tables.clone();
+                tokio::task::spawn_blocking(move || {
+                    let staging = format!("{live}{REBUILD_SUFFIX}");
+                    Sink::open(&target)?.promote_staging(&staging, &live, &tables, REBUILD_SUFFIX)
+                })
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r)
+                .map_err(|e| format!("{e:#}"))
+            }
+            (false, _) => Err("the rebuild stopped before it caught up".to_string()),
+            (true, Err(e)) => Err(e),
+        };
+        if let Err(e) = promoted {
+            let reason = format!("the rebuilt version could not take over: {e}");
+            tracing::error!(plugin = %name, digest = %new.digest(), "{reason}; the previous version starts again");
+            report.send_modify(|p| p.rebuild = None);
+            match self.start_plugin_with(old, Some(report)).await {
+                Ok(()) => self.refuse(name.to_string(), new.digest(), reason),
+                Err(e) => {
+                    tracing::error!(plugin = %name, error = %format!("{e:#}"), "the previous version failed to start again")
+                }
+            }
+            return;
+        }
+        let consumer = source::consumer_name(&self.config.name, &format!("{name}{REBUILD_SUFFIX}"));
+        if let Ok(stream) = self.js.get_stream(&new.stream).await {
+            let _ = stream.delete_consumer(&consumer).await;
+        }
+        let digest = new.digest();
+        report.send_modify(|p| {
+            p.rebuild = None;
+            p.refused = None;
+            p.digest.clone_from(&digest);
+            p.swaps += 1;
+            p.swapped_at_seq = Some(last + 1);
+        });
+        let pause = started.elapsed();
+        match self.start_plugin_with(new, Some(report.clone())).await {
+            Ok(()) => {
+                report.send_modify(|p| p.last_swap_pause = Some(pause));
+                tracing::info!(plugin = %name, digest = %digest, after_seq = last, pause_ms = pause.as_millis() as u64, "the rebuilt version took over");
+            }
+            Err(e) => {
+                tracing::error!(plugin = %name, digest = %digest, error = %format!("{e:#}"), "the rebuilt version took over its tables but failed to start")
+            }
+        }
     }
 
     /// Applies `config` and the plugin directory as they are now: new plugins start, changed
@@ -808,7 +1090,15 @@ impl Daemon {
                 name: name.clone(),
                 kind: running.kind.to_string(),
                 digest: running.digest.clone(),
-                status: "running".into(),
+                status: match &p.rebuild {
+                    None => "running".into(),
+                    Some(r) => format!(
+                        "running; rebuilding {} (at {} of {})",
+                        &r.digest[..r.digest.len().min(12)],
+                        r.committed_seq,
+                        p.committed_seq
+                    ),
+                },
                 committed_seq: p.committed_seq,
                 lag,
                 last_error: p.refused.map(|r| format!("{} refused: {}", r.version, r.reason)),
@@ -893,13 +1183,17 @@ impl Daemon {
                 running.kind
             );
         }
-        if plugin.manifest.state.version != running.state_version {
-            bail!(
-                "the new version declares state version {} and the running one {}: a change of state version needs a migration or a rebuild, which this daemon does not do yet",
-                plugin.manifest.state.version,
-                running.state_version
-            );
+        if plugin.manifest.state.version != running.state_version && !plugin.migrates() {
+            // Nothing converts the stored states: the new version rebuilds its own from the
+            // stream, beside the running one, and takes over when caught up.
+            return self.start_rebuild(plugin).await;
         }
+        if let Some(rebuild) = self.running.get_mut(&name).and_then(|r| r.rebuild.take()) {
+            tracing::info!(plugin = %name, digest = %rebuild.plugin.digest(), "rebuild dropped: another version replaces it");
+            self.running[&name].report.send_modify(|p| p.rebuild = None);
+            let _ = rebuild.stop(&name).await;
+        }
+        let running = &self.running[&name];
         let committed = running.progress.borrow().committed_seq;
         if let Some(at) = plugin.at_seq
             && at <= committed
@@ -922,14 +1216,18 @@ impl Daemon {
         };
         let query = self.query_instance(&plugin).await?;
         let digest = plugin.digest();
+        let state_version = plugin.manifest.state.version;
         let shadow_digest = plugin.shadow.as_ref().map(|s| s.digest());
         let source = (plugin.stream.clone(), plugin.subjects.clone());
         let service = query.map(|guest| self.query_service(&plugin, guest));
+        let plugin_copy = plugin.clone();
         let running = self.running.get_mut(&name).expect("checked above");
         if running.swaps.send(Swap { plugin, step, shadow }).is_err() {
             bail!("the plugin's worker has stopped");
         }
         running.fingerprint = new_fingerprint;
+        running.state_version = state_version;
+        running.plugin = plugin_copy;
         running.digest.clone_from(&digest);
         running.shadow = shadow_digest;
         running.source = source;
@@ -1001,12 +1299,18 @@ fn start_worker(
     env: WorkerEnv,
     swaps: mpsc::Receiver<Swap>,
     ready: mpsc::Sender<anyhow::Result<()>>,
+    role: Role,
 ) -> anyhow::Result<()> {
-    let name = plugin.manifest.name.clone();
+    let (name, suffix) = match &role {
+        Role::Live => (plugin.manifest.name.clone(), ""),
+        Role::Rebuild { staging, .. } => (staging.clone(), REBUILD_SUFFIX),
+    };
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(2);
     let (committer_ready_tx, committer_ready_rx) = mpsc::channel();
     let committer = {
-        let (env, name, tables) = (env.clone(), name.clone(), plugin.manifest.allow.tables.clone());
+        let tables: Vec<String> =
+            plugin.manifest.allow.tables.iter().map(|t| format!("{t}{suffix}")).collect();
+        let (env, name) = (env.clone(), name.clone());
         std::thread::Builder::new().name(format!("commit-{name}")).spawn(move || {
             let committer = Committer::open(name, &tables, env);
             match committer {
@@ -1025,7 +1329,7 @@ fn start_worker(
         let checkpoint = committer_ready_rx
             .recv()
             .map_err(|_| anyhow::anyhow!("commit thread for `{name}` ended before starting"))??;
-        let folder = Folder::new(plugin, loader, config, env, swaps, checkpoint)?;
+        let folder = Folder::new(plugin, loader, config, env, swaps, checkpoint.as_ref(), role)?;
         Ok((thread, folder))
     });
     let (thread, folder) = match started {
@@ -1134,16 +1438,24 @@ struct Committer {
     sink: Sink,
     env: WorkerEnv,
     checkpoint: u64,
+    /// The state version of the states committed.
+    state_version: Option<u32>,
 }
 
 impl Committer {
     /// Opens the sink, creates the plugin's tables; the checkpoint to resume after.
-    fn open(name: String, tables: &[String], env: WorkerEnv) -> anyhow::Result<(Committer, u64)> {
+    fn open(
+        name: String,
+        tables: &[String],
+        env: WorkerEnv,
+    ) -> anyhow::Result<(Committer, Option<Checkpoint>)> {
         let mut sink = Sink::open(&env.target)?;
         sink.ensure_tables(tables).context("failed to create read-model tables")?;
-        let checkpoint = sink.checkpoint(&name)?.map(|c| c.last_seq).unwrap_or(0);
+        let stored = sink.checkpoint(&name)?;
+        let checkpoint = stored.as_ref().map_or(0, |c| c.last_seq);
+        let state_version = stored.as_ref().map(|c| c.state_version);
         env.progress.send_modify(|p| p.committed_seq = checkpoint);
-        Ok((Committer { name, sink, env, checkpoint }, checkpoint))
+        Ok((Committer { name, sink, env, checkpoint, state_version }, stored))
     }
 
     fn run(mut self, jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
@@ -1202,14 +1514,17 @@ impl Committer {
     /// Commits, publishes and acks one batch; false if stopped before the commit.
     fn handle(&mut self, job: &Job) -> bool {
         let commit = &job.commit;
-        if commit.last_seq > self.checkpoint {
+        // A batch of events already committed (redelivered) commits nothing, unless it carries
+        // the plugin's states converted to a new state version.
+        if commit.last_seq > self.checkpoint || self.state_version != Some(commit.state_version) {
             let what = "commit failed (nothing acked)";
             let committed =
                 retry_sink(&self.name, what, &self.env, &mut self.sink, |s| s.commit(commit));
             if committed.is_none() {
                 return false;
             }
-            self.checkpoint = commit.last_seq;
+            self.checkpoint = self.checkpoint.max(commit.last_seq);
+            self.state_version = Some(commit.state_version);
             if !commit.outbox.is_empty() && !self.publish(&commit.outbox) {
                 return false;
             }
@@ -1258,11 +1573,55 @@ impl Committer {
     }
 }
 
+/// How often an idle worker looks for a new version to take over.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// A message's stream sequence (0 if it carries no JetStream info).
+fn message_seq(message: &Message) -> u64 {
+    message.info().map_or(0, |i| i.stream_sequence)
+}
+
+/// The keys whose states `commit` writes.
+fn state_keys(commit: &Commit) -> Vec<String> {
+    commit.states.iter().map(|(k, _)| k.clone()).collect()
+}
+
+/// `states`, written under state version `from`, converted by `step`'s `migrate`.
+fn migrate_states(
+    plugin: &str,
+    step: &mut dyn Step,
+    from: u32,
+    states: HashMap<String, Vec<u8>>,
+) -> Result<HashMap<String, Vec<u8>>, String> {
+    let started = Instant::now();
+    let migrated = states
+        .into_iter()
+        .map(|(key, state)| match step.migrate(from, &state) {
+            Ok(new) => Ok((key, new)),
+            Err(e) => Err(format!("the state of key `{key}`: {e}")),
+        })
+        .collect::<Result<HashMap<_, _>, _>>()?;
+    let took_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        plugin,
+        from,
+        keys = migrated.len(),
+        took_ms,
+        "states converted to the new state version"
+    );
+    Ok(migrated)
+}
+
 /// The fold stage: the plugin's source, its step and the states of the keys it folded.
 struct Folder {
     /// The daemon's name (its consumers are `<daemon>-<plugin>`).
     daemon: String,
+    /// The plugin's name, or a rebuild's staging name: what it commits and reads under.
     name: String,
+    /// Live, or rebuilding under a staging name.
+    role: Role,
+    /// Messages received past a rebuild's ceiling, to fold once the live version is past them.
+    held: Vec<Message>,
     digest: String,
     plugin: DaemonPlugin,
     step: Box<dyn Step>,
@@ -1285,6 +1644,10 @@ struct Folder {
     /// Events the shadow folded in the last batch.
     shadow_events: u64,
     states: HashMap<String, Vec<u8>>,
+    /// The state version the plugin's states are in (the running version's, once migrated).
+    state_version: u32,
+    /// Keys whose states were converted to a new state version, to commit with the next batch.
+    rewrite: HashSet<String>,
     /// Keys of the batches handed to the commit thread, by their last sequence: the states
     /// that must stay in memory until those batches are committed.
     uncommitted: std::collections::VecDeque<(u64, Vec<String>)>,
@@ -1304,13 +1667,21 @@ impl Folder {
         config: &Config,
         env: WorkerEnv,
         swaps: mpsc::Receiver<Swap>,
-        checkpoint: u64,
+        checkpoint: Option<&Checkpoint>,
+        role: Role,
     ) -> anyhow::Result<Folder> {
         let (step, shadow) = plugin.prepare(loader)?;
+        let name = match &role {
+            Role::Live => plugin.manifest.name.clone(),
+            Role::Rebuild { staging, .. } => staging.clone(),
+        };
         let reader = Sink::open(&env.target)?;
-        Ok(Folder {
+        let declared = plugin.manifest.state.version;
+        let mut folder = Folder {
             daemon: config.name.clone(),
-            name: plugin.manifest.name.clone(),
+            name,
+            role,
+            held: Vec::new(),
             digest: plugin.digest(),
             step,
             reader,
@@ -1324,14 +1695,55 @@ impl Folder {
             shadow,
             shadow_events: 0,
             states: HashMap::new(),
+            state_version: checkpoint.map_or(declared, |c| c.state_version),
+            rewrite: HashSet::new(),
             uncommitted: Default::default(),
             cache_keys: config.state_cache_keys,
-            folded: checkpoint,
+            folded: checkpoint.map_or(0, |c| c.last_seq),
             batch_size: config.batch_size,
             ack_wait: config.ack_wait(),
             pull_expiry: config.fetch_wait(),
             plugin,
-        })
+        };
+        // States stored by a version with another state version are converted before the
+        // first event (committed at once, see `run`); without `migrate` the plugin cannot start.
+        if folder.state_version != declared {
+            let from = folder.state_version;
+            if !folder.step.migrates() {
+                bail!(
+                    "its states are stored in state version {from} and this version declares {declared}, and it does not export `migrate` to convert them; a version without `migrate` is rebuilt from the stream when it replaces a running one, so start the daemon with the previous version and then install this one"
+                );
+            }
+            let migrated = folder
+                .all_states()
+                .and_then(|all| migrate_states(&folder.name, folder.step.as_mut(), from, all));
+            let migrated = migrated.map_err(|e| {
+                anyhow::anyhow!(
+                    "converting its states from state version {from} to {declared} failed: {e}"
+                )
+            })?;
+            folder.adopt(migrated, declared);
+        }
+        Ok(folder)
+    }
+
+    /// Every state of the plugin: those committed, overlaid with those folded since.
+    fn all_states(&mut self) -> Result<HashMap<String, Vec<u8>>, String> {
+        let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
+        let stored =
+            retry_sink(name, "cannot read the states to convert", env, reader, |r| r.states(name))
+                .ok_or_else(|| "the daemon is stopping".to_string())?;
+        let mut all: HashMap<String, Vec<u8>> = stored.into_iter().collect();
+        all.extend(self.states.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(all)
+    }
+
+    /// Makes `migrated` the plugin's states, in state version `version`, to be committed with
+    /// the next batch.
+    fn adopt(&mut self, migrated: HashMap<String, Vec<u8>>, version: u32) {
+        self.rewrite = migrated.keys().cloned().collect();
+        self.states = migrated;
+        self.state_version = version;
     }
 
     /// (Re)creates the consumer just after the last folded event and pulls from it.
@@ -1344,7 +1756,11 @@ impl Folder {
                 &self.daemon,
                 &self.name,
                 &p.subjects,
-                p.start,
+                // A rebuild starts from the stream start, whatever the live version's start.
+                match self.role {
+                    Role::Live => p.start,
+                    Role::Rebuild { .. } => StartPosition::All,
+                },
                 (self.folded > 0).then_some(self.folded),
                 self.ack_wait,
                 self.batch_size * 8,
@@ -1362,9 +1778,26 @@ impl Folder {
 
     /// Folds until stopped; every batch goes to the commit thread through `jobs`.
     fn run(mut self, jobs: mpsc::SyncSender<Job>) -> anyhow::Result<()> {
+        // States converted at start are committed before any event is folded.
+        if !self.rewrite.is_empty() && !self.fold_and_hand_on(Vec::new(), &jobs) {
+            return Ok(());
+        }
         let mut source = None;
         let mut backoff = Backoff::new();
         while !stopping(&self.env.stop) {
+            if !self.held.is_empty() {
+                // A rebuild waits for the live version to pass what it holds.
+                let first = message_seq(&self.held[0]);
+                if !self.wait_for_ceiling(first) {
+                    break;
+                }
+                let mut messages = std::mem::take(&mut self.held);
+                self.hold_past_ceiling(&mut messages);
+                if !messages.is_empty() && !self.fold_and_hand_on(messages, &jobs) {
+                    break;
+                }
+                continue;
+            }
             let stream = match &mut source {
                 Some(stream) => stream,
                 None => {
@@ -1377,10 +1810,12 @@ impl Folder {
                     source.insert(stream)
                 }
             };
-            let (messages, broken) = self.receive(stream);
+            let (mut messages, broken) = self.receive(stream);
+            self.hold_past_ceiling(&mut messages);
             if let Some(e) = broken {
                 // Messages delivered after a failure could be out of order: start over just
-                // after the last folded event.
+                // after the last folded event (held ones too).
+                self.held.clear();
                 tracing::warn!(plugin = %self.name, error = %format!("{e:#}"), "source failed; rebinding");
                 source = None;
                 if messages.is_empty() {
@@ -1389,10 +1824,8 @@ impl Folder {
             } else {
                 backoff = Backoff::new();
             }
-            if messages.is_empty() {
-                continue;
-            }
-            // A new version takes over at a batch boundary, or waits for its sequence.
+            // A new version takes over at a batch boundary (an idle plugin is at one), or waits
+            // for its sequence.
             let mut rebind = false;
             while let Ok(swap) = self.swaps.try_recv() {
                 match swap.plugin.at_seq {
@@ -1418,32 +1851,68 @@ impl Folder {
                 // The source changed: what was pulled under the old one is dropped unfolded
                 // and unacked, and the new source starts just after the last folded event.
                 source = None;
+                self.held.clear();
                 continue;
             }
-            let started = Instant::now();
-            let Some((commit, events, rejected)) = self.fold(&messages) else {
+            // States converted by a takeover while idle are committed at once.
+            let converted = !self.rewrite.is_empty();
+            if (!messages.is_empty() || converted) && !self.fold_and_hand_on(messages, &jobs) {
                 break;
-            };
-            self.uncommitted.push_back((
-                commit.last_seq,
-                commit.states.iter().map(|(k, _)| k.clone()).collect(),
-            ));
-            self.trim_states();
-            let job = Job {
-                tables: self.new_tables.take(),
-                shadow: self.shadow.as_ref().map(|s| (s.digest.clone(), self.shadow_events)),
-                swap_pause: self.pause.take(),
-                commit,
-                ack: messages.into_iter().last(),
-                events,
-                rejected,
-                fold_time: started.elapsed(),
-            };
-            if jobs.send(job).is_err() {
-                break; // the commit thread stopped: the daemon is stopping
             }
         }
         Ok(())
+    }
+
+    /// Folds `messages` and hands the batch to the commit thread; false if the daemon stops.
+    fn fold_and_hand_on(&mut self, messages: Vec<Message>, jobs: &mpsc::SyncSender<Job>) -> bool {
+        let started = Instant::now();
+        let Some((commit, events, rejected)) = self.fold(&messages) else {
+            return false;
+        };
+        self.uncommitted.push_back((commit.last_seq, state_keys(&commit)));
+        self.trim_states();
+        let job = Job {
+            tables: self.new_tables.take(),
+            shadow: self.shadow.as_ref().map(|s| (s.digest.clone(), self.shadow_events)),
+            swap_pause: self.pause.take(),
+            commit,
+            ack: messages.into_iter().last(),
+            events,
+            rejected,
+            fold_time: started.elapsed(),
+        };
+        // An error: the commit thread stopped, the daemon is stopping.
+        jobs.send(job).is_ok()
+    }
+
+    /// A rebuild's ceiling: the live version's committed sequence (none for a live worker).
+    fn ceiling(&self) -> Option<u64> {
+        match &self.role {
+            Role::Live => None,
+            Role::Rebuild { ceiling, .. } => Some(ceiling.borrow().committed_seq),
+        }
+    }
+
+    /// Moves the messages past the ceiling (and all after them) from `messages` to `held`.
+    fn hold_past_ceiling(&mut self, messages: &mut Vec<Message>) {
+        let Some(ceiling) = self.ceiling() else { return };
+        if let Some(i) = messages.iter().position(|m| message_seq(m) > ceiling) {
+            let mut past = messages.split_off(i);
+            past.append(&mut self.held);
+            self.held = past;
+        }
+    }
+
+    /// Waits until the live version has committed `seq` (false if the daemon stops first).
+    fn wait_for_ceiling(&mut self, seq: u64) -> bool {
+        let Role::Rebuild { ceiling, .. } = &mut self.role else { return true };
+        let mut stop = self.env.stop.clone();
+        self.env.rt.block_on(async {
+            tokio::select! {
+                reached = ceiling.wait_for(|p| p.committed_seq >= seq) => reached.is_ok(),
+                _ = stop.wait_for(|stopping| *stopping) => false,
+            }
+        })
     }
 
     /// Forgets committed states once more than `cache_keys` are held: they are read back
@@ -1460,9 +1929,33 @@ impl Folder {
         self.states.retain(|key, _| keep.contains(key));
     }
 
-    /// Replaces the running version with `swap`'s; true if the source changed.
+    /// Replaces the running version with `swap`'s; true if the source changed. A version that
+    /// declares another state version first converts every state; if that fails the swap is
+    /// refused and the running version goes on.
     fn take_over(&mut self, swap: Swap) -> bool {
-        let Swap { plugin, step, shadow } = swap;
+        let Swap { plugin, mut step, shadow } = swap;
+        let declared = plugin.manifest.state.version;
+        if declared != self.state_version {
+            let from = self.state_version;
+            let migrated = self
+                .all_states()
+                .and_then(|all| migrate_states(&self.name, step.as_mut(), from, all));
+            match migrated {
+                Ok(migrated) => self.adopt(migrated, declared),
+                Err(e) => {
+                    let reason = format!(
+                        "converting the states from state version {} to {declared} failed: {e}; the running version goes on",
+                        self.state_version
+                    );
+                    tracing::error!(plugin = %self.name, digest = %plugin.digest(), "{reason}");
+                    let version = plugin.digest();
+                    self.env
+                        .progress
+                        .send_modify(|p| p.refused = Some(Refusal { version, reason }));
+                    return false;
+                }
+            }
+        }
         self.shadow = shadow;
         let old = &self.plugin;
         let source_changed = (&old.stream, &old.subjects) != (&plugin.stream, &plugin.subjects);
@@ -1481,8 +1974,8 @@ impl Folder {
         source_changed
     }
 
-    /// Waits for the first message (or the stop), then takes what has already arrived, up to
-    /// a batch; with the error that ended the stream, if one did.
+    /// Waits for the first message (or the stop, or [`IDLE_CHECK`]), then takes what has already
+    /// arrived, up to a batch; with the error that ended the stream, if one did.
     fn receive(&mut self, stream: &mut pull::Stream) -> (Vec<Message>, Option<anyhow::Error>) {
         let mut stop = self.env.stop.clone();
         let limit = self.batch_size;
@@ -1491,6 +1984,8 @@ impl Folder {
             let first = tokio::select! {
                 next = stream.next() => next,
                 _ = stop.wait_for(|stopping| *stopping) => return (messages, None),
+                // An idle plugin looks for new versions now and then.
+                _ = tokio::time::sleep(IDLE_CHECK) => return (messages, None),
             };
             let mut next = first;
             loop {
@@ -1534,6 +2029,10 @@ impl Folder {
             plugin: self.name.clone(),
             digest: self.digest.clone(),
             last_seq: self.folded,
+            table_suffix: match self.role {
+                Role::Live => String::new(),
+                Role::Rebuild { .. } => REBUILD_SUFFIX.to_string(),
+            },
             ..Default::default()
         };
         let mut dirty = HashSet::new();
@@ -1617,6 +2116,7 @@ impl Folder {
                 }
             }
         }
+        dirty.extend(self.rewrite.drain());
         commit.states = dirty
             .into_iter()
             .map(|key: String| {
@@ -1627,6 +2127,7 @@ impl Folder {
         // A promotion may have swapped versions inside the batch: the checkpoint names the
         // version that folded its last event.
         commit.digest.clone_from(&self.digest);
+        commit.state_version = self.state_version;
         self.shadow_events = shadow_events;
         let rejected = commit.rejected.len() as u64;
         Some((commit, events, rejected))
@@ -1635,6 +2136,11 @@ impl Folder {
     /// Sends one accepted effect where it goes: SQL into the commit, emits into the outbox,
     /// logs to the log.
     fn route(&self, commit: &mut Commit, event: &Event, index: usize, effect: Effect) {
+        if matches!(self.role, Role::Rebuild { .. })
+            && matches!(effect, Effect::Emit { .. } | Effect::Log { .. })
+        {
+            return; // a rebuild replays the past: what it emitted and logged happened already
+        }
         match effect {
             Effect::Emit { kind, subject, message_type, payload, headers: extra } => {
                 let msg_id = format!("{}:{}:{index}", self.name, event.sequence);

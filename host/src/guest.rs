@@ -8,7 +8,13 @@ use std::fmt;
 
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 
-use crate::bindings::{policy::Policy, projection::Projection, types, upcaster::Upcaster};
+use crate::bindings::{
+    migration::{Migration, MigrationIndices},
+    policy::Policy,
+    projection::Projection,
+    types,
+    upcaster::Upcaster,
+};
 use crate::component::{LoadedComponent, PluginPre};
 use crate::event::Event;
 use crate::manifest::{Limits, PluginKind};
@@ -31,6 +37,8 @@ pub enum GuestCall {
     Decide,
     /// `upcast`.
     Upcast,
+    /// `migrate`.
+    Migrate,
 }
 
 impl fmt::Display for GuestCall {
@@ -41,6 +49,7 @@ impl fmt::Display for GuestCall {
             GuestCall::Query => "query",
             GuestCall::Decide => "decide",
             GuestCall::Upcast => "upcast",
+            GuestCall::Migrate => "migrate",
         })
     }
 }
@@ -117,10 +126,11 @@ enum Bound {
 /// A live instance of one plugin version.
 pub struct GuestInstance {
     pre: PluginPre,
+    migration: Option<MigrationIndices>,
     engine: wasmtime::Engine,
     limits: Limits,
     config: String,
-    live: Option<(Store<HostState>, Bound)>,
+    live: Option<(Store<HostState>, Bound, Option<Migration>)>,
     instantiations: u64,
 }
 
@@ -134,6 +144,7 @@ impl GuestInstance {
     ) -> Result<Self, GuestError> {
         let mut guest = GuestInstance {
             pre: component.pre.clone(),
+            migration: component.migration.clone(),
             engine: engine.clone(),
             limits,
             config,
@@ -177,24 +188,39 @@ impl GuestInstance {
         self.instantiations += 1;
         let fail = |e| classify(GuestCall::Init, e, &self.limits);
         store.set_fuel(self.limits.fuel).map_err(fail)?;
-        let bound = match &self.pre {
+        let (bound, instance) = match &self.pre {
             PluginPre::Projection(pre) => {
-                let p = pre.instantiate(&mut store).map_err(fail)?;
+                let instance = pre.instance_pre().instantiate(&mut store).map_err(fail)?;
+                let p = Projection::new(&mut store, &instance).map_err(fail)?;
                 p.call_init(&mut store, &self.config)
                     .map_err(fail)?
                     .map_err(|e| returned(GuestCall::Init, e))?;
-                Bound::Projection(p)
+                (Bound::Projection(p), instance)
             }
             PluginPre::Policy(pre) => {
-                let p = pre.instantiate(&mut store).map_err(fail)?;
+                let instance = pre.instance_pre().instantiate(&mut store).map_err(fail)?;
+                let p = Policy::new(&mut store, &instance).map_err(fail)?;
                 p.call_init(&mut store, &self.config)
                     .map_err(fail)?
                     .map_err(|e| returned(GuestCall::Init, e))?;
-                Bound::Policy(p)
+                (Bound::Policy(p), instance)
             }
-            PluginPre::Upcaster(pre) => Bound::Upcaster(pre.instantiate(&mut store).map_err(fail)?),
+            PluginPre::Upcaster(pre) => {
+                let instance = pre.instance_pre().instantiate(&mut store).map_err(fail)?;
+                (Bound::Upcaster(Upcaster::new(&mut store, &instance).map_err(fail)?), instance)
+            }
         };
-        self.live = Some((store, bound));
+        // A `migrate` of the wrong type fails here, before any event is folded.
+        let migration = match &self.migration {
+            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| {
+                GuestError::InvalidOutput {
+                    call: GuestCall::Migrate,
+                    message: format!("the `migration` export does not match the contract: {e:#}"),
+                }
+            })?),
+            None => None,
+        };
+        self.live = Some((store, bound, migration));
         Ok(())
     }
 
@@ -202,13 +228,17 @@ impl GuestInstance {
     fn call<T>(
         &mut self,
         call: GuestCall,
-        f: impl FnOnce(&mut Store<HostState>, &Bound) -> wasmtime::Result<Result<T, types::Error>>,
+        f: impl FnOnce(
+            &mut Store<HostState>,
+            &Bound,
+            Option<&Migration>,
+        ) -> wasmtime::Result<Result<T, types::Error>>,
     ) -> Result<T, GuestError> {
         self.ensure_live()?;
         let limits = self.limits.clone();
-        let (store, bound) = self.live.as_mut().expect("instance is live");
+        let (store, bound, migration) = self.live.as_mut().expect("instance is live");
         store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
-        match f(store, bound) {
+        match f(store, bound, migration.as_ref()) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(returned(call, e)),
             Err(e) => {
@@ -225,7 +255,7 @@ impl GuestInstance {
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<types::Effect>), GuestError> {
         let event = types::Event::from(event);
-        self.call(GuestCall::Apply, |store, bound| match bound {
+        self.call(GuestCall::Apply, |store, bound, _| match bound {
             Bound::Projection(p) => p.call_apply(store, state, &event),
             _ => Err(wasmtime::Error::msg("this plugin is not a projection")),
         })
@@ -238,7 +268,7 @@ impl GuestInstance {
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<types::Decision>), GuestError> {
         let event = types::Event::from(event);
-        self.call(GuestCall::Decide, |store, bound| match bound {
+        self.call(GuestCall::Decide, |store, bound, _| match bound {
             Bound::Policy(p) => p.call_decide(store, state, &event),
             _ => Err(wasmtime::Error::msg("this plugin is not a policy")),
         })
@@ -250,16 +280,34 @@ impl GuestInstance {
         states: &[types::KeyedState],
         request: &str,
     ) -> Result<String, GuestError> {
-        self.call(GuestCall::Query, |store, bound| match bound {
+        self.call(GuestCall::Query, |store, bound, _| match bound {
             Bound::Projection(p) => p.call_query(store, states, request),
             _ => Err(wasmtime::Error::msg("this plugin is not a projection")),
+        })
+    }
+
+    /// Whether the component exports `migrate`.
+    pub fn migrates(&self) -> bool {
+        self.migration.is_some()
+    }
+
+    /// `migrate`: `state`, written under state version `from_version`, in the current one.
+    pub fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, GuestError> {
+        if self.migration.is_none() {
+            return Err(GuestError::InvalidOutput {
+                call: GuestCall::Migrate,
+                message: "this component does not export `migrate`".into(),
+            });
+        }
+        self.call(GuestCall::Migrate, |store, _, migration| {
+            migration.expect("checked above").call_migrate(store, from_version, &state.to_vec())
         })
     }
 
     /// `upcast`: the event in its next schema version.
     pub fn upcast(&mut self, event: &Event) -> Result<Event, GuestError> {
         let wit_event = types::Event::from(event);
-        let out = self.call(GuestCall::Upcast, |store, bound| match bound {
+        let out = self.call(GuestCall::Upcast, |store, bound, _| match bound {
             Bound::Upcaster(u) => u.call_upcast(store, &wit_event),
             _ => Err(wasmtime::Error::msg("this plugin is not an upcaster")),
         })?;

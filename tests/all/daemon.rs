@@ -401,7 +401,7 @@ async fn jetfold_state_asks_the_running_daemon_and_the_projection_answers() {
 }
 
 /// The PostgreSQL the tests use: `$JETFOLD_TEST_POSTGRES_URL`, else the local one (trust auth).
-fn postgres_url() -> String {
+pub fn postgres_url() -> String {
     std::env::var("JETFOLD_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }

@@ -9,6 +9,7 @@ mod daemon;
 mod faults;
 mod fleet;
 mod loading;
+mod migrate;
 mod readme;
 mod runner;
 mod support;

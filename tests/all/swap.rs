@@ -221,13 +221,6 @@ async fn the_plugin_directory_is_watched_and_a_broken_version_never_replaces_a_r
         ("compute_resource.wasm", b"\0asm but not really".to_vec(), "compute_resource.wasm"),
         ("compute_resource.wasm", std::fs::read(&policy).unwrap(), "projection"),
         ("plugin.toml", format!("{manifest}\nsurprise = true\n").into_bytes(), "surprise"),
-        (
-            "plugin.toml",
-            manifest
-                .replace("key = \"aggregate-id\"", "key = \"aggregate-id\"\nversion = 2")
-                .into_bytes(),
-            "state version 2",
-        ),
     ] {
         let path = plugin_dir.join(file);
         let before = std::fs::read(&path).unwrap();

@@ -5,6 +5,9 @@
 //! plugin's checkpoint. A crash before the commit loses the whole batch (it is redelivered);
 //! a crash after it loses nothing (the redelivered events are at or below the checkpoint).
 //!
+//! The checkpoint names the `[state] version` every stored state of the plugin is written in,
+//! so a version change (a migration) is committed or not, never half.
+//!
 //! Table layout: every table a manifest allows is `"<table>"(key TEXT PRIMARY KEY,
 //! doc TEXT NOT NULL, updated_seq INTEGER NOT NULL)`, `doc` the row as a JSON object.
 //! jetfold's own tables are `jetfold_checkpoints`, `jetfold_states`, `jetfold_rejected`,
@@ -17,6 +20,15 @@ pub mod sqlite;
 use std::path::PathBuf;
 
 use crate::effect::Effect;
+
+/// jetfold's own tables, each keyed by plugin.
+pub(crate) const JETFOLD_TABLES: [&str; 5] = [
+    "jetfold_checkpoints",
+    "jetfold_states",
+    "jetfold_rejected",
+    "jetfold_shadow_diffs",
+    "jetfold_outbox",
+];
 
 /// Which database a daemon writes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +112,25 @@ impl Sink {
         delegate!(self, s => s.commit(batch))
     }
 
+    /// Forgets everything a staging identity (a rebuild in progress) has written: its tables
+    /// (`tables`, named as stored), states, rejections, outbox and checkpoint.
+    pub fn reset_staging(&mut self, staging: &str, tables: &[String]) -> anyhow::Result<()> {
+        delegate!(self, s => s.reset_staging(staging, tables))
+    }
+
+    /// In one transaction, makes what `staging` built the plugin `live`'s: each table `t` of
+    /// `tables` is replaced by `t{suffix}`, and the live states, rejections and checkpoint by
+    /// the staging ones.
+    pub fn promote_staging(
+        &mut self,
+        staging: &str,
+        live: &str,
+        tables: &[String],
+        suffix: &str,
+    ) -> anyhow::Result<()> {
+        delegate!(self, s => s.promote_staging(staging, live, tables, suffix))
+    }
+
     /// The rows of a read-model table, by key.
     pub fn rows(&mut self, table: &str) -> anyhow::Result<Vec<(String, String)>> {
         delegate!(self, s => s.rows(table))
@@ -113,6 +144,8 @@ pub struct Checkpoint {
     pub digest: String,
     /// The last stream sequence applied.
     pub last_seq: u64,
+    /// The `[state] version` the plugin's stored states are written in.
+    pub state_version: u32,
 }
 
 /// An event a plugin rejected, recorded with the batch.
@@ -154,6 +187,10 @@ pub struct Commit {
     pub digest: String,
     /// The highest sequence in the batch.
     pub last_seq: u64,
+    /// The `[state] version` of the states committed (all of the plugin's states are in it).
+    pub state_version: u32,
+    /// Appended to every table name the effects write (a rebuild writes tables of its own).
+    pub table_suffix: String,
     /// SQL effects with the sequence of the event that made them, in order.
     pub effects: Vec<(u64, Effect)>,
     /// New states by key.

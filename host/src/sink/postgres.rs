@@ -3,7 +3,7 @@
 
 use postgres::{Client, NoTls};
 
-use super::{Checkpoint, Commit, OutboxMessage, merge_patch};
+use super::{Checkpoint, Commit, JETFOLD_TABLES, OutboxMessage, merge_patch};
 use crate::manifest::is_identifier;
 
 /// A connection to the daemon's PostgreSQL database.
@@ -13,6 +13,7 @@ pub struct PostgresSink {
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jetfold_checkpoints (plugin TEXT PRIMARY KEY, digest TEXT NOT NULL, last_seq BIGINT NOT NULL);
+ALTER TABLE jetfold_checkpoints ADD COLUMN IF NOT EXISTS state_version INTEGER NOT NULL DEFAULT 1;
 CREATE TABLE IF NOT EXISTS jetfold_states (plugin TEXT NOT NULL, key TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (plugin, key));
 CREATE TABLE IF NOT EXISTS jetfold_rejected (plugin TEXT NOT NULL, seq BIGINT NOT NULL, key TEXT NOT NULL, event_type TEXT NOT NULL,
     kind TEXT NOT NULL, code TEXT, message TEXT NOT NULL, PRIMARY KEY (plugin, seq));
@@ -48,10 +49,14 @@ impl PostgresSink {
     /// The plugin's checkpoint.
     pub fn checkpoint(&mut self, plugin: &str) -> Result<Option<Checkpoint>, postgres::Error> {
         let row = self.client.query_opt(
-            "SELECT digest, last_seq FROM jetfold_checkpoints WHERE plugin = $1",
+            "SELECT digest, last_seq, state_version FROM jetfold_checkpoints WHERE plugin = $1",
             &[&plugin],
         )?;
-        Ok(row.map(|r| Checkpoint { digest: r.get(0), last_seq: r.get::<_, i64>(1) as u64 }))
+        Ok(row.map(|r| Checkpoint {
+            digest: r.get(0),
+            last_seq: r.get::<_, i64>(1) as u64,
+            state_version: r.get::<_, i32>(2) as u32,
+        }))
     }
 
     /// One key's committed state.
@@ -98,6 +103,7 @@ impl PostgresSink {
     pub fn commit(&mut self, batch: &Commit) -> Result<(), postgres::Error> {
         let mut tx = self.client.transaction()?;
         for (table, plan) in batch.plan() {
+            let table = format!("{table}{}", batch.table_suffix);
             for (key, list) in &plan.patches {
                 let current = tx.query_opt(
                     &format!("SELECT doc::text FROM \"{table}\" WHERE key = $1 FOR UPDATE"),
@@ -174,10 +180,58 @@ impl PostgresSink {
             )?;
         }
         tx.execute(
-            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq) VALUES ($1, $2, $3) \
-             ON CONFLICT (plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq",
-            &[&batch.plugin, &batch.digest, &(batch.last_seq as i64)],
+            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq, state_version) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq, \
+             state_version = excluded.state_version",
+            &[&batch.plugin, &batch.digest, &(batch.last_seq as i64), &(batch.state_version as i32)],
         )?;
+        tx.commit()
+    }
+
+    /// Forgets everything `staging` wrote: its tables, states, rejections, outbox, checkpoint.
+    pub fn reset_staging(
+        &mut self,
+        staging: &str,
+        tables: &[String],
+    ) -> Result<(), postgres::Error> {
+        let mut tx = self.client.transaction()?;
+        for table in tables {
+            assert!(is_identifier(table));
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\";"))?;
+        }
+        for own in JETFOLD_TABLES {
+            tx.execute(&format!("DELETE FROM {own} WHERE plugin = $1"), &[&staging])?;
+        }
+        tx.commit()
+    }
+
+    /// Makes what `staging` built `live`'s, in one transaction.
+    pub fn promote_staging(
+        &mut self,
+        staging: &str,
+        live: &str,
+        tables: &[String],
+        suffix: &str,
+    ) -> Result<(), postgres::Error> {
+        let mut tx = self.client.transaction()?;
+        for table in tables {
+            let built = format!("{table}{suffix}");
+            assert!(is_identifier(table) && is_identifier(&built));
+            // The primary key's index is named after the table it was made for: renamed too, so
+            // the next rebuild can create its own.
+            tx.batch_execute(&format!(
+                "DROP TABLE IF EXISTS \"{table}\"; ALTER TABLE \"{built}\" RENAME TO \"{table}\"; \
+                 ALTER INDEX IF EXISTS \"{built}_pkey\" RENAME TO \"{table}_pkey\";"
+            ))?;
+        }
+        for own in ["jetfold_states", "jetfold_rejected", "jetfold_checkpoints"] {
+            tx.execute(&format!("DELETE FROM {own} WHERE plugin = $1"), &[&live])?;
+            tx.execute(
+                &format!("UPDATE {own} SET plugin = $1 WHERE plugin = $2"),
+                &[&live, &staging],
+            )?;
+        }
+        tx.execute("DELETE FROM jetfold_outbox WHERE plugin = $1", &[&staging])?;
         tx.commit()
     }
 

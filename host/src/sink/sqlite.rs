@@ -4,7 +4,7 @@ use std::{path::Path, time::Duration};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Checkpoint, Commit, OutboxMessage, merge_patch};
+use super::{Checkpoint, Commit, JETFOLD_TABLES, OutboxMessage, merge_patch};
 use crate::manifest::is_identifier;
 
 /// A connection to the SQLite database of a daemon.
@@ -16,7 +16,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jetfold_checkpoints (
     plugin TEXT PRIMARY KEY,
     digest TEXT NOT NULL,
-    last_seq INTEGER NOT NULL
+    last_seq INTEGER NOT NULL,
+    state_version INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS jetfold_states (
     plugin TEXT NOT NULL,
@@ -61,6 +62,17 @@ impl SqliteSink {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        // Databases written before checkpoints named the state version held version 1 states.
+        let has_version: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('jetfold_checkpoints') WHERE name = 'state_version'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_version {
+            conn.execute_batch(
+                "ALTER TABLE jetfold_checkpoints ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1",
+            )?;
+        }
         Ok(SqliteSink { conn })
     }
 
@@ -79,9 +91,15 @@ impl SqliteSink {
     pub fn checkpoint(&mut self, plugin: &str) -> rusqlite::Result<Option<Checkpoint>> {
         self.conn
             .query_row(
-                "SELECT digest, last_seq FROM jetfold_checkpoints WHERE plugin = ?1",
+                "SELECT digest, last_seq, state_version FROM jetfold_checkpoints WHERE plugin = ?1",
                 [plugin],
-                |r| Ok(Checkpoint { digest: r.get(0)?, last_seq: r.get::<_, i64>(1)? as u64 }),
+                |r| {
+                    Ok(Checkpoint {
+                        digest: r.get(0)?,
+                        last_seq: r.get::<_, i64>(1)? as u64,
+                        state_version: r.get(2)?,
+                    })
+                },
             )
             .optional()
     }
@@ -139,6 +157,7 @@ impl SqliteSink {
     pub fn commit(&mut self, batch: &Commit) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         for (table, plan) in batch.plan() {
+            let table = format!("{table}{}", batch.table_suffix);
             for (key, list) in &plan.patches {
                 let current: Option<String> = tx
                     .prepare_cached(&format!("SELECT doc FROM \"{table}\" WHERE key = ?1"))?
@@ -226,10 +245,51 @@ impl SqliteSink {
             }
         }
         tx.execute(
-            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq) VALUES (?1, ?2, ?3) \
-             ON CONFLICT(plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq",
-            params![batch.plugin, batch.digest, batch.last_seq as i64],
+            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq, state_version) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT(plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq, \
+             state_version = excluded.state_version",
+            params![batch.plugin, batch.digest, batch.last_seq as i64, batch.state_version],
         )?;
+        tx.commit()
+    }
+
+    /// Forgets everything `staging` wrote: its tables, states, rejections, outbox, checkpoint.
+    pub fn reset_staging(&mut self, staging: &str, tables: &[String]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for table in tables {
+            assert!(is_identifier(table));
+            tx.execute_batch(&format!("DROP TABLE IF EXISTS \"{table}\";"))?;
+        }
+        for own in JETFOLD_TABLES {
+            tx.execute(&format!("DELETE FROM {own} WHERE plugin = ?1"), [staging])?;
+        }
+        tx.commit()
+    }
+
+    /// Makes what `staging` built `live`'s, in one transaction.
+    pub fn promote_staging(
+        &mut self,
+        staging: &str,
+        live: &str,
+        tables: &[String],
+        suffix: &str,
+    ) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for table in tables {
+            let built = format!("{table}{suffix}");
+            assert!(is_identifier(table) && is_identifier(&built));
+            tx.execute_batch(&format!(
+                "DROP TABLE IF EXISTS \"{table}\"; ALTER TABLE \"{built}\" RENAME TO \"{table}\";"
+            ))?;
+        }
+        for own in ["jetfold_states", "jetfold_rejected", "jetfold_checkpoints"] {
+            tx.execute(&format!("DELETE FROM {own} WHERE plugin = ?1"), [live])?;
+            tx.execute(
+                &format!("UPDATE {own} SET plugin = ?1 WHERE plugin = ?2"),
+                [live, staging],
+            )?;
+        }
+        tx.execute("DELETE FROM jetfold_outbox WHERE plugin = ?1", [staging])?;
         tx.commit()
     }
 
@@ -264,6 +324,8 @@ mod tests {
             plugin: "p".into(),
             digest: "d1".into(),
             last_seq: 3,
+            state_version: 2,
+            table_suffix: String::new(),
             effects: vec![
                 (
                     1,
@@ -329,7 +391,7 @@ mod tests {
         );
         assert_eq!(
             sink.checkpoint("p").unwrap(),
-            Some(Checkpoint { digest: "d1".into(), last_seq: 3 })
+            Some(Checkpoint { digest: "d1".into(), last_seq: 3, state_version: 2 })
         );
         assert_eq!(sink.state("p", "a").unwrap(), Some(b"{}".to_vec()));
         assert_eq!(sink.outbox("p").unwrap(), batch.outbox);
