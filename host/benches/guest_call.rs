@@ -121,9 +121,14 @@ fn main() {
     let cache = tempfile::tempdir().unwrap();
     let loader = ComponentLoader::new(Some(cache.path().to_path_buf())).unwrap();
     let component = loader.load(manifest.kind, &manifest.wasm_path()).unwrap();
-    let mut guest =
-        GuestInstance::new(&component, loader.engine(), manifest.limits.clone(), "{}".into())
-            .unwrap();
+    let mut guest = GuestInstance::new(
+        &manifest.name,
+        &component,
+        loader.engine(),
+        manifest.limits.clone(),
+        "{}".into(),
+    )
+    .unwrap();
 
     let state = big_state("r-1");
     let events: Vec<Event> = (1..=1000).map(|s| event(s, "r-1")).collect();
@@ -188,6 +193,7 @@ fn main() {
     let counter = Manifest::load(&counter_dir).unwrap();
     let counter_component = loader.load(counter.kind, &counter.wasm_path()).unwrap();
     let mut counter_guest = GuestInstance::new(
+        &counter.name,
         &counter_component,
         loader.engine(),
         counter.limits.clone(),
@@ -237,8 +243,14 @@ fn main() {
         loads.push(t.elapsed());
         assert!(c.from_cache);
         let t = Instant::now();
-        let g = GuestInstance::new(&c, warm_loader.engine(), manifest.limits.clone(), "{}".into())
-            .unwrap();
+        let g = GuestInstance::new(
+            &manifest.name,
+            &c,
+            warm_loader.engine(),
+            manifest.limits.clone(),
+            "{}".into(),
+        )
+        .unwrap();
         starts.push(t.elapsed());
         std::hint::black_box(g);
     }

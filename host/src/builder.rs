@@ -1,7 +1,11 @@
 //! `jetfold build`: turns a plugin's source into the component its manifest names.
 //!
 //! Rust plugins are compiled for `wasm32-unknown-unknown` (no WASI) and the core module is
-//! wrapped into a component with `wit-component`, so the result imports nothing.
+//! wrapped into a component with `wit-component`, so the result imports nothing. Python
+//! plugins are built with componentize-py and JavaScript ones with componentize-js, against
+//! the contract this jetfold carries; their components import WASI, which the host links
+//! deny-all ([`crate::wasi`]). `scripts/setup` installs both toolchains, pinned, under
+//! `~/.cache/jetfold/tools`.
 
 use std::{
     io::{BufRead, BufReader},
@@ -45,6 +49,10 @@ pub fn build_plugin(path: &Path, options: &BuildOptions) -> anyhow::Result<Built
     };
     let core = match lang {
         BuildLang::Rust => build_rust(&manifest, options)?,
+        BuildLang::Python | BuildLang::Js => {
+            let component = build_componentized(&manifest, lang)?;
+            return Ok(Built { digest: PluginDigest::of(&component), wasm: manifest.wasm_path() });
+        }
     };
     let bytes =
         std::fs::read(&core).with_context(|| format!("failed to read {}", core.display()))?;
@@ -124,4 +132,72 @@ fn build_rust(manifest: &Manifest, options: &BuildOptions) -> anyhow::Result<Pat
             cargo_toml.display()
         )
     })
+}
+
+/// The contract this jetfold was built with, handed to the Python and JavaScript toolchains.
+pub const CONTRACT: &str = include_str!("../../wit/plugin.wit");
+
+/// Where `scripts/setup` installs the plugin toolchains: `$JETFOLD_TOOLS`, else
+/// `$XDG_CACHE_HOME/jetfold/tools`, else `~/.cache/jetfold/tools`.
+pub fn tools_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("JETFOLD_TOOLS") {
+        return Some(PathBuf::from(dir));
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(cache.join("jetfold/tools"))
+}
+
+/// A toolchain command: the copy `scripts/setup` installed, else the one on `PATH`.
+fn tool(relative: &str, name: &str) -> PathBuf {
+    tools_dir()
+        .map(|d| d.join(relative))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// Builds a Python or JavaScript plugin into its component; the component's bytes.
+fn build_componentized(manifest: &Manifest, lang: BuildLang) -> anyhow::Result<Vec<u8>> {
+    let build = manifest.build.as_ref();
+    let world =
+        build.and_then(|b| b.world.clone()).unwrap_or_else(|| manifest.kind.world().to_string());
+    let wit = tempfile::tempdir().context("cannot make a temporary directory")?;
+    std::fs::write(wit.path().join("plugin.wit"), CONTRACT)?;
+    let out = manifest.wasm_path();
+    let tmp_out = out.with_extension(format!("building{}", std::process::id()));
+    let mut cmd = match lang {
+        BuildLang::Python => {
+            let module = build.and_then(|b| b.source.clone()).unwrap_or_else(|| "app".into());
+            let mut cmd = Command::new(tool("py/bin/componentize-py", "componentize-py"));
+            cmd.arg("-d").arg(wit.path()).args(["-w", &world, "componentize"]);
+            cmd.arg("-p").arg(&manifest.dir).arg(&module).arg("-o").arg(&tmp_out);
+            cmd
+        }
+        BuildLang::Js => {
+            let source = build.and_then(|b| b.source.clone()).unwrap_or_else(|| "plugin.js".into());
+            let mut cmd =
+                Command::new(tool("node/node_modules/.bin/componentize-js", "componentize-js"));
+            cmd.arg("--wit").arg(wit.path()).args(["--world-name", &world]);
+            // No fetch, no stdio, no clocks, no randomness: a plugin needs none of them.
+            cmd.args(["--disable", "all"]);
+            cmd.arg("--out").arg(&tmp_out).arg(manifest.dir.join(&source));
+            cmd
+        }
+        BuildLang::Rust => unreachable!("Rust plugins are built by cargo"),
+    };
+    cmd.current_dir(&manifest.dir).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let status = cmd.status().with_context(|| {
+        format!("failed to run {program}: install the {lang} plugin toolchain with scripts/setup")
+    })?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&tmp_out);
+        bail!("{program} failed to build {} ({status})", manifest.dir.display());
+    }
+    let component = std::fs::read(&tmp_out)
+        .with_context(|| format!("{program} wrote no {}", tmp_out.display()))?;
+    std::fs::rename(&tmp_out, &out)
+        .with_context(|| format!("failed to write {}", out.display()))?;
+    Ok(component)
 }

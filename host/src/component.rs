@@ -1,7 +1,8 @@
 //! Loading a plugin's component: digest, precompiled cache, sandbox checks, world check.
 //!
-//! A component is refused at load if it imports anything (these guests get no WASI and no
-//! host functions) or does not export the world its manifest names. Compiled code is cached
+//! A component is refused at load if it imports anything but the contract's types and WASI
+//! (linked deny-all, see [`crate::wasi`]; guests get no host functions) or does not export the
+//! world its manifest names. Compiled code is cached
 //! on disk under the component's sha256 digest and the engine's configuration, so a second
 //! load only maps the precompiled artifact.
 
@@ -83,9 +84,9 @@ pub enum LoadError {
         /// What it is instead.
         reason: String,
     },
-    /// The component imports something; jetfold guests get no ambient capabilities.
+    /// The component imports something jetfold does not link.
     #[error(
-        "{path} imports {}; jetfold links nothing into plugins (no WASI, no host functions), so a plugin must import nothing",
+        "{path} imports {}; jetfold links nothing into plugins but the contract's types and a deny-all WASI, so a plugin must import nothing else",
         .imports.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
     )]
     Imports {
@@ -131,6 +132,8 @@ pub struct LoadedComponent {
     pub(crate) pre: PluginPre,
     /// The `migrate` export, if the component has one.
     pub(crate) migration: Option<MigrationIndices>,
+    /// Whether it imports WASI (linked deny-all, see [`crate::wasi`]).
+    pub wasi: bool,
 }
 
 impl LoadedComponent {
@@ -208,7 +211,15 @@ impl ComponentLoader {
         let ty = component.component_type();
         let mut linker = Linker::<HostState>::new(&self.engine);
         let mut refused = Vec::new();
+        let mut wasi = false;
         for (name, item) in ty.imports(&self.engine) {
+            // Toolchains such as componentize-py and componentize-js import WASI; it is
+            // linked granting nothing (no files, environment, network, real clock or
+            // randomness), see `crate::wasi`.
+            if name.starts_with(crate::wasi::WASI_PREFIX) {
+                wasi = true;
+                continue;
+            }
             // A world's `use types.{..}` imports the contract's type-only interface: it carries
             // no functions, so satisfying it grants nothing.
             let types_only = match &item.ty {
@@ -231,6 +242,12 @@ impl ComponentLoader {
         }
         if !refused.is_empty() {
             return Err(LoadError::Imports { path: path.to_path_buf(), imports: refused });
+        }
+        if wasi {
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| LoadError::Compile {
+                path: path.to_path_buf(),
+                reason: format!("cannot link WASI: {e:#}"),
+            })?;
         }
         let wrong_world = |reason: wasmtime::Error| LoadError::WrongWorld {
             path: path.to_path_buf(),
@@ -268,6 +285,7 @@ impl ComponentLoader {
             load_time: started.elapsed(),
             pre,
             migration,
+            wasi,
         })
     }
 

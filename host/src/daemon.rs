@@ -171,7 +171,7 @@ impl DaemonPlugin {
         loader: &ComponentLoader,
     ) -> anyhow::Result<GuestInstance> {
         let m = &self.manifest;
-        GuestInstance::new(component, loader.engine(), m.limits.clone(), m.config_json())
+        GuestInstance::new(&m.name, component, loader.engine(), m.limits.clone(), m.config_json())
             .map_err(|e| anyhow::anyhow!("plugin `{}` failed to start: {e}", m.name))
     }
 

@@ -44,6 +44,7 @@ impl Plugin {
             }
         })?;
         let guest = GuestInstance::new(
+            &manifest.name,
             &component,
             loader.engine(),
             manifest.limits.clone(),

@@ -19,9 +19,21 @@ use crate::component::{LoadedComponent, PluginPre};
 use crate::event::Event;
 use crate::manifest::{Limits, PluginKind};
 
-/// What a store carries: its resource limits.
+/// What a store carries: its resource limits and, for a component that imports WASI, the
+/// deny-all WASI context ([`crate::wasi`]).
 pub struct HostState {
     limits: StoreLimits,
+    wasi: Option<wasmtime_wasi::WasiCtx>,
+    table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: self.wasi.as_mut().expect("WASI is linked only into components that import it"),
+            table: &mut self.table,
+        }
+    }
 }
 
 /// Which export was called.
@@ -127,6 +139,9 @@ enum Bound {
 pub struct GuestInstance {
     pre: PluginPre,
     migration: Option<MigrationIndices>,
+    /// The plugin's name, for what its guest writes to stdout and stderr; set when the
+    /// component imports WASI.
+    wasi_name: Option<String>,
     engine: wasmtime::Engine,
     limits: Limits,
     config: String,
@@ -135,8 +150,10 @@ pub struct GuestInstance {
 }
 
 impl GuestInstance {
-    /// Instantiates `component` and calls its `init` with `config` (JSON), if its world has one.
+    /// Instantiates `component` of plugin `name` and calls its `init` with `config` (JSON), if
+    /// its world has one.
     pub fn new(
+        name: &str,
         component: &LoadedComponent,
         engine: &wasmtime::Engine,
         limits: Limits,
@@ -145,6 +162,7 @@ impl GuestInstance {
         let mut guest = GuestInstance {
             pre: component.pre.clone(),
             migration: component.migration.clone(),
+            wasi_name: component.wasi.then(|| name.to_string()),
             engine: engine.clone(),
             limits,
             config,
@@ -183,7 +201,9 @@ impl GuestInstance {
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
-        let mut store = Store::new(&self.engine, HostState { limits });
+        let wasi = self.wasi_name.as_deref().map(crate::wasi::deny_all);
+        let state = HostState { limits, wasi, table: Default::default() };
+        let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         self.instantiations += 1;
         let fail = |e| classify(GuestCall::Init, e, &self.limits);

@@ -13,12 +13,14 @@
 //! - [`component`]: loading a component: digest, precompiled cache, sandbox and world checks.
 //! - [`bindings`]: the generated WIT bindings (the only `bindgen!`).
 //! - [`guest`]: calling a guest under fuel and memory limits; traps and errors by cause.
+//! - [`wasi`]: the deny-all WASI linked into guests whose toolchain imports it.
 //! - [`effect`]: the effects guests return, checked against the manifest.
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`query`]: read-model queries against a running daemon (NATS request/reply).
 //! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
 //! - [`builder`]: `jetfold build`, source to component.
+//! - [`scaffold`]: `jetfold new`, a plugin that builds and passes its tests as made.
 
 pub mod bindings;
 pub mod builder;
@@ -34,4 +36,6 @@ pub mod manifest;
 pub mod nats;
 pub mod query;
 pub mod registry;
+pub mod scaffold;
 pub mod sink;
+pub mod wasi;

@@ -47,6 +47,9 @@ enum Command {
     Test(TestArgs),
     /// Build plugins from source into the components their manifests name.
     Build(BuildArgs),
+    /// Start a new plugin: manifest, source, an event fixture, its golden file and a build
+    /// script, which builds and passes `jetfold test` as it is.
+    New(NewArgs),
     /// Run the daemon: consume JetStream, fold events through every plugin, run their effects.
     ///
     /// The plugin directory is watched (`plugin-dir-poll-ms`): a new plugin starts, a changed
@@ -202,11 +205,12 @@ struct TestArgs {
     /// The events, one JSON object per line [default: <plugin dir>/fixtures/events.jsonl].
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
-    /// Compare the run with this golden file; exit 1 with a diff if it differs.
+    /// Compare the run with this golden file; exit 1 with a diff if it differs [default:
+    /// <plugin dir>/fixtures/expected.json, when it exists and --events is not given].
     #[arg(long, value_name = "FILE")]
     expect: Option<PathBuf>,
-    /// Write the run into the --expect file instead of comparing.
-    #[arg(long, requires = "expect")]
+    /// Write the run into the golden file instead of comparing.
+    #[arg(long)]
     update: bool,
     /// A query (JSON) to ask the projection after the last event; repeatable.
     #[arg(long, value_name = "JSON")]
@@ -225,6 +229,33 @@ enum Format {
     Text,
     /// The report, as a golden file stores it.
     Json,
+}
+
+#[derive(clap::Args)]
+struct NewArgs {
+    /// The plugin's name (lowercase letters, digits, dashes); also its directory.
+    name: String,
+    /// The source language.
+    #[arg(long, value_enum)]
+    lang: jetfold_host::manifest::BuildLang,
+    /// What it is.
+    #[arg(long, value_enum)]
+    kind: NewKind,
+    /// Write it here instead of ./<name>.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// The jetfold guest SDK a Rust plugin depends on [default: the one this jetfold was
+    /// built from].
+    #[arg(long, value_name = "DIR")]
+    sdk: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NewKind {
+    /// Folds events into state and a read model.
+    Projection,
+    /// Turns events into commands.
+    Policy,
 }
 
 #[derive(clap::Args)]
@@ -259,6 +290,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Test(args) => run_test(&cli, args),
         Command::Build(args) => run_build(args),
+        Command::New(args) => run_new(args),
         Command::Run(args) => run_daemon(args),
         Command::State(args) => run_state(args),
         Command::Plugin(command) => run_plugin(command),
@@ -290,6 +322,7 @@ fn loader(cli: &Cli) -> anyhow::Result<ComponentLoader> {
 fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
     let loader = loader(cli)?;
     let plugin = Plugin::open(&args.plugin, &loader)?;
+    let plugin_dir = plugin.manifest.dir.clone();
     let events =
         args.events.clone().unwrap_or_else(|| plugin.manifest.dir.join("fixtures/events.jsonl"));
     let lines = read_fixture(&events)?;
@@ -329,7 +362,15 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
         Format::Json => print!("{}", report.to_golden()),
     }
 
-    let Some(expect) = &args.expect else {
+    let default_golden = plugin_dir.join("fixtures/expected.json");
+    let expect = args.expect.clone().or_else(|| {
+        (args.events.is_none() && (args.update || default_golden.exists()))
+            .then_some(default_golden)
+    });
+    let Some(expect) = &expect else {
+        if args.update {
+            anyhow::bail!("--update needs a golden file: give --expect FILE");
+        }
         let failures = report.failures();
         if failures > 0 {
             eprintln!(
@@ -368,6 +409,24 @@ fn normalise(text: &str) -> anyhow::Result<String> {
     let mut out = serde_json::to_string_pretty(&value)?;
     out.push('\n');
     Ok(out)
+}
+
+fn run_new(args: &NewArgs) -> anyhow::Result<ExitCode> {
+    use jetfold_host::manifest::PluginKind;
+    use jetfold_host::scaffold::{NewPlugin, scaffold};
+    let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
+    let kind = match args.kind {
+        NewKind::Projection => PluginKind::Projection,
+        NewKind::Policy => PluginKind::Policy,
+    };
+    let plugin =
+        NewPlugin { name: args.name.clone(), lang: args.lang, kind, sdk: args.sdk.clone() };
+    let files = scaffold(&dir, &plugin)?;
+    for file in files {
+        println!("{}", file.display());
+    }
+    eprintln!("next: {d}/build.sh && jetfold test {d}", d = dir.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {

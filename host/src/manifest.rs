@@ -231,16 +231,39 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Build {
-    /// The source language: `rust` builds the crate in the plugin directory.
+    /// The source language: `rust` builds the crate in the plugin directory, `python` the
+    /// module with componentize-py, `js` the module with componentize-js.
     pub lang: BuildLang,
+    /// The source to build, for Python (a module name, default `app`, i.e. `app.py`) and
+    /// JavaScript (a file, default `plugin.js`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The world the component exports (default: the plugin's kind; a plugin exporting
+    /// `migrate` names `projection-with-migration` or `policy-with-migration`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world: Option<String>,
 }
 
 /// Source languages `jetfold build` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum BuildLang {
     /// A Rust crate using `jetfold-guest`, built for `wasm32-unknown-unknown`.
     Rust,
+    /// A Python module, built with componentize-py.
+    Python,
+    /// A JavaScript module, built with componentize-js.
+    Js,
+}
+
+impl fmt::Display for BuildLang {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BuildLang::Rust => "rust",
+            BuildLang::Python => "python",
+            BuildLang::Js => "js",
+        })
+    }
 }
 
 impl Manifest {

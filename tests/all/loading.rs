@@ -61,10 +61,10 @@ fn a_component_of_another_world_is_refused() {
 }
 
 #[test]
-fn a_component_importing_wasi_is_refused_naming_the_import() {
+fn a_component_importing_anything_but_the_contract_and_wasi_is_refused_naming_the_import() {
     let loader = ComponentLoader::new(None).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    for import in ["wasi:filesystem/types@0.2.6", "wasi:sockets/tcp@0.2.6"] {
+    for import in ["acme:net/tcp@1.0.0", "jetfold:plugin/host-secrets@0.1.0", "env"] {
         let wasm = tmp.path().join("sneaky.wasm");
         let text = format!("(component (import \"{import}\" (instance)))");
         std::fs::write(&wasm, wat::parse_str(&text).unwrap()).unwrap();

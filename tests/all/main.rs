@@ -12,5 +12,6 @@ mod loading;
 mod migrate;
 mod readme;
 mod runner;
+mod scaffold;
 mod support;
 mod swap;

@@ -15,7 +15,14 @@ fn golden_passes(name: &str) {
 #[test]
 fn compute_resource_matches_its_golden_file() {
     golden_passes("compute-resource");
+    // By default the run is compared with fixtures/expected.json, and matches.
     let run = jetfold([Path::new("test"), &plugin("compute-resource")]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("ok: matches"), "{}", run.all());
+    // Events named explicitly are not compared with it.
+    let events = plugin("compute-resource").join("fixtures/events.jsonl");
+    let run =
+        jetfold([Path::new("test"), &plugin("compute-resource"), Path::new("--events"), &events]);
     // Shown to the user: effects per event, rejections with their codes, queries, final state.
     assert!(run.stdout.contains("upsert compute_resources[r-1]"), "{}", run.all());
     assert!(

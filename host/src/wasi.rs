@@ -1,0 +1,167 @@
+//! WASI for guests whose toolchain imports it (componentize-py, componentize-js), denying
+//! everything a pure function must not have.
+//!
+//! A component that imports `wasi:*` interfaces gets them linked, with a context that grants
+//! nothing: no preopened directories (every path is "not found"), no environment variables or
+//! arguments, no sockets or name lookups, stdin at end of file, a wall clock fixed at the Unix
+//! epoch and a monotonic clock that never moves, and "random" bytes from a fixed seed, so the
+//! same call makes the same decisions on every replay. What the guest writes to stdout or
+//! stderr goes to the log under the plugin's name, a line at a time.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx,
+    cli::{IsTerminal, StdoutStream},
+    p2::{OutputStream, Pollable, StreamError},
+};
+
+/// The prefix of every interface a deny-all WASI context may satisfy.
+pub const WASI_PREFIX: &str = "wasi:";
+
+/// The bytes every guest's randomness cycles through: fixed, so replays are identical.
+const SEED: [u8; 32] = *b"jetfold: replays see same bytes.";
+
+/// A WASI context that grants nothing, writing the guest's output to the log as `plugin`.
+pub fn deny_all(plugin: &str) -> WasiCtx {
+    let plugin: Arc<str> = plugin.into();
+    WasiCtx::builder()
+        .stdout(GuestOutput::new(plugin.clone(), "stdout"))
+        .stderr(GuestOutput::new(plugin, "stderr"))
+        .wall_clock(FixedClock)
+        .monotonic_clock(FixedClock)
+        .secure_random(wasmtime_wasi::Deterministic::new(SEED.to_vec()))
+        .insecure_random(wasmtime_wasi::Deterministic::new(SEED.to_vec()))
+        .insecure_random_seed(u128::from_le_bytes(SEED[..16].try_into().expect("16 bytes")))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .build()
+}
+
+/// A clock that always says the Unix epoch (wall) or zero (monotonic).
+struct FixedClock;
+
+impl HostWallClock for FixedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for FixedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// The longest line kept whole; longer ones are logged in pieces of this size.
+const MAX_LINE: usize = 16 * 1024;
+
+/// A guest's stdout or stderr: complete lines go to the log under the plugin's name.
+#[derive(Clone)]
+struct GuestOutput {
+    plugin: Arc<str>,
+    stream: &'static str,
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+impl GuestOutput {
+    fn new(plugin: Arc<str>, stream: &'static str) -> Self {
+        GuestOutput { plugin, stream, pending: Arc::default() }
+    }
+
+    fn take(&self, bytes: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(bytes);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n').or_else(|| {
+            // A line too long to wait for its end is logged as it is.
+            (pending.len() >= MAX_LINE).then_some(MAX_LINE)
+        }) {
+            let line: Vec<u8> = pending.drain(..end).collect();
+            if pending.first() == Some(&b'\n') {
+                pending.remove(0);
+            }
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches('\r');
+            tracing::info!(plugin = %self.plugin, stream = self.stream, "guest: {line}");
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.take(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(MAX_LINE)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.take(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_cut_into_lines() {
+        let out = GuestOutput::new("p".into(), "stdout");
+        out.take(b"hello\nwor");
+        assert_eq!(*out.pending.lock().unwrap(), b"wor");
+        out.take(b"ld\n");
+        assert!(out.pending.lock().unwrap().is_empty());
+        out.take(&vec![b'x'; MAX_LINE + 3]);
+        assert_eq!(out.pending.lock().unwrap().len(), 3);
+    }
+}
