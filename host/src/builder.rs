@@ -164,29 +164,37 @@ fn build_componentized(manifest: &Manifest, lang: BuildLang) -> anyhow::Result<V
         build.and_then(|b| b.world.clone()).unwrap_or_else(|| manifest.kind.world().to_string());
     let wit = tempfile::tempdir().context("cannot make a temporary directory")?;
     std::fs::write(wit.path().join("plugin.wit"), CONTRACT)?;
-    let out = manifest.wasm_path();
+    // The toolchain runs in the plugin's directory, so every path it is given is absolute.
+    let dir = manifest
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot find {}", manifest.dir.display()))?;
+    let out = dir.join(&manifest.wasm);
     let tmp_out = out.with_extension(format!("building{}", std::process::id()));
     let mut cmd = match lang {
         BuildLang::Python => {
             let module = build.and_then(|b| b.source.clone()).unwrap_or_else(|| "app".into());
             let mut cmd = Command::new(tool("py/bin/componentize-py", "componentize-py"));
             cmd.arg("-d").arg(wit.path()).args(["-w", &world, "componentize"]);
-            cmd.arg("-p").arg(&manifest.dir).arg(&module).arg("-o").arg(&tmp_out);
+            cmd.arg("-p").arg(&dir).arg(&module).arg("-o").arg(&tmp_out);
             cmd
         }
         BuildLang::Js => {
             let source = build.and_then(|b| b.source.clone()).unwrap_or_else(|| "plugin.js".into());
             let mut cmd =
                 Command::new(tool("node/node_modules/.bin/componentize-js", "componentize-js"));
+            cmd.arg(dir.join(&source));
             cmd.arg("--wit").arg(wit.path()).args(["--world-name", &world]);
-            // No fetch, no stdio, no clocks, no randomness: a plugin needs none of them.
-            cmd.args(["--disable", "all"]);
-            cmd.arg("--out").arg(&tmp_out).arg(manifest.dir.join(&source));
+            // No HTTP: the host links none. Clocks, randomness and stdio stay in the
+            // runtime: the host's deny-all WASI gives a fixed clock, seeded randomness and
+            // stdout/stderr into its log.
+            cmd.args(["--disable", "http", "fetch-event"]);
+            cmd.arg("--out").arg(&tmp_out);
             cmd
         }
         BuildLang::Rust => unreachable!("Rust plugins are built by cargo"),
     };
-    cmd.current_dir(&manifest.dir).stdout(Stdio::inherit()).stderr(Stdio::inherit());
+    cmd.current_dir(&dir).stdout(Stdio::inherit()).stderr(Stdio::inherit());
     let program = cmd.get_program().to_string_lossy().into_owned();
     let status = cmd.status().with_context(|| {
         format!("failed to run {program}: install the {lang} plugin toolchain with scripts/setup")

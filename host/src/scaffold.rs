@@ -17,6 +17,10 @@ use crate::manifest::{BuildLang, MANIFEST_FILE, PluginKind, is_name};
 const EVENTS: &str = include_str!("scaffold/events.jsonl");
 const RUST_PROJECTION: &str = include_str!("scaffold/rust_projection.rs");
 const RUST_POLICY: &str = include_str!("scaffold/rust_policy.rs");
+const PYTHON_PROJECTION: &str = include_str!("scaffold/python_projection.py");
+const PYTHON_POLICY: &str = include_str!("scaffold/python_policy.py");
+const JS_PROJECTION: &str = include_str!("scaffold/js_projection.js");
+const JS_POLICY: &str = include_str!("scaffold/js_policy.js");
 const PROJECTION_GOLDEN: &str = include_str!("scaffold/projection.expected.json");
 const POLICY_GOLDEN: &str = include_str!("scaffold/policy.expected.json");
 
@@ -75,7 +79,22 @@ pub fn scaffold(dir: &Path, plugin: &NewPlugin) -> anyhow::Result<Vec<PathBuf>> 
             files.push(("Cargo.toml".into(), cargo_toml(&plugin.name, &sdk)));
             files.push((".gitignore".into(), "/target\n*.wasm\n".into()));
         }
-        other => bail!("`jetfold new --lang {other}` is not supported yet"),
+        BuildLang::Python => {
+            let source = match plugin.kind {
+                PluginKind::Projection => PYTHON_PROJECTION,
+                _ => PYTHON_POLICY,
+            };
+            files.push(("app.py".into(), vars.fill(source)));
+            files.push((".gitignore".into(), "__pycache__/\n*.wasm\n".into()));
+        }
+        BuildLang::Js => {
+            let source = match plugin.kind {
+                PluginKind::Projection => JS_PROJECTION,
+                _ => JS_POLICY,
+            };
+            files.push(("plugin.js".into(), vars.fill(source)));
+            files.push((".gitignore".into(), "*.wasm\n".into()));
+        }
     }
     let mut written = Vec::new();
     for (relative, text) in files {

@@ -8,6 +8,7 @@ mod crash;
 mod daemon;
 mod faults;
 mod fleet;
+mod languages;
 mod loading;
 mod migrate;
 mod readme;

@@ -67,3 +67,34 @@ fn a_scaffold_refuses_a_bad_name_and_a_non_empty_directory() {
     assert!(taken.stderr.contains("not empty"), "{}", taken.all());
     assert_eq!(std::fs::read_to_string(root.path().join("keep.txt")).unwrap(), "mine");
 }
+
+#[test]
+fn python_scaffolds_build_and_pass_their_golden_files() {
+    let root = tempfile::tempdir().unwrap();
+    let projection = scaffold_build_test(root.path(), "python", "projection");
+    let policy = scaffold_build_test(root.path(), "python", "policy");
+    // The same events give the same report as the Rust scaffolds' (shared golden files).
+    let rust = tempfile::tempdir().unwrap();
+    let made = jetfold(
+        ["new", "new-rust-projection", "--lang", "rust", "--kind", "projection", "--dir"]
+            .map(String::from)
+            .into_iter()
+            .chain([rust.path().join("p").display().to_string()]),
+    );
+    assert_eq!(made.code, 0, "{}", made.all());
+    let golden = std::fs::read_to_string(rust.path().join("p/fixtures/expected.json")).unwrap();
+    assert_eq!(
+        projection,
+        golden.replace("new-rust-projection", "NAME").replace("new_rust_projection", "TABLE")
+    );
+    assert!(policy.contains("commands.r-1.Quarantine"), "{policy}");
+}
+
+#[test]
+fn javascript_scaffolds_build_and_pass_their_golden_files() {
+    let root = tempfile::tempdir().unwrap();
+    let projection = scaffold_build_test(root.path(), "js", "projection");
+    let policy = scaffold_build_test(root.path(), "js", "policy");
+    assert!(projection.contains("\"TABLE\""), "{projection}");
+    assert!(policy.contains("commands.r-1.Quarantine"), "{policy}");
+}
