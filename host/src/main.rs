@@ -58,6 +58,9 @@ enum Command {
     Run(RunArgs),
     /// Ask a running daemon's projection a read-model query (JSON), over NATS.
     State(StateArgs),
+    /// Publish a file of events (a fixture: one JSON event per line) to a JetStream stream,
+    /// creating the stream if it does not exist.
+    Publish(PublishArgs),
     /// Start a local nats-server, publish a burst of events through the example plugins and
     /// show the resulting read model (build the plugins first).
     Demo(DemoArgs),
@@ -168,6 +171,22 @@ struct StateArgs {
     /// Give up after this many milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5000)]
     timeout_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    /// The events, one JSON object per line (the format of `jetfold test` fixtures).
+    events: PathBuf,
+    /// The stream to publish to.
+    #[arg(long, value_name = "NAME")]
+    stream: String,
+    /// The subjects of the stream when it must be created [default: `<first token>.>` of
+    /// each event's subject].
+    #[arg(long = "subject", value_name = "SUBJECT")]
+    subjects: Vec<String>,
+    /// The configuration naming the NATS server.
+    #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
+    config: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -293,6 +312,7 @@ fn main() -> ExitCode {
         Command::New(args) => run_new(args),
         Command::Run(args) => run_daemon(args),
         Command::State(args) => run_state(args),
+        Command::Publish(args) => run_publish(args),
         Command::Plugin(command) => run_plugin(command),
         Command::Demo(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
@@ -596,6 +616,69 @@ async fn purge_consumers(
         }
     }
     Ok(())
+}
+
+fn run_publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
+    let config = jetfold_host::config::Config::load(&args.config)?;
+    let events: Vec<_> = read_fixture(&args.events)?
+        .into_iter()
+        .filter_map(|(_, line)| match line {
+            FixtureLine::Event(event) => Some(event),
+            FixtureLine::Query { .. } => None,
+        })
+        .collect();
+    let subjects = if args.subjects.is_empty() {
+        let mut subjects: Vec<String> = events
+            .iter()
+            .map(|e| format!("{}.>", e.subject.split('.').next().unwrap_or_default()))
+            .collect();
+        subjects.sort();
+        subjects.dedup();
+        subjects
+    } else {
+        args.subjects.clone()
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (stored, duplicates, last) = runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&config).await?;
+        let js = async_nats::jetstream::new(client);
+        js.get_or_create_stream(async_nats::jetstream::stream::Config {
+            name: args.stream.clone(),
+            subjects,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open or create stream `{}`: {e}", args.stream))?;
+        let mut acks = Vec::new();
+        for event in &events {
+            acks.push(jetfold_host::nats::publish_event(&js, event).await?);
+        }
+        let (mut stored, mut duplicates, mut last) = (0, 0, 0);
+        for ack in acks {
+            let ack = ack.await.map_err(|e| anyhow::anyhow!("publishing failed: {e}"))?;
+            if ack.stream != args.stream {
+                anyhow::bail!(
+                    "an event was stored in stream `{}`, not `{}`: their subjects overlap",
+                    ack.stream,
+                    args.stream
+                );
+            }
+            if ack.duplicate {
+                duplicates += 1;
+            } else {
+                stored += 1;
+                last = ack.sequence;
+            }
+        }
+        anyhow::Ok((stored, duplicates, last))
+    })?;
+    println!("published {stored} events to {} (last sequence {last})", args.stream);
+    if duplicates > 0 {
+        println!(
+            "{duplicates} events were already in the stream (same message id) and were not stored again"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {

@@ -98,3 +98,75 @@ fn javascript_scaffolds_build_and_pass_their_golden_files() {
     assert!(projection.contains("\"TABLE\""), "{projection}");
     assert!(policy.contains("commands.r-1.Quarantine"), "{policy}");
 }
+
+/// docs/authoring.md, "Run it in a daemon", step by step: a scaffolded Python projection is
+/// built, copied into a daemon's plugin directory, its fixture published with
+/// `jetfold publish`, and `jetfold run` folds it into the table; `jetfold state` asks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
+    let nats = crate::support::NatsServer::start();
+    let root = tempfile::tempdir().unwrap();
+    let project = root.path().join("my-counter");
+    let made = jetfold(
+        ["new", "my-counter", "--lang", "python", "--kind", "projection", "--dir"]
+            .map(String::from)
+            .into_iter()
+            .chain([project.display().to_string()]),
+    );
+    assert_eq!(made.code, 0, "{}", made.all());
+    let (built, log) = build_script(&project);
+    assert!(built, "{log}");
+
+    let daemon = root.path().join("daemon");
+    let plugin_dir = daemon.join("plugins/my-counter");
+    std::fs::create_dir_all(&plugin_dir).unwrap();
+    for file in ["plugin.toml", "my_counter.wasm"] {
+        std::fs::copy(project.join(file), plugin_dir.join(file)).unwrap();
+    }
+    let config = daemon.join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
+        crate::support::cache_dir().display(),
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let events = project.join("fixtures/events.jsonl").display().to_string();
+    let config_arg = config.display().to_string();
+    let published = jetfold(["publish", &events, "--stream", "DEMO", "--config", &config_arg]);
+    assert_eq!(published.code, 0, "{}", published.all());
+    assert!(published.stdout.contains("published 7 events to DEMO"), "{}", published.all());
+    // Publishing the same file again stores nothing twice.
+    let again = jetfold(["publish", &events, "--stream", "DEMO", "--config", &config_arg]);
+    assert!(again.stdout.contains("7 events were already in the stream"), "{}", again.all());
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jetfold"))
+        .args(["run", "--config", &config_arg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = daemon.join("jetfold.db");
+    let rows = || {
+        jetfold_host::sink::sqlite::SqliteSink::open(&db)
+            .ok()
+            .and_then(|mut s| s.rows("my_counter").ok())
+            .unwrap_or_default()
+    };
+    crate::support::eventually(120, "the daemon folded the fixture", || {
+        crate::support::checkpoint(&db, "my-counter") == 7
+    })
+    .await;
+    let rows = rows();
+    let doc = |i: usize| serde_json::from_str::<serde_json::Value>(&rows[i].1).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(doc(0), serde_json::json!({"events": 4, "last_type": "CheckFailed"}));
+    assert_eq!(doc(1), serde_json::json!({"events": 3, "last_type": "CheckPassed"}));
+    let state = jetfold(["state", "my-counter", "--config", &config_arg]);
+    assert_eq!(state.code, 0, "{}", state.all());
+    let answer: serde_json::Value = serde_json::from_str(&state.stdout).unwrap();
+    assert_eq!(answer["r-2"]["events"], 3, "{answer}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "SIGTERM drains and exits 0");
+}
