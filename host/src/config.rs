@@ -21,6 +21,9 @@ pub struct Config {
     /// The fleet registry on JetStream.
     #[serde(default)]
     pub registry: RegistryConfig,
+    /// Where events plugins fail on are published.
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
     /// How to reach NATS.
     #[serde(default)]
     pub nats: NatsConfig,
@@ -55,6 +58,35 @@ pub struct Config {
     /// The directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// The dead-letter subjects: an event a plugin fails on (with `on-error = "dead-letter"`, the
+/// default) is published to `<subject-prefix>.<plugin>`, kept by `stream` (created at start).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DeadLetterConfig {
+    /// The stream that keeps dead letters.
+    #[serde(default = "defaults::dead_letter_stream")]
+    pub stream: String,
+    /// Dead letters of plugin `p` go to `<subject-prefix>.p`.
+    #[serde(default = "defaults::dead_letter_prefix")]
+    pub subject_prefix: String,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        DeadLetterConfig {
+            stream: defaults::dead_letter_stream(),
+            subject_prefix: defaults::dead_letter_prefix(),
+        }
+    }
+}
+
+impl DeadLetterConfig {
+    /// The dead-letter subject of `plugin`.
+    pub fn subject(&self, plugin: &str) -> String {
+        format!("{}.{plugin}", self.subject_prefix)
+    }
 }
 
 /// The fleet registry: desired plugin versions pushed with `jetfold plugin push`.
@@ -197,6 +229,12 @@ impl Default for PluginOverride {
 mod defaults {
     pub fn name() -> String {
         "jetfold".into()
+    }
+    pub fn dead_letter_stream() -> String {
+        "JETFOLD_DLQ".into()
+    }
+    pub fn dead_letter_prefix() -> String {
+        "jetfold.dlq".into()
     }
     pub fn bucket_prefix() -> String {
         "jetfold".into()

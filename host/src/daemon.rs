@@ -36,7 +36,7 @@ use crate::effect::{self, Effect, LogLevel};
 use crate::event::Event;
 use crate::fold::{StepError, checked_step};
 use crate::guest::GuestInstance;
-use crate::manifest::{MANIFEST_FILE, Manifest, PluginKind};
+use crate::manifest::{MANIFEST_FILE, Manifest, OnError, PluginKind};
 use crate::nats::{self, source, source::headers};
 use crate::sink::{Checkpoint, Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
 
@@ -686,6 +686,17 @@ impl Daemon {
         plugins: Vec<DaemonPlugin>,
     ) -> anyhow::Result<Daemon> {
         let js = jetstream::new(client.clone());
+        let dlq = &config.dead_letter;
+        js.get_or_create_stream(jetstream::stream::Config {
+            name: dlq.stream.clone(),
+            subjects: vec![format!("{}.>", dlq.subject_prefix)],
+            description: Some("jetfold: events plugins failed on".into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot open or create the dead-letter stream `{}`: {e}", dlq.stream)
+        })?;
         let seen = plugin_dir_snapshot(&config);
         let mut daemon = Daemon {
             config,
@@ -1620,6 +1631,8 @@ struct Folder {
     name: String,
     /// Live, or rebuilding under a staging name.
     role: Role,
+    /// Where events the plugin fails on go.
+    dead_letters: crate::config::DeadLetterConfig,
     /// Messages received past a rebuild's ceiling, to fold once the live version is past them.
     held: Vec<Message>,
     digest: String,
@@ -1681,6 +1694,7 @@ impl Folder {
             daemon: config.name.clone(),
             name,
             role,
+            dead_letters: config.dead_letter.clone(),
             held: Vec::new(),
             digest: plugin.digest(),
             step,
@@ -2051,14 +2065,16 @@ impl Folder {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(plugin = %self.name, seq, error = %format!("{e:#}"), "event rejected: unreadable message");
-                    commit.rejected.push(Rejected {
+                    let rejected = Rejected {
                         seq,
                         key: String::new(),
                         event_type: String::new(),
                         kind: "invalid-event".into(),
                         code: None,
                         message: format!("{e:#}"),
-                    });
+                    };
+                    self.dead_letter(&mut commit, message, &rejected);
+                    commit.rejected.push(rejected);
                     continue;
                 }
             };
@@ -2099,20 +2115,22 @@ impl Folder {
                     self.states.insert(key.clone(), new_state);
                     dirty.insert(key);
                 }
-                Err(StepError { kind, code, message, .. }) => {
+                Err(StepError { kind, code, message: reason, .. }) => {
                     tracing::warn!(
                         plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq, key = %key,
                         correlation_id = event.correlation_id.as_deref().unwrap_or(""),
-                        reason = %message, "event rejected"
+                        reason = %reason, "event rejected"
                     );
-                    commit.rejected.push(Rejected {
+                    let rejected = Rejected {
                         seq,
                         key,
                         event_type: event.event_type.clone(),
                         kind,
                         code,
-                        message,
-                    });
+                        message: reason,
+                    };
+                    self.dead_letter(&mut commit, message, &rejected);
+                    commit.rejected.push(rejected);
                 }
             }
         }
@@ -2131,6 +2149,56 @@ impl Folder {
         self.shadow_events = shadow_events;
         let rejected = commit.rejected.len() as u64;
         Some((commit, events, rejected))
+    }
+
+    /// With `on-error = "dead-letter"`, puts the message the plugin failed on into the outbox,
+    /// for the dead-letter subject: its payload and headers as they came, the reason, the
+    /// plugin's digest and where it came from. Committed with the batch, so published once.
+    fn dead_letter(&self, commit: &mut Commit, message: &Message, rejected: &Rejected) {
+        if self.plugin.manifest.on_error != OnError::DeadLetter
+            || matches!(self.role, Role::Rebuild { .. })
+        {
+            return;
+        }
+        let one_line = |s: &str| -> String {
+            let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            s.chars().take(1024).collect()
+        };
+        let msg_id = format!("{}:{}:dead-letter", self.name, rejected.seq);
+        let mut h: Vec<(String, String)> = Vec::new();
+        let mut source_msg_id = None;
+        if let Some(headers) = &message.headers {
+            for (name, values) in headers.iter() {
+                let name: &str = name.as_ref();
+                for v in values {
+                    if name.eq_ignore_ascii_case(headers::MSG_ID) {
+                        source_msg_id = Some(v.as_str().to_string());
+                    } else {
+                        h.push((name.to_string(), v.as_str().to_string()));
+                    }
+                }
+            }
+        }
+        h.push((headers::MSG_ID.into(), msg_id.clone()));
+        if let Some(id) = source_msg_id {
+            h.push((headers::DLQ_SOURCE_MSG_ID.into(), id));
+        }
+        h.push((headers::DLQ_KIND.into(), rejected.kind.clone()));
+        if let Some(code) = &rejected.code {
+            h.push((headers::DLQ_CODE.into(), one_line(code)));
+        }
+        h.push((headers::DLQ_REASON.into(), one_line(&rejected.message)));
+        h.push((headers::PLUGIN.into(), self.name.clone()));
+        h.push((headers::PLUGIN_DIGEST.into(), self.digest.clone()));
+        h.push((headers::SOURCE_SEQ.into(), rejected.seq.to_string()));
+        h.push((headers::DLQ_SOURCE_STREAM.into(), self.plugin.stream.clone()));
+        h.push((headers::DLQ_SOURCE_SUBJECT.into(), message.subject.to_string()));
+        commit.outbox.push(OutboxMessage {
+            msg_id,
+            subject: self.dead_letters.subject(&self.name),
+            headers: h,
+            payload: message.payload.to_vec(),
+        });
     }
 
     /// Sends one accepted effect where it goes: SQL into the commit, emits into the outbox,

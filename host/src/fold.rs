@@ -373,13 +373,54 @@ pub fn checked_step(
     state: Option<&Vec<u8>>,
     event: &Event,
 ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+    let limits = &manifest.limits;
+    let limit = |kind: &str, message: String| StepError {
+        kind: kind.into(),
+        code: None,
+        message,
+        backtrace: None,
+    };
+    if event.payload.len() > limits.max_payload_bytes {
+        return Err(limit(
+            "payload-too-large",
+            format!(
+                "the payload has {} bytes, more than limits.max-payload-bytes ({}); the plugin was not called",
+                event.payload.len(),
+                limits.max_payload_bytes
+            ),
+        ));
+    }
+    let check = |state: &Vec<u8>, effects: usize| {
+        if state.len() > limits.max_state_bytes {
+            return Err(limit(
+                "state-too-large",
+                format!(
+                    "the new state has {} bytes, more than limits.max-state-bytes ({})",
+                    state.len(),
+                    limits.max_state_bytes
+                ),
+            ));
+        }
+        if effects > limits.max_effects {
+            return Err(limit(
+                "too-many-effects",
+                format!(
+                    "the call returned {effects} effects, more than limits.max-effects ({})",
+                    limits.max_effects
+                ),
+            ));
+        }
+        Ok(())
+    };
     match manifest.kind {
         PluginKind::Projection => {
             let (new_state, effects) = guest.apply(state, event)?;
+            check(&new_state, effects.len())?;
             Ok((new_state, effect::accept(effects, &manifest.allow)?))
         }
         PluginKind::Policy => {
             let (new_state, decisions) = guest.decide(state, event)?;
+            check(&new_state, decisions.len())?;
             Ok((new_state, effect::accept_decisions(decisions, &manifest.allow)?))
         }
         PluginKind::Upcaster => Err(StepError {

@@ -196,8 +196,8 @@ impl GuestInstance {
                 usize::try_from(self.limits.memory_mib.saturating_mul(1 << 20))
                     .unwrap_or(usize::MAX),
             )
-            .instances(16)
-            .tables(16)
+            .instances(self.limits.instances)
+            .tables(self.limits.tables)
             .memories(4)
             .trap_on_grow_failure(true)
             .build();

@@ -17,6 +17,7 @@
 //! - [`effect`]: the effects guests return, checked against the manifest.
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`query`]: read-model queries against a running daemon (NATS request/reply).
+//! - [`dlq`]: dead letters: listing them, replaying them after a fix.
 //! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
 //! - [`builder`]: `jetfold build`, source to component.
@@ -28,6 +29,7 @@ pub mod component;
 pub mod config;
 pub mod daemon;
 pub mod demo;
+pub mod dlq;
 pub mod effect;
 pub mod event;
 pub mod fold;

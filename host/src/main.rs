@@ -71,6 +71,30 @@ enum Command {
     /// swapped in at a batch boundary on every one of them.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Dead letters: the events a plugin failed on (`on-error = "dead-letter"`, the default),
+    /// kept on the dead-letter stream with the reason.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Show a plugin's dead letters: dead-letter sequence, source sequence, event type, why.
+    List {
+        /// The plugin's name.
+        plugin: String,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// After a fix: publish a plugin's dead letters again to the subjects they came from
+    /// (original payload and headers, a new message id) and remove them from the
+    /// dead-letter stream.
+    Replay {
+        /// The plugin's name.
+        plugin: String,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -314,6 +338,7 @@ fn main() -> ExitCode {
         Command::State(args) => run_state(args),
         Command::Publish(args) => run_publish(args),
         Command::Plugin(command) => run_plugin(command),
+        Command::Dlq(command) => run_dlq(command),
         Command::Demo(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
@@ -616,6 +641,35 @@ async fn purge_consumers(
         }
     }
     Ok(())
+}
+
+fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
+    let (plugin, at) = match command {
+        DlqCommand::List { plugin, at } | DlqCommand::Replay { plugin, at } => (plugin, at),
+    };
+    let config = jetfold_host::config::Config::load(&at.config)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&config).await?;
+        let js = async_nats::jetstream::new(client);
+        match command {
+            DlqCommand::List { .. } => {
+                let letters = jetfold_host::dlq::list(&js, &config.dead_letter, plugin).await?;
+                for l in &letters {
+                    println!(
+                        "dead letter {} · source #{} {} {} ({}): {}",
+                        l.seq, l.source_seq, l.source_subject, l.event_type, l.kind, l.reason
+                    );
+                }
+                println!("{} dead letters of {plugin}", letters.len());
+            }
+            DlqCommand::Replay { .. } => {
+                let n = jetfold_host::dlq::replay(&js, &config.dead_letter, plugin).await?;
+                println!("replayed {n} dead letters of {plugin}");
+            }
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn run_publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {

@@ -88,6 +88,10 @@ pub struct Manifest {
     /// Resource limits for each guest call.
     #[serde(default)]
     pub limits: Limits,
+    /// What the daemon does with an event the plugin fails on (an error, a trap, a limit, an
+    /// effect it may not make): `dead-letter` (default), `skip`.
+    #[serde(default)]
+    pub on_error: OnError,
     /// How to build the component from source (`jetfold build`).
     #[serde(default)]
     pub build: Option<Build>,
@@ -200,7 +204,20 @@ impl fmt::Display for EffectKind {
     }
 }
 
-/// Limits on each guest call, enforced by wasmtime.
+/// What the daemon does with an event a plugin fails on. Either way the event is recorded in
+/// `jetfold_rejected`, the key keeps its state, and the stream goes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Also publish it to the plugin's dead-letter subject, with the reason.
+    #[default]
+    DeadLetter,
+    /// Only record and log it.
+    Skip,
+}
+
+/// Limits on each guest call: fuel, memory, instances and tables are enforced by wasmtime;
+/// payload, state and effect counts by the host around the call.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Limits {
@@ -210,6 +227,21 @@ pub struct Limits {
     /// The most linear memory one instance may grow to, in MiB.
     #[serde(default = "Limits::default_memory_mib")]
     pub memory_mib: u64,
+    /// The most core instances one plugin instance may create.
+    #[serde(default = "Limits::default_instances")]
+    pub instances: usize,
+    /// The most tables one plugin instance may create.
+    #[serde(default = "Limits::default_instances")]
+    pub tables: usize,
+    /// The largest event payload handed to the plugin; a larger one is rejected unread.
+    #[serde(default = "Limits::default_bytes")]
+    pub max_payload_bytes: usize,
+    /// The largest state a call may return.
+    #[serde(default = "Limits::default_bytes")]
+    pub max_state_bytes: usize,
+    /// The most effects (or decisions) one event may produce.
+    #[serde(default = "Limits::default_effects")]
+    pub max_effects: usize,
 }
 
 impl Limits {
@@ -219,11 +251,28 @@ impl Limits {
     fn default_memory_mib() -> u64 {
         64
     }
+    fn default_instances() -> usize {
+        32
+    }
+    fn default_bytes() -> usize {
+        1 << 20
+    }
+    fn default_effects() -> usize {
+        1_000
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { fuel: Self::default_fuel(), memory_mib: Self::default_memory_mib() }
+        Limits {
+            fuel: Self::default_fuel(),
+            memory_mib: Self::default_memory_mib(),
+            instances: Self::default_instances(),
+            tables: Self::default_instances(),
+            max_payload_bytes: Self::default_bytes(),
+            max_state_bytes: Self::default_bytes(),
+            max_effects: Self::default_effects(),
+        }
     }
 }
 

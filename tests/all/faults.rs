@@ -26,6 +26,9 @@ fn every_failure_is_reported_per_event_and_the_fold_goes_on() {
         ("Bomb", "memory"),
         ("Sneak", "rejected-effect"),
         ("Ok", "ok"),
+        ("Hoard", "state-too-large"),
+        ("Flood", "too-many-effects"),
+        ("Ok", "ok"),
     ];
     let expected: Vec<(String, String)> =
         expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
@@ -34,7 +37,9 @@ fn every_failure_is_reported_per_event_and_the_fold_goes_on() {
     assert!(steps[2]["error"]["message"].as_str().unwrap().contains("panicked"));
     assert!(steps[7]["error"]["message"].as_str().unwrap().contains("table `secrets`"));
     // Failed events leave the state alone; the instance recovers after each trap.
-    assert_eq!(report["state"]["a"]["ok"], 4);
+    assert!(steps[9]["error"]["message"].as_str().unwrap().contains("max-state-bytes"));
+    assert!(steps[10]["error"]["message"].as_str().unwrap().contains("10000 effects"));
+    assert_eq!(report["state"]["a"]["ok"], 5);
 }
 
 #[test]
@@ -53,7 +58,7 @@ fn a_panic_is_shown_with_the_guest_stack() {
         "{}",
         run.all()
     );
-    assert!(run.stderr.contains("5 steps failed"), "{}", run.all());
+    assert!(run.stderr.contains("7 steps failed"), "{}", run.all());
 }
 
 #[test]
@@ -72,4 +77,124 @@ fn a_guest_rejecting_its_configuration_stops_the_run() {
         "{}",
         run.all()
     );
+}
+
+/// A daemon running the misbehaving plugin beside a well-behaved one on the same events:
+/// every hostile event ends on the dead-letter subject with its reason, the well-behaved
+/// plugin folds everything, the daemon stays up; after a restart nothing is dead-lettered
+/// twice; `jetfold dlq list` shows them and `jetfold dlq replay` publishes them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_events_go_to_the_dead_letter_subject_and_nothing_else_stops() {
+    use futures::StreamExt as _;
+    plugin("faulty");
+    plugin("event-counter");
+    let nats = crate::support::NatsServer::start();
+    let js = nats.jetstream().await;
+    crate::support::create_stream(&js, "TEST", &["test.>"]).await;
+    // The faulty fixture's events, with JSON payloads the event counter reads too, and a
+    // payload over faulty's max-payload-bytes (rejected before the plugin sees it).
+    let types =
+        ["Ok", "Fail", "Panic", "Ok", "Loop", "Ok", "Bomb", "Sneak", "Ok", "Hoard", "Flood", "Ok"];
+    let big = serde_json::json!({ "pad": "x".repeat(4_000) }).to_string();
+    for (i, ty) in types.iter().enumerate() {
+        let payload = if i == types.len() - 1 { big.clone() } else { "{}".to_string() };
+        js.publish(format!("test.fault.a.{ty}"), payload.into()).await.unwrap().await.unwrap();
+    }
+    let total = js.get_stream("TEST").await.unwrap().get_info().await.unwrap().state.last_sequence;
+
+    let dir = crate::support::daemon_dir(&["faulty", "event-counter"]);
+    let manifest = dir.path().join("plugins/faulty/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("[limits]", "[limits]\nmax-payload-bytes = 1024"))
+        .unwrap();
+    let config_file = dir.path().join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
+         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n[plugins.event-counter]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+        crate::support::cache_dir().display(),
+        nats.url()
+    );
+    std::fs::write(&config_file, text).unwrap();
+    let config = || jetfold_host::config::Config::load(&config_file).unwrap();
+    let daemon = jetfold_host::daemon::Daemon::start(config()).await.unwrap();
+    for name in ["faulty", "event-counter"] {
+        let mut p = daemon.progress(name).unwrap();
+        p.wait_for(|p| p.committed_seq == total).await.unwrap();
+    }
+    let failing = ["Fail", "Panic", "Loop", "Bomb", "Sneak", "Hoard", "Flood", "Ok"];
+    let dlq = || async {
+        let stream = js.get_stream("JETFOLD_DLQ").await.unwrap();
+        stream.clone().get_info().await.unwrap().state.messages
+    };
+    let listed = jetfold_host::dlq::list(&js, &config().dead_letter, "faulty").await.unwrap();
+    let others =
+        jetfold_host::dlq::list(&js, &config().dead_letter, "event-counter").await.unwrap();
+    assert!(others.is_empty(), "{others:?}");
+    assert_eq!(dlq().await, failing.len() as u64, "{listed:?}");
+    daemon.stop().await.unwrap();
+
+    // The well-behaved plugin counted every event.
+    let db = dir.path().join("jetfold.db");
+    let mut sink = jetfold_host::sink::sqlite::SqliteSink::open(&db).unwrap();
+    let counted: serde_json::Value =
+        serde_json::from_str(&sink.rows("event_counts").unwrap()[0].1).unwrap();
+    assert_eq!(counted["events"], total);
+
+    // Each dead letter: its payload and headers as published, and why.
+    let consumer = js
+        .get_stream("JETFOLD_DLQ")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let letters: Vec<_> = consumer.messages().await.unwrap().take(failing.len()).collect().await;
+    let kinds: Vec<(String, String)> = letters
+        .iter()
+        .map(|m| {
+            let m = m.as_ref().unwrap();
+            let h = m.headers.as_ref().unwrap();
+            assert_eq!(m.subject.as_str(), "jetfold.dlq.faulty");
+            assert_eq!(h.get("Jetfold-Plugin").unwrap().as_str(), "faulty");
+            assert!(h.get("Jetfold-Dlq-Reason").is_some_and(|r| !r.as_str().is_empty()));
+            assert!(h.get("Jetfold-Source-Seq").is_some());
+            let subject = h.get("Jetfold-Source-Subject").unwrap().as_str().to_string();
+            let kind = h.get("Jetfold-Dlq-Kind").unwrap().as_str().to_string();
+            (subject.rsplit('.').next().unwrap().to_string(), kind)
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("Fail", "error"),
+        ("Panic", "trap"),
+        ("Loop", "fuel"),
+        ("Bomb", "memory"),
+        ("Sneak", "rejected-effect"),
+        ("Hoard", "state-too-large"),
+        ("Flood", "too-many-effects"),
+        ("Ok", "payload-too-large"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(kinds, expected);
+    let big = letters.last().unwrap().as_ref().unwrap();
+    assert_eq!(big.payload.len(), 4_010, "the payload is kept as it came");
+
+    // A restart re-reads nothing and dead-letters nothing twice.
+    let daemon = jetfold_host::daemon::Daemon::start(config()).await.unwrap();
+    daemon.stop().await.unwrap();
+    assert_eq!(dlq().await, failing.len() as u64);
+
+    // The CLI lists them, and replays them to their subjects.
+    let config_arg = config_file.display().to_string();
+    let list = jetfold(["dlq", "list", "faulty", "--config", &config_arg]);
+    assert_eq!(list.code, 0, "{}", list.all());
+    assert!(list.stdout.contains("8 dead letters of faulty"), "{}", list.all());
+    assert!(list.stdout.contains("test.fault.a.Loop"), "{}", list.all());
+    let replay = jetfold(["dlq", "replay", "faulty", "--config", &config_arg]);
+    assert_eq!(replay.code, 0, "{}", replay.all());
+    assert!(replay.stdout.contains("replayed 8 dead letters"), "{}", replay.all());
+    assert_eq!(dlq().await, 0);
+    let after = js.get_stream("TEST").await.unwrap().get_info().await.unwrap().state.last_sequence;
+    assert_eq!(after, total + 8, "each dead letter is an event again");
 }

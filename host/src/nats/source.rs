@@ -50,6 +50,18 @@ pub mod headers {
     pub const SOURCE_SEQ: &str = "Jetfold-Source-Seq";
     /// `event` or `command`.
     pub const KIND: &str = "Jetfold-Kind";
+    /// A dead letter's failure kind (`error`, `trap`, `fuel`, `memory`, …).
+    pub const DLQ_KIND: &str = "Jetfold-Dlq-Kind";
+    /// A dead letter's error code, when the plugin returned one.
+    pub const DLQ_CODE: &str = "Jetfold-Dlq-Code";
+    /// Why the plugin failed on the event, one line.
+    pub const DLQ_REASON: &str = "Jetfold-Dlq-Reason";
+    /// The original message id of a dead letter.
+    pub const DLQ_SOURCE_MSG_ID: &str = "Jetfold-Source-Msg-Id";
+    /// The stream a dead letter was read from.
+    pub const DLQ_SOURCE_STREAM: &str = "Jetfold-Source-Stream";
+    /// The subject a dead letter was published on.
+    pub const DLQ_SOURCE_SUBJECT: &str = "Jetfold-Source-Subject";
 }
 
 /// The durable consumer of a plugin on a daemon: `<daemon>-<plugin>` (`jetfold-<plugin>`

@@ -5,13 +5,18 @@
 //! - `Panic`: panics (a trap in WebAssembly);
 //! - `Loop`: never returns (stopped by the fuel limit);
 //! - `Bomb`: allocates without bound (stopped by the memory cap);
-//! - `Sneak`: writes a table its manifest does not declare.
+//! - `Sneak`: writes a table its manifest does not declare;
+//! - `Hoard`: returns a state of 256 KiB (over the manifest's `max-state-bytes`);
+//! - `Flood`: returns 10,000 effects (log lines) for one event (over `max-effects`).
 
 use jetfold_guest::prelude::*;
 
 #[derive(Default, Serialize, Deserialize)]
 pub struct Seen {
     pub ok: u64,
+    /// Only `Hoard` fills it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ballast: String,
 }
 
 #[derive(Deserialize)]
@@ -22,6 +27,8 @@ pub enum Fault {
     Loop,
     Bomb,
     Sneak,
+    Hoard,
+    Flood,
 }
 
 impl Projection<Fault> for Seen {
@@ -50,6 +57,12 @@ impl Projection<Fault> for Seen {
                 }
             }
             Fault::Sneak => cx.upsert("secrets", "k", &json!({ "stolen": true })),
+            Fault::Hoard => self.ballast = "x".repeat(256 << 10),
+            Fault::Flood => {
+                for _ in 0..10_000 {
+                    cx.log(LogLevel::Info, "flood");
+                }
+            }
         }
         Ok(())
     }
