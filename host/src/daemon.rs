@@ -563,9 +563,10 @@ pub async fn supervise(
     };
     let mut changes = None;
     let mut report_due = tokio::time::Instant::now();
-    // Rebuilds are checked on a clock of their own: the loop's other timers restart each turn.
-    let mut rebuilds = tokio::time::interval(Duration::from_millis(50));
-    rebuilds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Stopped workers and rebuilds are checked on a clock of their own: the loop's other
+    // timers restart each turn.
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(50));
+    housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         if let Some(registry) = &daemon.registry {
@@ -617,7 +618,12 @@ pub async fn supervise(
                 None => changes = None,
             },
             _ = report, if daemon.registry.is_some() => {}
-            _ = rebuilds.tick(), if daemon.rebuilding() => daemon.advance_rebuilds().await,
+            _ = housekeeping.tick() => {
+                daemon.reap().await;
+                if daemon.rebuilding() {
+                    daemon.advance_rebuilds().await;
+                }
+            }
         }
     }
     daemon.stop().await
@@ -883,6 +889,29 @@ impl Daemon {
         });
         running.rebuild = Some(worker);
         Ok(())
+    }
+
+    /// Forgets the plugins whose workers stopped on their own (the circuit breaker, or an
+    /// error): they are listed as refused with the reason, and start again at the next reload
+    /// (`jetfold plugin resume`, SIGHUP, a change in the plugin directory).
+    pub async fn reap(&mut self) {
+        let stopped: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.thread.is_finished())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stopped {
+            let running = self.running.remove(&name).expect("listed above");
+            let digest = running.digest.clone();
+            let reason = running.progress.borrow().refused.clone().map(|r| r.reason);
+            let outcome = running.stop(&name).await;
+            let reason = reason
+                .or_else(|| outcome.err())
+                .unwrap_or_else(|| "the plugin's worker stopped".into());
+            tracing::error!(plugin = %name, "plugin stopped: {reason}");
+            self.refused.insert(name, Refusal { version: digest, reason });
+        }
     }
 
     /// Whether any plugin is rebuilding a new version.
@@ -1635,6 +1664,12 @@ struct Folder {
     dead_letters: crate::config::DeadLetterConfig,
     /// Messages received past a rebuild's ceiling, to fold once the live version is past them.
     held: Vec<Message>,
+    /// Events that failed in a row (the circuit breaker's count).
+    consecutive_failures: u64,
+    /// Why the circuit breaker stopped the plugin, once it has.
+    tripped: Option<String>,
+    /// How many messages of the last batch were folded (the rest, after a trip, are not).
+    consumed: usize,
     digest: String,
     plugin: DaemonPlugin,
     step: Box<dyn Step>,
@@ -1696,6 +1731,9 @@ impl Folder {
             role,
             dead_letters: config.dead_letter.clone(),
             held: Vec::new(),
+            consecutive_failures: 0,
+            tripped: None,
+            consumed: 0,
             digest: plugin.digest(),
             step,
             reader,
@@ -1885,18 +1923,29 @@ impl Folder {
         };
         self.uncommitted.push_back((commit.last_seq, state_keys(&commit)));
         self.trim_states();
+        let consumed = self.consumed;
         let job = Job {
             tables: self.new_tables.take(),
             shadow: self.shadow.as_ref().map(|s| (s.digest.clone(), self.shadow_events)),
             swap_pause: self.pause.take(),
             commit,
-            ack: messages.into_iter().last(),
+            // Acking a message acks all before it: only what was folded.
+            ack: messages.into_iter().take(consumed).last(),
             events,
             rejected,
             fold_time: started.elapsed(),
         };
         // An error: the commit thread stopped, the daemon is stopping.
-        jobs.send(job).is_ok()
+        if jobs.send(job).is_err() {
+            return false;
+        }
+        if let Some(reason) = &self.tripped {
+            tracing::error!(plugin = %self.name, digest = %self.digest, "{reason}");
+            let (version, reason) = (self.digest.clone(), reason.clone());
+            self.env.progress.send_modify(|p| p.refused = Some(Refusal { version, reason }));
+            return false; // the worker drains what it handed on and stops
+        }
+        true
     }
 
     /// A rebuild's ceiling: the live version's committed sequence (none for a live worker).
@@ -2052,7 +2101,12 @@ impl Folder {
         let mut dirty = HashSet::new();
         let mut events = 0;
         let mut shadow_events = 0;
-        for message in messages {
+        self.consumed = 0;
+        for (index, message) in messages.iter().enumerate() {
+            if self.tripped.is_some() {
+                break; // the circuit breaker stopped the plugin: the rest stays unacked
+            }
+            self.consumed = index + 1;
             let Ok(info) = message.info() else { continue };
             let seq = info.stream_sequence;
             if seq <= self.folded {
@@ -2074,6 +2128,7 @@ impl Folder {
                         message: format!("{e:#}"),
                     };
                     self.dead_letter(&mut commit, message, &rejected);
+                    self.count_failure(&rejected);
                     commit.rejected.push(rejected);
                     continue;
                 }
@@ -2114,6 +2169,7 @@ impl Folder {
                     }
                     self.states.insert(key.clone(), new_state);
                     dirty.insert(key);
+                    self.consecutive_failures = 0;
                 }
                 Err(StepError { kind, code, message: reason, .. }) => {
                     tracing::warn!(
@@ -2130,6 +2186,7 @@ impl Folder {
                         message: reason,
                     };
                     self.dead_letter(&mut commit, message, &rejected);
+                    self.count_failure(&rejected);
                     commit.rejected.push(rejected);
                 }
             }
@@ -2149,6 +2206,20 @@ impl Folder {
         self.shadow_events = shadow_events;
         let rejected = commit.rejected.len() as u64;
         Some((commit, events, rejected))
+    }
+
+    /// Counts a failed event toward the circuit breaker; trips it at the manifest's
+    /// `max-consecutive-failures` in a row.
+    fn count_failure(&mut self, rejected: &Rejected) {
+        self.consecutive_failures += 1;
+        let limit = self.plugin.manifest.limits.max_consecutive_failures;
+        if limit > 0 && self.consecutive_failures >= limit && matches!(self.role, Role::Live) {
+            self.tripped = Some(format!(
+                "circuit open: {limit} events in a row failed, the last at sequence {} ({}: {}); \
+                 the plugin is stopped until `jetfold plugin resume`, SIGHUP or a change in its directory",
+                rejected.seq, rejected.kind, rejected.message
+            ));
+        }
     }
 
     /// With `on-error = "dead-letter"`, puts the message the plugin failed on into the outbox,

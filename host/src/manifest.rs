@@ -242,6 +242,11 @@ pub struct Limits {
     /// The most effects (or decisions) one event may produce.
     #[serde(default = "Limits::default_effects")]
     pub max_effects: usize,
+    /// The circuit breaker: after this many events in a row fail, the daemon stops the
+    /// plugin (until `jetfold plugin resume`, SIGHUP or a change in the plugin directory);
+    /// 0 never stops it.
+    #[serde(default = "Limits::default_consecutive_failures")]
+    pub max_consecutive_failures: u64,
 }
 
 impl Limits {
@@ -260,6 +265,9 @@ impl Limits {
     fn default_effects() -> usize {
         1_000
     }
+    fn default_consecutive_failures() -> u64 {
+        100
+    }
 }
 
 impl Default for Limits {
@@ -272,6 +280,7 @@ impl Default for Limits {
             max_payload_bytes: Self::default_bytes(),
             max_state_bytes: Self::default_bytes(),
             max_effects: Self::default_effects(),
+            max_consecutive_failures: Self::default_consecutive_failures(),
         }
     }
 }

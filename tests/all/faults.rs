@@ -198,3 +198,56 @@ async fn hostile_events_go_to_the_dead_letter_subject_and_nothing_else_stops() {
     let after = js.get_stream("TEST").await.unwrap().get_info().await.unwrap().state.last_sequence;
     assert_eq!(after, total + 8, "each dead letter is an event again");
 }
+
+/// The circuit breaker: after `max-consecutive-failures` events in a row fail, the plugin
+/// stops (nothing after the last failure is folded or acked) and is listed with the reason;
+/// a reload starts it again from its checkpoint and it folds the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_failing_again_and_again_is_stopped_until_resumed() {
+    plugin("faulty");
+    let nats = crate::support::NatsServer::start();
+    let js = nats.jetstream().await;
+    crate::support::create_stream(&js, "TEST", &["test.>"]).await;
+    for ty in ["Ok", "Fail", "Fail", "Fail", "Ok", "Ok"] {
+        js.publish(format!("test.fault.a.{ty}"), "{}".into()).await.unwrap().await.unwrap();
+    }
+    let dir = crate::support::daemon_dir(&["faulty"]);
+    let manifest = dir.path().join("plugins/faulty/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("[limits]", "[limits]\nmax-consecutive-failures = 3"))
+        .unwrap();
+    let text = format!(
+        "plugin-dir = \"plugins\"\nbatch-size = 100\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
+         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+        crate::support::cache_dir().display(),
+        nats.url()
+    );
+    let config =
+        jetfold_host::config::Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
+    let mut daemon = jetfold_host::daemon::Daemon::start(config.clone()).await.unwrap();
+    let mut progress = daemon.progress("faulty").unwrap();
+    let tripped = progress.wait_for(|p| p.refused.is_some()).await.unwrap().clone();
+    let reason = tripped.refused.unwrap().reason;
+    assert!(reason.contains("circuit open: 3 events in a row failed"), "{reason}");
+    // Its worker stops after committing up to the third failure, and the daemon lets it go.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !daemon.plugins().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the tripped worker did not stop");
+        daemon.reap().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = daemon.status().await;
+    assert_eq!(status.plugins[0].status, "refused", "{:?}", status.plugins);
+    assert!(status.plugins[0].last_error.as_deref().unwrap().contains("circuit open"));
+    let db = dir.path().join("jetfold.db");
+    assert_eq!(crate::support::checkpoint(&db, "faulty"), 4);
+
+    // Resumed (here by a reload, as SIGHUP or `plugin resume` do): it goes on from there.
+    daemon.reload(config).await;
+    let mut progress = daemon.progress("faulty").expect("started again");
+    progress.wait_for(|p| p.committed_seq == 6).await.unwrap();
+    daemon.stop().await.unwrap();
+    let rows = jetfold_host::sink::sqlite::SqliteSink::open(&db).unwrap().rows("faults").unwrap();
+    let seen: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap();
+    assert_eq!(seen["ok"], 3, "every Ok event folded once");
+}
