@@ -1,31 +1,15 @@
 //! A new version that changes `[state] version` and exports `migrate`: every stored state is
 //! converted when it takes over (hot, while events flow, or at a restart), in one commit;
 //! nothing is lost or counted twice, and a version that cannot convert never replaces the
-//! running one.
+//! running one. Without `migrate`, the new version is rebuilt from the stream beside the
+//! running one and takes over when caught up.
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, sync::atomic::Ordering, time::Duration};
 
-use jetfold_host::{component::write_atomically, config::Config, daemon::Daemon};
+use jetfold_host::{component::write_atomically, daemon::Daemon};
 
-use crate::support::{NatsServer, cache_dir, create_stream, daemon_dir, plugin_copy};
-use crate::swap::{event, publish};
-
-fn config(dir: &Path, nats: &NatsServer, db: &str) -> Config {
-    let text = format!(
-        "plugin-dir = \"plugins\"\nbatch-size = 50\nfetch-wait-ms = 50\nplugin-dir-poll-ms = 10\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{db}\"\n",
-        cache_dir().display(),
-        nats.url()
-    );
-    Config::parse(&text, dir.to_path_buf(), |_| None).unwrap()
-}
+use crate::support::{NatsServer, create_stream, daemon_dir, plugin_copy};
+use crate::swap::{config, event, keep_publishing, publish};
 
 /// Installs the state-version-2 event counter over `plugins/<dir_name>`, under `name`: the
 /// component first, the manifest last, as an operator would.
@@ -93,19 +77,7 @@ async fn a_new_state_version_converts_every_state_once_while_events_flow() {
     }));
 
     // Version 2 arrives while events keep coming.
-    let publishing = Arc::new(AtomicBool::new(true));
-    let publisher = {
-        let (js, publishing) = (js.clone(), publishing.clone());
-        tokio::spawn(async move {
-            let mut next = 1_000;
-            while publishing.load(Ordering::SeqCst) {
-                publish(&js, next, next + 50).await;
-                next += 50;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            next
-        })
-    };
+    let (publishing, publisher) = keep_publishing(&js, 1_000);
     install_v2(&plugins, "event-counter", "event-counter");
     let swapped =
         tokio::time::timeout(Duration::from_secs(60), progress.wait_for(|p| p.swaps == 1))
@@ -238,19 +210,7 @@ async fn a_new_state_version_without_migrate_is_rebuilt_beside_the_live_one_then
 
     // The same component declaring state version 2, without `migrate`: it rebuilds from the
     // stream start into tables of its own while version 1 goes on folding new events.
-    let publishing = Arc::new(AtomicBool::new(true));
-    let publisher = {
-        let (js, publishing) = (js.clone(), publishing.clone());
-        tokio::spawn(async move {
-            let mut next = 3_000;
-            while publishing.load(Ordering::SeqCst) {
-                publish(&js, next, next + 50).await;
-                next += 50;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            next
-        })
-    };
+    let (publishing, publisher) = keep_publishing(&js, 3_000);
     bump_state_version(&plugins, "event-counter");
     let wait = Duration::from_secs(60);
     let rebuilding = tokio::time::timeout(wait, counter.wait_for(|p| p.rebuild.is_some()))

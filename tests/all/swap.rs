@@ -56,13 +56,36 @@ pub async fn publish(js: &async_nats::jetstream::Context, from: u64, to: u64) {
     }
 }
 
-fn config(dir: &Path, nats: &NatsServer, db: &str) -> Config {
+/// A daemon config for `dir`'s plugin directory, polled every 10 ms, into SQLite file `db`.
+pub fn config(dir: &Path, nats: &NatsServer, db: &str) -> Config {
     let text = format!(
         "plugin-dir = \"plugins\"\nbatch-size = 50\nfetch-wait-ms = 50\nplugin-dir-poll-ms = 10\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{db}\"\n",
         cache_dir().display(),
         nats.url()
     );
     Config::parse(&text, dir.to_path_buf(), |_| None).unwrap()
+}
+
+/// Publishes events from `from` on, 50 at a time, until the returned flag is cleared; the
+/// task returns the number published up to.
+pub fn keep_publishing(
+    js: &async_nats::jetstream::Context,
+    from: u64,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let publishing = Arc::new(AtomicBool::new(true));
+    let task = {
+        let (js, publishing) = (js.clone(), publishing.clone());
+        tokio::spawn(async move {
+            let mut next = from;
+            while publishing.load(Ordering::SeqCst) {
+                publish(&js, next, next + 50).await;
+                next += 50;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            next
+        })
+    };
+    (publishing, task)
 }
 
 /// The same component with a custom section appended: another digest, the same behaviour.
