@@ -24,6 +24,9 @@ pub struct Config {
     /// Where events plugins fail on are published.
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    /// HMAC-SHA256 signatures: verifying incoming events, signing emitted ones.
+    #[serde(default)]
+    pub event_signing: EventSigningConfig,
     /// How to reach NATS.
     #[serde(default)]
     pub nats: NatsConfig,
@@ -86,6 +89,41 @@ impl DeadLetterConfig {
     /// The dead-letter subject of `plugin`.
     pub fn subject(&self, plugin: &str) -> String {
         format!("{}.{plugin}", self.subject_prefix)
+    }
+}
+
+/// HMAC-SHA256 signatures on events ([`crate::integrity`]).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct EventSigningConfig {
+    /// Fold only events signed by one of `keys`; others are rejected (`bad-signature`) and
+    /// dead-lettered.
+    #[serde(default)]
+    pub verify: bool,
+    /// Sign the events and commands plugins emit with this key of `keys`.
+    #[serde(default)]
+    pub sign_key: Option<String>,
+    /// Shared secrets by key id, base64.
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+impl EventSigningConfig {
+    /// The keys, decoded.
+    pub fn decoded_keys(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        use base64::Engine as _;
+        self.keys
+            .iter()
+            .map(|(id, secret)| {
+                let key = base64::engine::general_purpose::STANDARD.decode(secret.trim()).map_err(
+                    |e| anyhow::anyhow!("[event-signing] key `{id}` is not base64: {e}"),
+                )?;
+                if key.len() < 16 {
+                    bail!("[event-signing] key `{id}` is {} bytes; use at least 16", key.len());
+                }
+                Ok((id.clone(), key))
+            })
+            .collect()
     }
 }
 
@@ -318,6 +356,15 @@ impl Config {
         }
         if config.nats.tls_cert_file.is_some() != config.nats.tls_key_file.is_some() {
             bail!("nats.tls-cert-file and nats.tls-key-file go together");
+        }
+        let keys = config.event_signing.decoded_keys()?;
+        if config.event_signing.verify && keys.is_empty() {
+            bail!("[event-signing] verify = true needs at least one key in [event-signing.keys]");
+        }
+        if let Some(id) = &config.event_signing.sign_key
+            && !keys.iter().any(|(k, _)| k == id)
+        {
+            bail!("[event-signing] sign-key = {id:?} is not one of [event-signing.keys]");
         }
         if config.sink.sqlite.is_some() && config.sink.postgres.is_some() {
             bail!("[sink] takes `sqlite` or `postgres`, not both");

@@ -1662,6 +1662,10 @@ struct Folder {
     role: Role,
     /// Where events the plugin fails on go.
     dead_letters: crate::config::DeadLetterConfig,
+    /// Keys to verify incoming events with (none: not verified).
+    verify_keys: Vec<(String, Vec<u8>)>,
+    /// The key emitted events are signed with, if any.
+    sign_key: Option<(String, Vec<u8>)>,
     /// Messages received past a rebuild's ceiling, to fold once the live version is past them.
     held: Vec<Message>,
     /// Events that failed in a row (the circuit breaker's count).
@@ -1725,11 +1729,18 @@ impl Folder {
         };
         let reader = Sink::open(&env.target)?;
         let declared = plugin.manifest.state.version;
+        let keys = config.event_signing.decoded_keys()?;
         let mut folder = Folder {
             daemon: config.name.clone(),
             name,
             role,
             dead_letters: config.dead_letter.clone(),
+            verify_keys: if config.event_signing.verify { keys.clone() } else { Vec::new() },
+            sign_key: config
+                .event_signing
+                .sign_key
+                .as_ref()
+                .and_then(|id| keys.iter().find(|(k, _)| k == id).cloned()),
             held: Vec::new(),
             consecutive_failures: 0,
             tripped: None,
@@ -2115,6 +2126,20 @@ impl Folder {
             self.folded = seq;
             commit.last_seq = seq;
             events += 1;
+            if let Err(reason) = self.verify(message) {
+                tracing::warn!(plugin = %self.name, seq, reason = %reason, "event rejected: bad signature");
+                let rejected = Rejected {
+                    seq,
+                    key: String::new(),
+                    event_type: String::new(),
+                    kind: "bad-signature".into(),
+                    code: None,
+                    message: reason,
+                };
+                self.dead_letter(&mut commit, message, &rejected);
+                commit.rejected.push(rejected);
+                continue;
+            }
             let event = match source::event_from_message(message) {
                 Ok(e) => e,
                 Err(e) => {
@@ -2206,6 +2231,27 @@ impl Folder {
         self.shadow_events = shadow_events;
         let rejected = commit.rejected.len() as u64;
         Some((commit, events, rejected))
+    }
+
+    /// With `[event-signing] verify`, checks the message's signature.
+    fn verify(&self, message: &Message) -> Result<(), String> {
+        if self.verify_keys.is_empty() {
+            return Ok(());
+        }
+        let mut h = Vec::new();
+        if let Some(headers) = &message.headers {
+            for (name, values) in headers.iter() {
+                if let Some(v) = values.first() {
+                    h.push((name.to_string(), v.as_str().to_string()));
+                }
+            }
+        }
+        let signature = h
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(crate::integrity::SIGNATURE))
+            .map(|(_, v)| v.as_str());
+        crate::integrity::Signed::from_headers(message.subject.as_str(), &h, &message.payload)
+            .verify(signature, &self.verify_keys)
     }
 
     /// Counts a failed event toward the circuit breaker; trips it at the manifest's
@@ -2302,12 +2348,13 @@ impl Folder {
                     (headers::KIND.to_string(), kind.to_string()),
                 ];
                 h.extend(extra);
-                commit.outbox.push(OutboxMessage {
-                    msg_id,
-                    subject,
-                    headers: h,
-                    payload: payload.get().as_bytes().to_vec(),
-                });
+                let payload = payload.get().as_bytes().to_vec();
+                if let Some((id, key)) = &self.sign_key {
+                    let signed = crate::integrity::Signed::from_headers(&subject, &h, &payload);
+                    let signature = signed.sign(id, key);
+                    h.push((crate::integrity::SIGNATURE.to_string(), signature));
+                }
+                commit.outbox.push(OutboxMessage { msg_id, subject, headers: h, payload });
             }
             Effect::Log { level, message } => {
                 let (plugin, seq) = (&self.name, event.sequence);

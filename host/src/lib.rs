@@ -14,6 +14,7 @@
 //! - [`bindings`]: the generated WIT bindings (the only `bindgen!`).
 //! - [`guest`]: calling a guest under fuel and memory limits; traps and errors by cause.
 //! - [`wasi`]: the deny-all WASI linked into guests whose toolchain imports it.
+//! - [`integrity`]: HMAC-SHA256 signatures on events (verified in, signed out).
 //! - [`effect`]: the effects guests return, checked against the manifest.
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`query`]: read-model queries against a running daemon (NATS request/reply).
@@ -34,6 +35,7 @@ pub mod effect;
 pub mod event;
 pub mod fold;
 pub mod guest;
+pub mod integrity;
 pub mod manifest;
 pub mod nats;
 pub mod query;

@@ -59,7 +59,8 @@ enum Command {
     /// Ask a running daemon's projection a read-model query (JSON), over NATS.
     State(StateArgs),
     /// Publish a file of events (a fixture: one JSON event per line) to a JetStream stream,
-    /// creating the stream if it does not exist.
+    /// creating the stream if it does not exist; signed with `[event-signing] sign-key` when
+    /// the config names one.
     Publish(PublishArgs),
     /// Start a local nats-server, publish a burst of events through the example plugins and
     /// show the resulting read model (build the plugins first).
@@ -703,9 +704,18 @@ fn run_publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         })
         .await
         .map_err(|e| anyhow::anyhow!("cannot open or create stream `{}`: {e}", args.stream))?;
+        let signing = &config.event_signing;
+        let sign_key = match &signing.sign_key {
+            Some(id) => signing.decoded_keys()?.into_iter().find(|(k, _)| k == id),
+            None => None,
+        };
         let mut acks = Vec::new();
         for event in &events {
-            acks.push(jetfold_host::nats::publish_event(&js, event).await?);
+            let mut event = event.clone();
+            if let Some((id, key)) = &sign_key {
+                jetfold_host::integrity::sign_event(&mut event, id, key);
+            }
+            acks.push(jetfold_host::nats::publish_event(&js, &event).await?);
         }
         let (mut stored, mut duplicates, mut last) = (0, 0, 0);
         for ack in acks {

@@ -251,3 +251,104 @@ async fn a_plugin_failing_again_and_again_is_stopped_until_resumed() {
     let seen: serde_json::Value = serde_json::from_str(&rows[0].1).unwrap();
     assert_eq!(seen["ok"], 3, "every Ok event folded once");
 }
+
+/// `[event-signing]`: a daemon that verifies folds only events signed by one of its keys
+/// (`jetfold publish` signs them), dead-letters unsigned and tampered ones as
+/// `bad-signature`, and signs the commands its policy emits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_verified_in_and_signed_out() {
+    use base64::Engine as _;
+    use futures::StreamExt as _;
+    plugin("person-archive");
+    let nats = crate::support::NatsServer::start();
+    let js = nats.jetstream().await;
+    crate::support::create_stream(&js, "PEOPLE", &["people.person.>", "people.clock.>"]).await;
+    crate::support::create_stream(&js, "COMMANDS", &["people.commands.>"]).await;
+    let dir = crate::support::daemon_dir(&["person-archive"]);
+    let secret = b"a shared secret of 32 bytes.....";
+    let key = base64::engine::general_purpose::STANDARD.encode(secret);
+    let config_file = dir.path().join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
+         [event-signing]\nverify = true\nsign-key = \"k1\"\n[event-signing.keys]\nk1 = \"{key}\"\n",
+        crate::support::cache_dir().display(),
+        nats.url()
+    );
+    std::fs::write(&config_file, text).unwrap();
+    let fixture = plugin("person-archive").join("fixtures/events.jsonl");
+    let config_arg = config_file.display().to_string();
+    let fixture_arg = fixture.display().to_string();
+    let published =
+        jetfold(["publish", &fixture_arg, "--stream", "PEOPLE", "--config", &config_arg]);
+    assert_eq!(published.code, 0, "{}", published.all());
+    // One unsigned event, one whose payload was changed after signing.
+    js.publish("people.person.eve.PersonRegistered", "{}".into()).await.unwrap().await.unwrap();
+    let mut tampered = jetfold_host::event::Event {
+        sequence: 0,
+        subject: "people.person.mallory.PersonRegistered".into(),
+        message_id: "mallory-1".into(),
+        event_type: "PersonRegistered".into(),
+        aggregate_id: "mallory".into(),
+        correlation_id: None,
+        causation_id: None,
+        time: chrono::DateTime::from_timestamp(1_767_225_600, 0).unwrap(),
+        schema_version: 1,
+        headers: vec![],
+        payload: br#"{"name":"Mallory"}"#.to_vec(),
+        content_type: jetfold_host::event::JSON.into(),
+    };
+    jetfold_host::integrity::sign_event(&mut tampered, "k1", secret);
+    tampered.payload = br#"{"name":"Mallory the admin"}"#.to_vec();
+    jetfold_host::nats::publish_event(&js, &tampered).await.unwrap().await.unwrap();
+    let total =
+        js.get_stream("PEOPLE").await.unwrap().get_info().await.unwrap().state.last_sequence;
+
+    let config = jetfold_host::config::Config::load(&config_file).unwrap();
+    let daemon = jetfold_host::daemon::Daemon::start(config.clone()).await.unwrap();
+    let mut progress = daemon.progress("person-archive").unwrap();
+    let p = progress.wait_for(|p| p.committed_seq == total).await.unwrap().clone();
+    assert_eq!(p.rejected, 2, "only the unsigned and the tampered events are rejected");
+    daemon.stop().await.unwrap();
+
+    let letters =
+        jetfold_host::dlq::list(&js, &config.dead_letter, "person-archive").await.unwrap();
+    let kinds: Vec<(&str, &str)> =
+        letters.iter().map(|l| (l.source_subject.as_str(), l.kind.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("people.person.eve.PersonRegistered", "bad-signature"),
+            ("people.person.mallory.PersonRegistered", "bad-signature")
+        ]
+    );
+    assert!(letters[0].reason.contains("not signed"), "{}", letters[0].reason);
+    assert!(letters[1].reason.contains("does not match"), "{}", letters[1].reason);
+
+    // The policy's commands are signed with k1.
+    let keys = config.event_signing.decoded_keys().unwrap();
+    let stream = js.get_stream("COMMANDS").await.unwrap();
+    let n = stream.clone().get_info().await.unwrap().state.messages as usize;
+    assert!(n > 0);
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let commands: Vec<_> = consumer.messages().await.unwrap().take(n).collect().await;
+    for command in commands {
+        let command = command.unwrap();
+        let h: Vec<(String, String)> = command
+            .headers
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v[0].as_str().to_string()))
+            .collect();
+        let signature = h.iter().find(|(k, _)| k == "Jetfold-Signature").map(|(_, v)| v.as_str());
+        let signed = jetfold_host::integrity::Signed::from_headers(
+            command.subject.as_str(),
+            &h,
+            &command.payload,
+        );
+        assert_eq!(signed.verify(signature, &keys), Ok(()), "{}", command.subject);
+    }
+}
