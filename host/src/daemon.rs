@@ -2123,6 +2123,7 @@ impl Folder {
             if seq <= self.folded {
                 continue; // redelivered: already folded
             }
+            let previous = self.folded;
             self.folded = seq;
             commit.last_seq = seq;
             events += 1;
@@ -2136,6 +2137,11 @@ impl Folder {
                     code: None,
                     message: reason,
                 };
+                if self.halts() {
+                    self.halt(&mut commit, previous, index, &rejected);
+                    events -= 1;
+                    break;
+                }
                 self.dead_letter(&mut commit, message, &rejected);
                 commit.rejected.push(rejected);
                 continue;
@@ -2152,6 +2158,11 @@ impl Folder {
                         code: None,
                         message: format!("{e:#}"),
                     };
+                    if self.halts() {
+                        self.halt(&mut commit, previous, index, &rejected);
+                        events -= 1;
+                        break;
+                    }
                     self.dead_letter(&mut commit, message, &rejected);
                     self.count_failure(&rejected);
                     commit.rejected.push(rejected);
@@ -2210,6 +2221,11 @@ impl Folder {
                         code,
                         message: reason,
                     };
+                    if self.halts() {
+                        self.halt(&mut commit, previous, index, &rejected);
+                        events -= 1;
+                        break;
+                    }
                     self.dead_letter(&mut commit, message, &rejected);
                     self.count_failure(&rejected);
                     commit.rejected.push(rejected);
@@ -2252,6 +2268,24 @@ impl Folder {
             .map(|(_, v)| v.as_str());
         crate::integrity::Signed::from_headers(message.subject.as_str(), &h, &message.payload)
             .verify(signature, &self.verify_keys)
+    }
+
+    /// Whether a failed event stops the plugin before it (`on-error = "halt"`).
+    fn halts(&self) -> bool {
+        self.plugin.manifest.on_error == OnError::Halt && matches!(self.role, Role::Live)
+    }
+
+    /// Stops the plugin before the event it failed on: the batch ends with the event before,
+    /// and the failed one stays unacked, to be folded again when the plugin restarts.
+    fn halt(&mut self, commit: &mut Commit, previous: u64, index: usize, rejected: &Rejected) {
+        self.folded = previous;
+        commit.last_seq = previous;
+        self.consumed = index;
+        self.tripped = Some(format!(
+            "halted at sequence {} (on-error = \"halt\"): {}: {}; the event is folded again when \
+             the plugin restarts (`jetfold plugin resume`, SIGHUP or a change in its directory)",
+            rejected.seq, rejected.kind, rejected.message
+        ));
     }
 
     /// Counts a failed event toward the circuit breaker; trips it at the manifest's

@@ -89,7 +89,7 @@ pub struct Manifest {
     #[serde(default)]
     pub limits: Limits,
     /// What the daemon does with an event the plugin fails on (an error, a trap, a limit, an
-    /// effect it may not make): `dead-letter` (default), `skip`.
+    /// effect it may not make): `dead-letter` (default), `skip`, `halt`.
     #[serde(default)]
     pub on_error: OnError,
     /// How to build the component from source (`jetfold build`).
@@ -214,6 +214,9 @@ pub enum OnError {
     DeadLetter,
     /// Only record and log it.
     Skip,
+    /// Stop the plugin before the event: nothing of it is committed or acked, and it is
+    /// folded again when the plugin restarts (after a fix).
+    Halt,
 }
 
 /// Limits on each guest call: fuel, memory, instances and tables are enforced by wasmtime;

@@ -352,3 +352,65 @@ async fn events_are_verified_in_and_signed_out() {
         assert_eq!(signed.verify(signature, &keys), Ok(()), "{}", command.subject);
     }
 }
+
+/// `on-error = "halt"`: the plugin stops before the event it fails on, which stays unacked
+/// and uncommitted; after a fix (here: the manifest says `skip`) a reload folds it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_halting_plugin_stops_before_the_event_and_folds_it_after_a_fix() {
+    plugin("faulty");
+    let nats = crate::support::NatsServer::start();
+    let js = nats.jetstream().await;
+    crate::support::create_stream(&js, "TEST", &["test.>"]).await;
+    for ty in ["Ok", "Ok", "Fail", "Ok"] {
+        js.publish(format!("test.fault.a.{ty}"), "{}".into()).await.unwrap().await.unwrap();
+    }
+    let dir = crate::support::daemon_dir(&["faulty"]);
+    let manifest = dir.path().join("plugins/faulty/plugin.toml");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let with = |mode: &str| {
+        original.replace(
+            "kind = \"projection\"",
+            &format!("kind = \"projection\"\non-error = \"{mode}\""),
+        )
+    };
+    std::fs::write(&manifest, with("halt")).unwrap();
+    let text = format!(
+        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
+         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+        crate::support::cache_dir().display(),
+        nats.url()
+    );
+    let config =
+        jetfold_host::config::Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
+    let mut daemon = jetfold_host::daemon::Daemon::start(config.clone()).await.unwrap();
+    let mut progress = daemon.progress("faulty").unwrap();
+    let halted = progress.wait_for(|p| p.refused.is_some()).await.unwrap().clone();
+    assert!(halted.refused.unwrap().reason.contains("halted at sequence 3"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !daemon.plugins().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the halted worker did not stop");
+        daemon.reap().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let db = dir.path().join("jetfold.db");
+    assert_eq!(crate::support::checkpoint(&db, "faulty"), 2, "nothing of the failed event");
+    let dlq = js.get_stream("JETFOLD_DLQ").await.unwrap().get_info().await.unwrap();
+    assert_eq!(dlq.state.messages, 0, "a halt dead-letters nothing");
+
+    // The fix: the same plugin, now skipping what it fails on. It starts from the
+    // checkpoint, so the failed event is folded (and recorded) this time.
+    std::fs::write(&manifest, with("skip")).unwrap();
+    daemon.reload(config).await;
+    let mut progress = daemon.progress("faulty").expect("started again");
+    progress.wait_for(|p| p.committed_seq == 4).await.unwrap();
+    daemon.stop().await.unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let rejected: Vec<i64> = conn
+        .prepare("SELECT seq FROM jetfold_rejected WHERE plugin = 'faulty'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rejected, [3]);
+}
