@@ -895,13 +895,7 @@ impl Daemon {
     /// error): they are listed as refused with the reason, and start again at the next reload
     /// (`jetfold plugin resume`, SIGHUP, a change in the plugin directory).
     pub async fn reap(&mut self) {
-        let stopped: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.thread.is_finished())
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in stopped {
+        for name in self.running_where(|r| r.thread.is_finished()) {
             let running = self.running.remove(&name).expect("listed above");
             let digest = running.digest.clone();
             let reason = running.progress.borrow().refused.clone().map(|r| r.reason);
@@ -914,6 +908,11 @@ impl Daemon {
         }
     }
 
+    /// The running plugins for which `f` holds, by name.
+    fn running_where(&self, f: impl Fn(&Running) -> bool) -> Vec<String> {
+        self.running.iter().filter(|(_, r)| f(r)).map(|(name, _)| name.clone()).collect()
+    }
+
     /// Whether any plugin is rebuilding a new version.
     pub fn rebuilding(&self) -> bool {
         self.running.values().any(|r| r.rebuild.is_some())
@@ -922,13 +921,7 @@ impl Daemon {
     /// Reports how far each rebuild has got, and lets each one that has caught up with its
     /// live version take over.
     pub async fn advance_rebuilds(&mut self) {
-        let names: Vec<String> = self
-            .running
-            .iter()
-            .filter(|(_, r)| r.rebuild.is_some())
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in names {
+        for name in self.running_where(|r| r.rebuild.is_some()) {
             let running = self.running.get_mut(&name).expect("listed above");
             let rebuild = running.rebuild.as_ref().expect("listed above");
             let built = rebuild.progress.borrow().committed_seq;

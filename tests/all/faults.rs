@@ -216,26 +216,14 @@ async fn a_plugin_failing_again_and_again_is_stopped_until_resumed() {
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("[limits]", "[limits]\nmax-consecutive-failures = 3"))
         .unwrap();
-    let text = format!(
-        "plugin-dir = \"plugins\"\nbatch-size = 100\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
-         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
-        crate::support::cache_dir().display(),
-        nats.url()
-    );
-    let config =
-        jetfold_host::config::Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
+    let config = faulty_on_test(dir.path(), &nats);
     let mut daemon = jetfold_host::daemon::Daemon::start(config.clone()).await.unwrap();
     let mut progress = daemon.progress("faulty").unwrap();
     let tripped = progress.wait_for(|p| p.refused.is_some()).await.unwrap().clone();
     let reason = tripped.refused.unwrap().reason;
     assert!(reason.contains("circuit open: 3 events in a row failed"), "{reason}");
     // Its worker stops after committing up to the third failure, and the daemon lets it go.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !daemon.plugins().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the tripped worker did not stop");
-        daemon.reap().await;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_stopped(&mut daemon).await;
     let status = daemon.status().await;
     assert_eq!(status.plugins[0].status, "refused", "{:?}", status.plugins);
     assert!(status.plugins[0].last_error.as_deref().unwrap().contains("circuit open"));
@@ -386,12 +374,7 @@ async fn a_halting_plugin_stops_before_the_event_and_folds_it_after_a_fix() {
     let mut progress = daemon.progress("faulty").unwrap();
     let halted = progress.wait_for(|p| p.refused.is_some()).await.unwrap().clone();
     assert!(halted.refused.unwrap().reason.contains("halted at sequence 3"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !daemon.plugins().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the halted worker did not stop");
-        daemon.reap().await;
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    until_stopped(&mut daemon).await;
     let db = dir.path().join("jetfold.db");
     assert_eq!(crate::support::checkpoint(&db, "faulty"), 2, "nothing of the failed event");
     let dlq = js.get_stream("JETFOLD_DLQ").await.unwrap().get_info().await.unwrap();
@@ -413,4 +396,25 @@ async fn a_halting_plugin_stops_before_the_event_and_folds_it_after_a_fix() {
         .collect::<Result<_, _>>()
         .unwrap();
     assert_eq!(rejected, [3]);
+}
+
+/// A daemon config running `faulty` on the stream `TEST` (`test.>`).
+fn faulty_on_test(dir: &Path, nats: &crate::support::NatsServer) -> jetfold_host::config::Config {
+    let text = format!(
+        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
+         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+        crate::support::cache_dir().display(),
+        nats.url()
+    );
+    jetfold_host::config::Config::parse(&text, dir.to_path_buf(), |_| None).unwrap()
+}
+
+/// Waits until every plugin of `daemon` has stopped on its own and been let go.
+async fn until_stopped(daemon: &mut jetfold_host::daemon::Daemon) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !daemon.plugins().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the plugin's worker did not stop");
+        daemon.reap().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
