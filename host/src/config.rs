@@ -24,6 +24,10 @@ pub struct Config {
     /// Where events plugins fail on are published.
     #[serde(default)]
     pub dead_letter: DeadLetterConfig,
+    /// Defaults for the plugins' `[limits]`: a key a manifest does not set comes from here,
+    /// then from the built-in defaults.
+    #[serde(default)]
+    pub limits: toml::Table,
     /// HMAC-SHA256 signatures: verifying incoming events, signing emitted ones.
     #[serde(default)]
     pub event_signing: EventSigningConfig,
@@ -357,6 +361,8 @@ impl Config {
         if config.nats.tls_cert_file.is_some() != config.nats.tls_key_file.is_some() {
             bail!("nats.tls-cert-file and nats.tls-key-file go together");
         }
+        crate::manifest::Limits::merged(&config.limits, &toml::Table::new())
+            .map_err(|e| anyhow::anyhow!("[limits]: {e}"))?;
         let keys = config.event_signing.decoded_keys()?;
         if config.event_signing.verify && keys.is_empty() {
             bail!("[event-signing] verify = true needs at least one key in [event-signing.keys]");

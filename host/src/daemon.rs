@@ -258,8 +258,14 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         found.sort();
         manifests.extend(found);
     }
+    // The config's [limits] fill in what a manifest does not set.
+    let with_defaults = |mut manifest: Manifest| -> anyhow::Result<Manifest> {
+        manifest.limits = crate::manifest::Limits::merged(&config.limits, &manifest.limits_set)
+            .map_err(|e| anyhow::anyhow!("{}: [limits]: {e}", manifest.dir.display()))?;
+        Ok(manifest)
+    };
     let load = |path: &PathBuf| -> anyhow::Result<Option<DaemonPlugin>> {
-        let manifest = Manifest::load(path)?;
+        let manifest = with_defaults(Manifest::load(path)?)?;
         let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
         if !overrides.enabled || manifest.kind == PluginKind::Upcaster {
             return Ok(None);
@@ -277,7 +283,7 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         let shadow_manifest = manifest.dir.join(SHADOW_DIR).join(MANIFEST_FILE);
         let shadow = match shadow_manifest.exists() {
             true => {
-                let m = Manifest::load(&shadow_manifest)?;
+                let m = with_defaults(Manifest::load(&shadow_manifest)?)?;
                 if (m.name.as_str(), m.kind) != (manifest.name.as_str(), manifest.kind) {
                     bail!(
                         "{}: a shadow must be the same plugin ({} {}), not {} {}",

@@ -101,6 +101,9 @@ pub struct Manifest {
     /// The directory the manifest was read from (not part of the file).
     #[serde(skip)]
     pub dir: PathBuf,
+    /// The `[limits]` the file itself sets (the rest are defaults).
+    #[serde(skip)]
+    pub limits_set: toml::Table,
 }
 
 /// The stream and subjects a plugin consumes.
@@ -253,6 +256,14 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// `defaults` (a `[limits]` table, e.g. the daemon config's) under the values `set`
+    /// explicitly; an error names an unknown key or a wrong type.
+    pub fn merged(defaults: &toml::Table, set: &toml::Table) -> Result<Limits, String> {
+        let mut table = defaults.clone();
+        table.extend(set.clone());
+        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.to_string())
+    }
+
     fn default_fuel() -> u64 {
         1_000_000_000
     }
@@ -344,6 +355,10 @@ impl Manifest {
         let mut manifest: Manifest =
             toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
         manifest.dir = dir;
+        let raw: toml::Table = toml::from_str(text).unwrap_or_default();
+        if let Some(toml::Value::Table(limits)) = raw.get("limits") {
+            manifest.limits_set = limits.clone();
+        }
         manifest.validate().map_err(invalid)?;
         Ok(manifest)
     }
@@ -416,6 +431,21 @@ pub fn is_identifier(name: &str) -> bool {
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && name.len() <= 63
+}
+
+#[cfg(test)]
+mod limit_defaults {
+    use super::Limits;
+
+    #[test]
+    fn a_manifest_value_wins_over_a_default_which_wins_over_the_built_in_one() {
+        let defaults: toml::Table = toml::from_str("fuel = 5\nmax-effects = 7").unwrap();
+        let set: toml::Table = toml::from_str("fuel = 9").unwrap();
+        let limits = Limits::merged(&defaults, &set).unwrap();
+        assert_eq!((limits.fuel, limits.max_effects, limits.memory_mib), (9, 7, 64));
+        let typo: toml::Table = toml::from_str("fule = 5").unwrap();
+        assert!(Limits::merged(&typo, &toml::Table::new()).unwrap_err().contains("fule"));
+    }
 }
 
 #[cfg(test)]

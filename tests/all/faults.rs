@@ -212,11 +212,8 @@ async fn a_plugin_failing_again_and_again_is_stopped_until_resumed() {
         js.publish(format!("test.fault.a.{ty}"), "{}".into()).await.unwrap().await.unwrap();
     }
     let dir = crate::support::daemon_dir(&["faulty"]);
-    let manifest = dir.path().join("plugins/faulty/plugin.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("[limits]", "[limits]\nmax-consecutive-failures = 3"))
-        .unwrap();
-    let config = faulty_on_test(dir.path(), &nats);
+    // The breaker's threshold from the config's [limits] defaults (the manifest sets none).
+    let config = faulty_on_test(dir.path(), &nats, "[limits]\nmax-consecutive-failures = 3\n");
     let mut daemon = jetfold_host::daemon::Daemon::start(config.clone()).await.unwrap();
     let mut progress = daemon.progress("faulty").unwrap();
     let tripped = progress.wait_for(|p| p.refused.is_some()).await.unwrap().clone();
@@ -362,14 +359,7 @@ async fn a_halting_plugin_stops_before_the_event_and_folds_it_after_a_fix() {
         )
     };
     std::fs::write(&manifest, with("halt")).unwrap();
-    let text = format!(
-        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
-         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
-        crate::support::cache_dir().display(),
-        nats.url()
-    );
-    let config =
-        jetfold_host::config::Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
+    let config = faulty_on_test(dir.path(), &nats, "");
     let mut daemon = jetfold_host::daemon::Daemon::start(config.clone()).await.unwrap();
     let mut progress = daemon.progress("faulty").unwrap();
     let halted = progress.wait_for(|p| p.refused.is_some()).await.unwrap().clone();
@@ -398,11 +388,15 @@ async fn a_halting_plugin_stops_before_the_event_and_folds_it_after_a_fix() {
     assert_eq!(rejected, [3]);
 }
 
-/// A daemon config running `faulty` on the stream `TEST` (`test.>`).
-fn faulty_on_test(dir: &Path, nats: &crate::support::NatsServer) -> jetfold_host::config::Config {
+/// A daemon config running `faulty` on the stream `TEST` (`test.>`), with `extra` tables.
+fn faulty_on_test(
+    dir: &Path,
+    nats: &crate::support::NatsServer,
+    extra: &str,
+) -> jetfold_host::config::Config {
     let text = format!(
         "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n\
-         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+         {extra}[plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
         crate::support::cache_dir().display(),
         nats.url()
     );
