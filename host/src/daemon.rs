@@ -2136,13 +2136,12 @@ impl Folder {
                     code: None,
                     message: reason,
                 };
-                if self.halts() {
-                    self.halt(&mut commit, previous, index, &rejected);
+                // A bad signature is the publisher's fault: it does not count toward the
+                // plugin's circuit breaker.
+                if self.reject(&mut commit, message, (previous, index), rejected, false) {
                     events -= 1;
                     break;
                 }
-                self.dead_letter(&mut commit, message, &rejected);
-                commit.rejected.push(rejected);
                 continue;
             }
             let event = match source::event_from_message(message) {
@@ -2157,14 +2156,10 @@ impl Folder {
                         code: None,
                         message: format!("{e:#}"),
                     };
-                    if self.halts() {
-                        self.halt(&mut commit, previous, index, &rejected);
+                    if self.reject(&mut commit, message, (previous, index), rejected, true) {
                         events -= 1;
                         break;
                     }
-                    self.dead_letter(&mut commit, message, &rejected);
-                    self.count_failure(&rejected);
-                    commit.rejected.push(rejected);
                     continue;
                 }
             };
@@ -2220,14 +2215,10 @@ impl Folder {
                         code,
                         message: reason,
                     };
-                    if self.halts() {
-                        self.halt(&mut commit, previous, index, &rejected);
+                    if self.reject(&mut commit, message, (previous, index), rejected, true) {
                         events -= 1;
                         break;
                     }
-                    self.dead_letter(&mut commit, message, &rejected);
-                    self.count_failure(&rejected);
-                    commit.rejected.push(rejected);
                 }
             }
         }
@@ -2269,14 +2260,33 @@ impl Folder {
             .verify(signature, &self.verify_keys)
     }
 
-    /// Whether a failed event stops the plugin before it (`on-error = "halt"`).
-    fn halts(&self) -> bool {
-        self.plugin.manifest.on_error == OnError::Halt && matches!(self.role, Role::Live)
+    /// Handles an event the plugin failed on, by its `on-error`: records it (and dead-letters
+    /// it, and counts it toward the circuit breaker when `counts`), or halts before it. True if
+    /// the plugin halted: the caller ends the batch. `at` is the sequence folded before the
+    /// event and the event's index in the batch.
+    fn reject(
+        &mut self,
+        commit: &mut Commit,
+        message: &Message,
+        at: (u64, usize),
+        rejected: Rejected,
+        counts: bool,
+    ) -> bool {
+        if self.plugin.manifest.on_error == OnError::Halt && matches!(self.role, Role::Live) {
+            self.halt(commit, at, &rejected);
+            return true;
+        }
+        self.dead_letter(commit, message, &rejected);
+        if counts {
+            self.count_failure(&rejected);
+        }
+        commit.rejected.push(rejected);
+        false
     }
 
     /// Stops the plugin before the event it failed on: the batch ends with the event before,
     /// and the failed one stays unacked, to be folded again when the plugin restarts.
-    fn halt(&mut self, commit: &mut Commit, previous: u64, index: usize, rejected: &Rejected) {
+    fn halt(&mut self, commit: &mut Commit, (previous, index): (u64, usize), rejected: &Rejected) {
         self.folded = previous;
         commit.last_seq = previous;
         self.consumed = index;
