@@ -441,18 +441,9 @@ impl Shadow {
 
 /// One plugin's workers, as the daemon controls them.
 struct Running {
-    /// The manifest's directory (a plugin whose directory goes away is stopped).
-    dir: PathBuf,
-    /// What the running version is: digest, manifest, source.
+    /// What the version last handed over is (digest, manifest, source): the running one, or
+    /// the one rebuilding to replace it.
     fingerprint: String,
-    kind: PluginKind,
-    state_version: u32,
-    /// The stream and filter subjects of the version handed to the workers last.
-    source: (String, Vec<String>),
-    /// The version handed to the workers last.
-    digest: String,
-    /// Its shadow version's digest, if it has one.
-    shadow: Option<String>,
     stop: watch::Sender<bool>,
     swaps: mpsc::Sender<Swap>,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
@@ -460,7 +451,8 @@ struct Running {
     progress: watch::Receiver<Progress>,
     /// Where the daemon reports refused versions.
     report: watch::Sender<Progress>,
-    /// The version the workers run.
+    /// The version handed to the workers last: its manifest's directory (a plugin whose
+    /// directory goes away is stopped), kind, state version, source, digest and shadow.
     plugin: DaemonPlugin,
     /// A new version rebuilding beside it, to take over when caught up.
     rebuild: Option<Worker>,
@@ -790,13 +782,7 @@ impl Daemon {
         self.running.insert(
             name,
             Running {
-                dir: plugin.manifest.dir.clone(),
                 fingerprint: fingerprint(&plugin),
-                kind: plugin.manifest.kind,
-                state_version: plugin.manifest.state.version,
-                source: (plugin.stream.clone(), plugin.subjects.clone()),
-                digest: plugin.digest(),
-                shadow: plugin.shadow.as_ref().map(|s| s.digest()),
                 stop: worker.stop,
                 swaps: swaps_tx,
                 thread: worker.thread,
@@ -903,7 +889,7 @@ impl Daemon {
     pub async fn reap(&mut self) {
         for name in self.running_where(|r| r.thread.is_finished()) {
             let running = self.running.remove(&name).expect("listed above");
-            let digest = running.digest.clone();
+            let digest = running.plugin.digest();
             let reason = running.progress.borrow().refused.clone().map(|r| r.reason);
             let outcome = running.stop(&name).await;
             let reason = reason
@@ -1069,7 +1055,7 @@ impl Daemon {
                     let reason = format!("{e:#}");
                     tracing::error!(dir = %dir.display(), error = %reason, "plugin not loaded; the running version (if any) stays");
                     for (name, running) in &self.running {
-                        if running.dir == dir {
+                        if running.plugin.manifest.dir == dir {
                             keep.insert(name.clone());
                             running.refuse(dir.display().to_string(), reason.clone());
                         }
@@ -1121,14 +1107,14 @@ impl Daemon {
         for (name, running) in &self.running {
             let p = running.progress.borrow().clone();
             let consumer = source::consumer_name(&self.config.name, name);
-            let lag = match self.js.get_stream(&running.source.0).await {
+            let lag = match self.js.get_stream(&running.plugin.stream).await {
                 Ok(stream) => stream.consumer_info(&consumer).await.ok().map(|i| i.num_pending),
                 Err(_) => None,
             };
             plugins.push(PluginStatus {
                 name: name.clone(),
-                kind: running.kind.to_string(),
-                digest: running.digest.clone(),
+                kind: running.plugin.manifest.kind.to_string(),
+                digest: running.plugin.digest(),
                 status: match &p.rebuild {
                     None => "running".into(),
                     Some(r) => format!(
@@ -1141,9 +1127,11 @@ impl Daemon {
                 committed_seq: p.committed_seq,
                 lag,
                 last_error: p.refused.map(|r| format!("{} refused: {}", r.version, r.reason)),
-                shadow: running.shadow.clone().map(|d| match p.shadow {
-                    Some(s) if s.digest == d => (d, s.events, s.diffs),
-                    _ => (d, 0, 0),
+                shadow: running.plugin.shadow.as_ref().map(|s| s.digest()).map(|d| {
+                    match p.shadow {
+                        Some(s) if s.digest == d => (d, s.events, s.diffs),
+                        _ => (d, 0, 0),
+                    }
                 }),
             });
         }
@@ -1215,14 +1203,15 @@ impl Daemon {
         if running.fingerprint == new_fingerprint {
             return Ok(());
         }
-        if plugin.manifest.kind != running.kind {
+        let current = &running.plugin;
+        if plugin.manifest.kind != current.manifest.kind {
             bail!(
                 "the new version is a {} and the running one a {}",
                 plugin.manifest.kind,
-                running.kind
+                current.manifest.kind
             );
         }
-        if plugin.manifest.state.version != running.state_version && !plugin.migrates() {
+        if plugin.manifest.state.version != current.manifest.state.version && !plugin.migrates() {
             // Nothing converts the stored states: the new version rebuilds its own from the
             // stream, beside the running one, and takes over when caught up.
             return self.start_rebuild(plugin).await;
@@ -1241,7 +1230,9 @@ impl Daemon {
                 "promotion at sequence {at} is already past (committed up to {committed}): refused"
             );
         }
-        let same_source = running.source.0 == plugin.stream && running.source.1 == plugin.subjects;
+        let current = &running.plugin;
+        let same_source =
+            (&current.stream, &current.subjects) == (&plugin.stream, &plugin.subjects);
         if plugin.at_seq.is_some() && !same_source {
             bail!(
                 "a version promoted at a sequence must read the same stream and subjects as the running one"
@@ -1255,9 +1246,6 @@ impl Daemon {
         };
         let query = self.query_instance(&plugin).await?;
         let digest = plugin.digest();
-        let state_version = plugin.manifest.state.version;
-        let shadow_digest = plugin.shadow.as_ref().map(|s| s.digest());
-        let source = (plugin.stream.clone(), plugin.subjects.clone());
         let service = query.map(|guest| self.query_service(&plugin, guest));
         let plugin_copy = plugin.clone();
         let running = self.running.get_mut(&name).expect("checked above");
@@ -1265,11 +1253,7 @@ impl Daemon {
             bail!("the plugin's worker has stopped");
         }
         running.fingerprint = new_fingerprint;
-        running.state_version = state_version;
         running.plugin = plugin_copy;
-        running.digest.clone_from(&digest);
-        running.shadow = shadow_digest;
-        running.source = source;
         running.report.send_modify(|p| p.refused = None);
         if let Some(service) = service
             && let Some(old) = running.service.replace(service)
