@@ -417,6 +417,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn broken_limits_and_signing_settings_are_refused_with_the_key_at_fault() {
+        let base = "plugin-dir = \"plugins\"\n";
+        let refused = |extra: &str| {
+            let text = format!("{base}{extra}");
+            format!("{:#}", Config::parse(&text, PathBuf::from("/"), |_| None).unwrap_err())
+        };
+        assert!(refused("[limits]\nfule = 5\n").contains("fule"));
+        assert!(refused("[event-signing]\nverify = true\n").contains("needs at least one key"));
+        let key = "c2l4dGVlbiBieXRlcyBvZiBrZXk="; // "sixteen bytes of key", 20 bytes
+        let e = refused(&format!(
+            "[event-signing]\nsign-key = \"k2\"\n[event-signing.keys]\nk1 = \"{key}\"\n"
+        ));
+        assert!(e.contains("sign-key = \"k2\" is not one of"), "{e}");
+        assert!(refused("[event-signing.keys]\nk1 = \"not base64!\"\n").contains("not base64"));
+        assert!(refused("[event-signing.keys]\nk1 = \"c2hvcnQ=\"\n").contains("at least 16"));
+        let text = format!(
+            "{base}[limits]\nmax-effects = 7\n[event-signing]\nverify = true\nsign-key = \"k1\"\n[event-signing.keys]\nk1 = \"{key}\"\n"
+        );
+        let ok = Config::parse(&text, PathBuf::from("/"), |_| None).unwrap();
+        assert_eq!(ok.event_signing.decoded_keys().unwrap()[0].1, b"sixteen bytes of key");
+        assert_eq!(ok.limits.get("max-effects").and_then(|v| v.as_integer()), Some(7));
+    }
+
+    #[test]
     fn the_readme_example_config_is_accepted_as_written() {
         let readme = include_str!("../../README.md");
         let start = readme.find("A complete `jetfold.toml`").expect("the README shows a config");
