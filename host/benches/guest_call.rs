@@ -54,6 +54,28 @@ fn per_call(n: usize, mut f: impl FnMut(usize)) -> f64 {
     median(rounds)
 }
 
+/// Like [`per_call`] for two variants of one call, their rounds alternating so that the
+/// machine's drift falls on both alike; returns both medians.
+fn per_call_paired(n: usize, mut a: impl FnMut(usize), mut b: impl FnMut(usize)) -> (f64, f64) {
+    for i in 0..n / 10 {
+        a(i);
+        b(i);
+    }
+    let round = |f: &mut dyn FnMut(usize)| {
+        let start = Instant::now();
+        for i in 0..n {
+            f(i);
+        }
+        start.elapsed().as_secs_f64() * 1e6 / n as f64
+    };
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        xs.push(round(&mut a));
+        ys.push(round(&mut b));
+    }
+    (median(xs), median(ys))
+}
+
 fn time(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
@@ -185,6 +207,32 @@ fn main() {
     println!(
         "  component apply + effect check    {wasm_checked:8.2} µs/call   ratio {:.2}x native",
         wasm_checked / native
+    );
+
+    // What the CPU limit costs: the same component on an engine without fuel (no bound at all,
+    // which the daemon never runs), rounds alternating with the metered instance.
+    let unmetered_loader = ComponentLoader::unmetered(None).unwrap();
+    let unmetered_component = unmetered_loader.load(manifest.kind, &manifest.wasm_path()).unwrap();
+    let mut unmetered = GuestInstance::new(
+        &manifest.name,
+        &unmetered_component,
+        unmetered_loader.engine(),
+        manifest.limits.clone(),
+        "{}".into(),
+    )
+    .unwrap();
+    let (fueled, unfueled) = per_call_paired(
+        20_000,
+        |i| {
+            std::hint::black_box(guest.apply(Some(&state), maint[i % maint.len()]).unwrap());
+        },
+        |i| {
+            std::hint::black_box(unmetered.apply(Some(&state), maint[i % maint.len()]).unwrap());
+        },
+    );
+    println!(
+        "  fuel: apply with fuel {fueled:.2} µs/call, without (baseline) {unfueled:.2} µs/call: overhead {:+.1}%",
+        (fueled / unfueled - 1.0) * 100.0
     );
 
     // The floor: the ten-line event-counter (8-byte state, tiny event) through the component.

@@ -134,6 +134,8 @@ pub struct LoadedComponent {
     pub(crate) migration: Option<MigrationIndices>,
     /// Whether it imports WASI (linked deny-all, see [`crate::wasi`]).
     pub wasi: bool,
+    /// Whether calls are bounded by fuel (always, but for [`ComponentLoader::unmetered`]).
+    pub(crate) metered: bool,
 }
 
 impl LoadedComponent {
@@ -158,20 +160,32 @@ pub struct ComponentLoader {
     engine: Engine,
     cache_dir: Option<PathBuf>,
     engine_key: Arc<str>,
+    metered: bool,
 }
 
 impl ComponentLoader {
     /// A loader with the host's engine configuration; `cache_dir` keeps precompiled code.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::with_fuel(cache_dir, true)
+    }
+
+    /// A loader whose guest calls have no CPU bound at all: a looping guest never returns.
+    /// Only for measuring what fuel costs (the `guest_call` benchmark's baseline); the daemon
+    /// and the CLI always use [`ComponentLoader::new`].
+    pub fn unmetered(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::with_fuel(cache_dir, false)
+    }
+
+    fn with_fuel(cache_dir: Option<PathBuf>, metered: bool) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Fuel bounds every call's CPU; the limit itself comes from the manifest.
-        config.consume_fuel(true);
+        config.consume_fuel(metered);
         let engine = Engine::new(&config)?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish()).into();
-        Ok(ComponentLoader { engine, cache_dir, engine_key })
+        Ok(ComponentLoader { engine, cache_dir, engine_key, metered })
     }
 
     /// The default cache directory: `$JETFOLD_CACHE_DIR`, else `$XDG_CACHE_HOME/jetfold`, else
@@ -286,6 +300,7 @@ impl ComponentLoader {
             pre,
             migration,
             wasi,
+            metered: self.metered,
         })
     }
 

@@ -142,6 +142,8 @@ pub struct GuestInstance {
     /// The plugin's name, for what its guest writes to stdout and stderr; set when the
     /// component imports WASI.
     wasi_name: Option<String>,
+    /// Whether calls get a fuel budget (see [`crate::component::ComponentLoader::unmetered`]).
+    metered: bool,
     engine: wasmtime::Engine,
     limits: Limits,
     config: String,
@@ -163,6 +165,7 @@ impl GuestInstance {
             pre: component.pre.clone(),
             migration: component.migration.clone(),
             wasi_name: component.wasi.then(|| name.to_string()),
+            metered: component.metered,
             engine: engine.clone(),
             limits,
             config,
@@ -207,7 +210,9 @@ impl GuestInstance {
         store.limiter(|s| &mut s.limits);
         self.instantiations += 1;
         let fail = |e| classify(GuestCall::Init, e, &self.limits);
-        store.set_fuel(self.limits.fuel).map_err(fail)?;
+        if self.metered {
+            store.set_fuel(self.limits.fuel).map_err(fail)?;
+        }
         let (bound, instance) = match &self.pre {
             PluginPre::Projection(pre) => {
                 let instance = pre.instance_pre().instantiate(&mut store).map_err(fail)?;
@@ -257,7 +262,9 @@ impl GuestInstance {
         self.ensure_live()?;
         let limits = self.limits.clone();
         let (store, bound, migration) = self.live.as_mut().expect("instance is live");
-        store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
+        if self.metered {
+            store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
+        }
         match f(store, bound, migration.as_ref()) {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(returned(call, e)),
