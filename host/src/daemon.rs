@@ -375,6 +375,34 @@ pub struct Progress {
     pub rebuild: Option<RebuildProgress>,
 }
 
+/// The subject on which daemon `daemon` takes `jetfold rebuild` requests for `plugin`.
+pub fn rebuild_subject(daemon: &str, plugin: &str) -> String {
+    format!("jetfold.rebuild.{daemon}.{plugin}")
+}
+
+/// What a daemon answers a rebuild request with: progress reports, then how it ended.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum RebuildReport {
+    /// Folding from the stream start into tables of its own.
+    Rebuilding {
+        /// The last sequence the rebuild committed.
+        committed_seq: u64,
+        /// The last sequence the live read model committed (what it catches up with).
+        live_seq: u64,
+    },
+    /// The rebuilt read model took over.
+    Done {
+        /// It took over after this sequence.
+        after_seq: u64,
+    },
+    /// The rebuild did not take over; the live read model goes on.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
 /// How far a rebuild has got.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RebuildProgress {
@@ -564,6 +592,11 @@ pub async fn supervise(
     // Stopped workers and rebuilds are checked on a clock of their own: the loop's other
     // timers restart each turn.
     let mut housekeeping = tokio::time::interval(Duration::from_millis(50));
+    let mut rebuild_requests = daemon
+        .client
+        .subscribe(format!("jetfold.rebuild.{}.*", daemon.config.name))
+        .await
+        .context("cannot listen for rebuild requests")?;
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
@@ -616,6 +649,7 @@ pub async fn supervise(
                 None => changes = None,
             },
             _ = report, if daemon.registry.is_some() => {}
+            Some(request) = rebuild_requests.next() => daemon.rebuild_on_request(request).await,
             _ = housekeeping.tick() => {
                 daemon.reap().await;
                 if daemon.rebuilding() {
@@ -903,6 +937,69 @@ impl Daemon {
     /// The running plugins for which `f` holds, by name.
     fn running_where(&self, f: impl Fn(&Running) -> bool) -> Vec<String> {
         self.running.iter().filter(|(_, r)| f(r)).map(|(name, _)| name.clone()).collect()
+    }
+
+    /// Answers a `jetfold rebuild` request: rebuilds the plugin's running version from the
+    /// stream start beside the live one (as a new version without `migrate` is), and reports
+    /// its progress to the requester until it takes over or fails.
+    async fn rebuild_on_request(&mut self, request: async_nats::Message) {
+        let Some(reply) = request.reply.clone() else { return };
+        let plugin = request.subject.rsplit('.').next().unwrap_or_default().to_string();
+        let client = self.client.clone();
+        let send = move |report: RebuildReport| {
+            let (client, reply) = (client.clone(), reply.clone());
+            async move {
+                let body = serde_json::to_vec(&report).expect("a report is JSON");
+                let _ = client.publish(reply, body.into()).await;
+                let _ = client.flush().await;
+            }
+        };
+        let Some(running) = self.running.get(&plugin) else {
+            let reason =
+                format!("plugin `{plugin}` is not running on daemon `{}`", self.config.name);
+            return send(RebuildReport::Failed { reason }).await;
+        };
+        if running.rebuild.is_some() {
+            let reason = format!("plugin `{plugin}` is already rebuilding");
+            return send(RebuildReport::Failed { reason }).await;
+        }
+        let (version, swaps) = (running.plugin.clone(), running.report.borrow().swaps);
+        let mut progress = running.report.subscribe();
+        tracing::info!(plugin = %plugin, "rebuild requested: resetting the read model beside the live one");
+        if let Err(e) = self.start_rebuild(version).await {
+            return send(RebuildReport::Failed { reason: format!("{e:#}") }).await;
+        }
+        tokio::spawn(async move {
+            loop {
+                let p = progress.borrow_and_update().clone();
+                let report = if p.swaps > swaps {
+                    RebuildReport::Done { after_seq: p.swapped_at_seq.unwrap_or(1) - 1 }
+                } else if let Some(r) = &p.rebuild {
+                    RebuildReport::Rebuilding {
+                        committed_seq: r.committed_seq,
+                        live_seq: p.committed_seq,
+                    }
+                } else {
+                    // The refusal follows the end of the rebuild: give it a moment to arrive.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), progress.changed()).await;
+                    let reason = progress.borrow().refused.clone().map_or_else(
+                        || "the rebuild stopped (see the daemon's log)".to_string(),
+                        |r| r.reason,
+                    );
+                    RebuildReport::Failed { reason }
+                };
+                let last = !matches!(report, RebuildReport::Rebuilding { .. });
+                send(report).await;
+                if last {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if progress.has_changed().is_err() {
+                    let reason = "the daemon stopped".to_string();
+                    return send(RebuildReport::Failed { reason }).await;
+                }
+            }
+        });
     }
 
     /// Whether any plugin is rebuilding a new version.
@@ -1567,10 +1664,7 @@ impl Committer {
             rt.block_on(async {
                 let mut acks = Vec::with_capacity(outbox.len());
                 for m in outbox {
-                    let mut h = async_nats::HeaderMap::new();
-                    for (k, v) in &m.headers {
-                        h.append(k.as_str(), v.as_str());
-                    }
+                    let h = crate::nats::header_map(&m.headers);
                     acks.push(
                         js.publish_with_headers(m.subject.clone(), h, m.payload.clone().into())
                             .await?,
@@ -2228,20 +2322,7 @@ impl Folder {
         if self.verify_keys.is_empty() {
             return Ok(());
         }
-        let mut h = Vec::new();
-        if let Some(headers) = &message.headers {
-            for (name, values) in headers.iter() {
-                if let Some(v) = values.first() {
-                    h.push((name.to_string(), v.as_str().to_string()));
-                }
-            }
-        }
-        let signature = h
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(crate::integrity::SIGNATURE))
-            .map(|(_, v)| v.as_str());
-        crate::integrity::Signed::from_headers(message.subject.as_str(), &h, &message.payload)
-            .verify(signature, &self.verify_keys)
+        crate::integrity::verify_message(message, &self.verify_keys)
     }
 
     /// Handles an event the plugin failed on, by its `on-error`: records it (and dead-letters

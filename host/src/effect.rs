@@ -142,6 +142,103 @@ pub enum EffectRejection {
         /// The subject.
         subject: String,
     },
+    /// A header of an emitted message that NATS cannot carry, or that the host sets itself.
+    #[error("effect #{index} ({kind}): header {name:?}: {reason}")]
+    HeaderNotAllowed {
+        /// Position in the guest's list.
+        index: usize,
+        /// The effect kind.
+        kind: EffectKind,
+        /// The header's name (`Event-Type` for the message type).
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A row key or document holds a NUL character, which PostgreSQL cannot store.
+    #[error("effect #{index} ({kind}): the {what} contains a NUL character (\\u0000)")]
+    Nul {
+        /// Position in the guest's list.
+        index: usize,
+        /// The effect kind.
+        kind: EffectKind,
+        /// `key`, `row`, `patch` or `payload`.
+        what: &'static str,
+    },
+}
+
+/// Headers the host sets on every emitted message (and `Nats-*`, which steer the server):
+/// a plugin's own headers may not name them.
+const HOST_HEADERS: [&str; 4] = ["Event-Type", "Correlation-Id", "Causation-Id", "Event-Time"];
+
+/// What [`document`] says of a document that has a NUL character.
+const NUL: &str = "a string contains a NUL character (\\u0000), which PostgreSQL cannot store";
+
+/// Walks a JSON document without building it, refusing what the sinks could not store: a
+/// number out of the range of a double, a NUL character in a string or member name.
+struct Storable;
+
+impl<'de> Deserialize<'de> for Storable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Storable)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Storable {
+    type Value = Storable;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Storable, E> {
+        Ok(Storable)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Storable, E> {
+        Ok(Storable)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Storable, E> {
+        Ok(Storable)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Storable, E> {
+        Ok(Storable)
+    }
+    fn visit_unit<E>(self) -> Result<Storable, E> {
+        Ok(Storable)
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Storable, E> {
+        if s.contains('\0') { Err(E::custom(NUL)) } else { Ok(Storable) }
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Storable, A::Error> {
+        while a.next_element::<Storable>()?.is_some() {}
+        Ok(Storable)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Storable, A::Error> {
+        while a.next_key::<Storable>()?.is_some() {
+            a.next_value::<Storable>()?;
+        }
+        Ok(Storable)
+    }
+}
+
+/// Checks a guest's JSON document: valid, storable, and an object when `object`.
+fn document(
+    index: usize,
+    kind: EffectKind,
+    what: &'static str,
+    text: String,
+    object: bool,
+) -> Result<Box<RawValue>, EffectRejection> {
+    let invalid = |reason: String| EffectRejection::InvalidDocument { index, kind, what, reason };
+    if let Err(e) = serde_json::from_str::<Storable>(&text) {
+        return Err(if e.to_string().starts_with(NUL) {
+            EffectRejection::Nul { index, kind, what }
+        } else {
+            invalid(e.to_string())
+        });
+    }
+    let raw = RawValue::from_string(text).map_err(|e| invalid(e.to_string()))?;
+    if object && !raw.get().trim_start().starts_with('{') {
+        return Err(invalid("expected an object".into()));
+    }
+    Ok(raw)
 }
 
 impl Effect {
@@ -159,15 +256,7 @@ impl Effect {
 
     /// Converts a guest effect, validating its JSON; `index` is its position for errors.
     pub fn from_guest(index: usize, effect: types::Effect) -> Result<Effect, EffectRejection> {
-        let object = |kind, what, text: String| -> Result<Box<RawValue>, EffectRejection> {
-            let invalid =
-                |reason: String| EffectRejection::InvalidDocument { index, kind, what, reason };
-            let raw = RawValue::from_string(text).map_err(|e| invalid(e.to_string()))?;
-            if !raw.get().trim_start().starts_with('{') {
-                return Err(invalid("expected an object".into()));
-            }
-            Ok(raw)
-        };
+        let object = |kind, what, text| document(index, kind, what, text, true);
         Ok(match effect {
             types::Effect::Upsert(r) => Effect::Upsert {
                 row: object(EffectKind::Upsert, "row", r.row)?,
@@ -193,13 +282,7 @@ impl Effect {
         };
         let effect_kind =
             if kind == MessageKind::Event { EffectKind::Emit } else { EffectKind::Command };
-        let payload =
-            RawValue::from_string(m.payload).map_err(|e| EffectRejection::InvalidDocument {
-                index,
-                kind: effect_kind,
-                what: "payload",
-                reason: e.to_string(),
-            })?;
+        let payload = document(index, effect_kind, "payload", m.payload, false)?;
         Ok(Effect::Emit {
             kind,
             subject: m.subject,
@@ -216,9 +299,9 @@ impl Effect {
             return Err(EffectRejection::KindNotAllowed { index, kind });
         }
         match self {
-            Effect::Upsert { table, .. }
-            | Effect::Update { table, .. }
-            | Effect::Delete { table, .. } => {
+            Effect::Upsert { table, key, .. }
+            | Effect::Update { table, key, .. }
+            | Effect::Delete { table, key } => {
                 if !allow.tables.iter().any(|t| t == table) {
                     return Err(EffectRejection::TableNotAllowed {
                         index,
@@ -226,11 +309,46 @@ impl Effect {
                         table: table.clone(),
                     });
                 }
+                if key.contains('\0') {
+                    return Err(EffectRejection::Nul { index, kind, what: "key" });
+                }
             }
-            Effect::Emit { subject, .. } => {
+            Effect::Emit { subject, message_type, headers, .. } => {
+                let header = |name: &str, reason| EffectRejection::HeaderNotAllowed {
+                    index,
+                    kind,
+                    name: name.to_string(),
+                    reason,
+                };
+                if message_type.parse::<async_nats::HeaderValue>().is_err() {
+                    return Err(header(
+                        "Event-Type",
+                        "the message type is not a valid header value",
+                    ));
+                }
+                for (name, value) in headers {
+                    if name.is_empty() || name.parse::<async_nats::HeaderName>().is_err() {
+                        return Err(header(name, "not a valid header name"));
+                    }
+                    if value.parse::<async_nats::HeaderValue>().is_err() {
+                        return Err(header(name, "the value is not a valid header value"));
+                    }
+                    let starts = |prefix: &str| {
+                        name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+                    };
+                    if starts("nats-")
+                        || starts("jetfold-")
+                        || HOST_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+                    {
+                        return Err(header(name, "set by the host, not by plugins"));
+                    }
+                }
                 let valid = !subject.is_empty()
                     && subject.split('.').all(|t| {
-                        !t.is_empty() && t != "*" && t != ">" && !t.contains(char::is_whitespace)
+                        !t.is_empty()
+                            && t != "*"
+                            && t != ">"
+                            && !t.contains(|c: char| c.is_whitespace() || c.is_control())
                     });
                 if !valid || !allow.subjects.iter().any(|pattern| subject_matches(pattern, subject))
                 {
@@ -373,5 +491,63 @@ mod tests {
             accept(vec![emit("out.x")], &only_upserts),
             Err(EffectRejection::KindNotAllowed { .. })
         ));
+    }
+
+    /// What the fuzzer found (`host/fuzz`): each would have stalled or crashed the daemon.
+    #[test]
+    fn what_nats_or_postgresql_cannot_take_is_refused() {
+        let a = allow(&["t"], &["out.>"], vec![]);
+        let upsert = |key: &str, row: &str| {
+            types::Effect::Upsert(types::UpsertRow {
+                table: "t".into(),
+                key: key.into(),
+                row: row.into(),
+            })
+        };
+        let emit = |subject: &str, payload: &str, headers: &[(&str, &str)]| {
+            types::Effect::Emit(types::Message {
+                kind: types::MessageKind::Event,
+                subject: subject.into(),
+                message_type: "Done".into(),
+                payload: payload.into(),
+                headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            })
+        };
+        let refused = |e: types::Effect| accept(vec![e], &a).unwrap_err();
+        // PostgreSQL's text and jsonb hold no NUL; a commit with one would fail forever.
+        let e = refused(upsert("k", "{\"a\":\"x\\u0000\"}"));
+        assert!(matches!(e, EffectRejection::Nul { what: "row", .. }), "{e}");
+        let e = refused(upsert("k", "{\"\\u0000\":1}"));
+        assert!(matches!(e, EffectRejection::Nul { what: "row", .. }), "{e}");
+        assert!(matches!(refused(upsert("a\0b", "{}")), EffectRejection::Nul { what: "key", .. }));
+        assert!(
+            accept(vec![upsert("k", "{\"a\":\"\\\\u0000\"}")], &a).is_ok(),
+            "an escaped backslash"
+        );
+        // A number no double holds.
+        let e = refused(upsert("k", "{\"a\":1e999}"));
+        assert!(e.to_string().contains("number out of range"), "{e}");
+        let e = refused(emit("out.x", "[\"\\u0000\"]", &[]));
+        assert!(matches!(e, EffectRejection::Nul { what: "payload", .. }), "{e}");
+        // Subjects and headers NATS would refuse, or that would panic building the message.
+        assert!(matches!(
+            refused(emit("out.\0x", "{}", &[])),
+            EffectRejection::SubjectNotAllowed { .. }
+        ));
+        for name in [
+            "bad:name",
+            "",
+            "naïve",
+            "Nats-Msg-Id",
+            "nats-expected-stream",
+            "Jetfold-Plugin",
+            "event-type",
+        ] {
+            let e = refused(emit("out.x", "{}", &[(name, "v")]));
+            assert!(matches!(e, EffectRejection::HeaderNotAllowed { .. }), "{name}: {e}");
+        }
+        let e = refused(emit("out.x", "{}", &[("X-Trace", "a\r\nPUB x 1")]));
+        assert!(matches!(e, EffectRejection::HeaderNotAllowed { .. }), "{e}");
+        assert!(accept(vec![emit("out.x", "{}", &[("X-Trace", "abc")])], &a).is_ok());
     }
 }

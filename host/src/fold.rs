@@ -32,7 +32,19 @@ impl Plugin {
     /// Reads the manifest at `path` (a file or a plugin directory), loads and initialises the
     /// plugin. Errors name the file at fault.
     pub fn open(path: &Path, loader: &ComponentLoader) -> anyhow::Result<Plugin> {
-        let manifest = Manifest::load(path)?;
+        Self::open_with_defaults(path, loader, &toml::Table::new())
+    }
+
+    /// Like [`Plugin::open`], with `limits` (a config's `[limits]`) for what the manifest's
+    /// own `[limits]` does not set, as a daemon runs it.
+    pub fn open_with_defaults(
+        path: &Path,
+        loader: &ComponentLoader,
+        limits: &toml::Table,
+    ) -> anyhow::Result<Plugin> {
+        let mut manifest = Manifest::load(path)?;
+        manifest.limits = crate::manifest::Limits::merged(limits, &manifest.limits_set)
+            .map_err(|e| anyhow::anyhow!("[limits]: {e}"))?;
         let wasm = manifest.wasm_path();
         let component = loader.load(manifest.kind, &wasm).map_err(|e| {
             if matches!(&e, crate::component::LoadError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
@@ -103,27 +115,33 @@ pub fn read_fixture(path: &Path) -> Result<Vec<(usize, FixtureLine)>, FixtureErr
     let mut position = 0;
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.starts_with("//") {
-            continue;
+        let err = |message| FixtureError { path: path.to_path_buf(), line: line_no, message };
+        if let Some(line) = parse_fixture_line(raw, &mut position).map_err(err)? {
+            lines.push((line_no, line));
         }
-        let err =
-            |message: String| FixtureError { path: path.to_path_buf(), line: line_no, message };
-        let value: Value =
-            serde_json::from_str(trimmed).map_err(|e| err(format!("not JSON: {e}")))?;
-        if value.get("query").is_some() {
-            let q: QueryLine =
-                serde_json::from_value(value).map_err(|e| err(format!("not a query line: {e}")))?;
-            lines.push((line_no, FixtureLine::Query { query: q.query, key: q.key }));
-            continue;
-        }
-        position += 1;
-        let record: EventRecord =
-            serde_json::from_value(value).map_err(|e| err(format!("not an event: {e}")))?;
-        let event = record.into_event(position).map_err(|m| err(format!("not an event: {m}")))?;
-        lines.push((line_no, FixtureLine::Event(event)));
     }
     Ok(lines)
+}
+
+/// One line of a fixture file: `None` for a blank line or a `//` comment; `position` counts
+/// the events so far (an event's default sequence).
+pub fn parse_fixture_line(raw: &str, position: &mut u64) -> Result<Option<FixtureLine>, String> {
+    let trimmed = raw.trim();
+    if trimmed.is_empty() || trimmed.starts_with("//") {
+        return Ok(None);
+    }
+    let value: Value = serde_json::from_str(trimmed).map_err(|e| format!("not JSON: {e}"))?;
+    if value.get("query").is_some() {
+        let q: QueryLine =
+            serde_json::from_value(value).map_err(|e| format!("not a query line: {e}"))?;
+        return Ok(Some(FixtureLine::Query { query: q.query, key: q.key }));
+    }
+    *position += 1;
+    // From the text, not the value: a payload keeps its bytes.
+    let record: EventRecord =
+        serde_json::from_str(trimmed).map_err(|e| format!("not an event: {e}"))?;
+    let event = record.into_event(*position).map_err(|m| format!("not an event: {m}"))?;
+    Ok(Some(FixtureLine::Event(event)))
 }
 
 /// A step's failure, as recorded in the report.

@@ -92,6 +92,24 @@ impl<'a> Signed<'a> {
     }
 }
 
+/// Checks the `Jetfold-Signature` of a message as NATS delivered it against `keys`.
+pub fn verify_message(
+    message: &async_nats::Message,
+    keys: &[(String, Vec<u8>)],
+) -> Result<(), String> {
+    let mut h = Vec::new();
+    if let Some(headers) = &message.headers {
+        for (name, values) in headers.iter() {
+            if let Some(v) = values.first() {
+                h.push((name.to_string(), v.as_str().to_string()));
+            }
+        }
+    }
+    let signature =
+        h.iter().find(|(k, _)| k.eq_ignore_ascii_case(SIGNATURE)).map(|(_, v)| v.as_str());
+    Signed::from_headers(message.subject.as_str(), &h, &message.payload).verify(signature, keys)
+}
+
 /// Adds a `Jetfold-Signature` header to `event`, over what [`crate::nats::publish_event`]
 /// publishes.
 pub fn sign_event(event: &mut crate::event::Event, key_id: &str, key: &[u8]) {

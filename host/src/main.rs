@@ -5,6 +5,8 @@ use std::{
     process::ExitCode,
 };
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use jetfold_host::{
@@ -76,6 +78,109 @@ enum Command {
     /// kept on the dead-letter stream with the reason.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Move events between streams and servers as JSON Lines (the fixture format), keeping
+    /// order, message ids, headers and payload bytes.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Fold a plugin's stream again, effects suppressed (a dry run that acknowledges nothing),
+    /// and print the states at the end; with --effects, each event's effects first; with
+    /// --diff, where another version of the plugin folds differently.
+    Replay(ReplayArgs),
+    /// Replay a plugin's stream up to the checkpoint a daemon committed and compare with the
+    /// states it stored: any difference means non-determinism or a changed component. Exit 1
+    /// on a difference.
+    Verify(VerifyArgs),
+    /// Rebuild a running plugin's read model from the stream start, blue/green: a running
+    /// daemon folds the stream again into tables of its own, beside the live ones (which go
+    /// on serving), and swaps them in in one transaction when caught up. Shows progress
+    /// until then.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(clap::Args)]
+struct RebuildArgs {
+    /// The plugin's name.
+    plugin: String,
+    /// The daemon's configuration (its `name` says which daemon is asked).
+    #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
+    config: PathBuf,
+    /// How long to wait for the daemon's first answer.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    timeout_secs: u64,
+}
+
+/// Where a replay reads: the plugin, its stream and the range.
+#[derive(clap::Args)]
+struct ReplaySource {
+    /// The plugin: its directory or its jetfold.toml.
+    plugin: PathBuf,
+    /// The configuration naming the NATS server (and the sink, for verify).
+    #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
+    config: PathBuf,
+    /// Read this stream instead of the manifest's (or the config's `[plugins.<name>]`).
+    #[arg(long, value_name = "NAME")]
+    stream: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    source: ReplaySource,
+    /// First stream sequence to fold [default: the stream's first].
+    #[arg(long, value_name = "SEQ")]
+    from_seq: Option<u64>,
+    /// Last stream sequence to fold.
+    #[arg(long, value_name = "SEQ", conflicts_with = "to_time")]
+    to_seq: Option<u64>,
+    /// Fold only events whose event time is at or before this (RFC 3339).
+    #[arg(long, value_name = "TIME")]
+    to_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Print each event's effects (one JSON line per event) before the states.
+    #[arg(long)]
+    effects: bool,
+    /// Fold the same events through this other version of the plugin too, and print each
+    /// event where the two differ (state, effects or error); exit 1 if any does.
+    #[arg(long, value_name = "PLUGIN", conflicts_with = "effects")]
+    diff: Option<PathBuf>,
+    /// Print only this key's state.
+    #[arg(long, value_name = "KEY")]
+    key: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    source: ReplaySource,
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Write a stream's events to stdout, one JSON record per line, in stream order.
+    Export {
+        /// The stream.
+        stream: String,
+        /// Only events on this subject (NATS wildcards allowed; repeatable).
+        #[arg(long = "subject", value_name = "SUBJECT")]
+        subjects: Vec<String>,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
+    /// Publish the events of a JSON Lines file (an export, or a fixture) to a stream, in
+    /// order, with their message ids and headers; creates the stream if it does not exist.
+    /// Events the stream already has (same message id) are not stored twice.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// The stream to publish to.
+        #[arg(long, value_name = "NAME")]
+        stream: String,
+        /// The subjects of the stream when it must be created [default: `<first token>.>` of
+        /// each event's subject].
+        #[arg(long = "subject", value_name = "SUBJECT")]
+        subjects: Vec<String>,
+        #[command(flatten)]
+        at: RegistryArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,6 +445,10 @@ fn main() -> ExitCode {
         Command::Publish(args) => run_publish(args),
         Command::Plugin(command) => run_plugin(command),
         Command::Dlq(command) => run_dlq(command),
+        Command::Events(command) => run_events(command),
+        Command::Replay(args) => run_replay(&cli, args),
+        Command::Verify(args) => run_verify(&cli, args),
+        Command::Rebuild(args) => run_rebuild(args),
         Command::Demo(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
@@ -675,74 +784,325 @@ fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
 
 fn run_publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let config = jetfold_host::config::Config::load(&args.config)?;
-    let events: Vec<_> = read_fixture(&args.events)?
-        .into_iter()
-        .filter_map(|(_, line)| match line {
-            FixtureLine::Event(event) => Some(event),
-            FixtureLine::Query { .. } => None,
-        })
-        .collect();
-    let subjects = if args.subjects.is_empty() {
-        let mut subjects: Vec<String> = events
-            .iter()
-            .map(|e| format!("{}.>", e.subject.split('.').next().unwrap_or_default()))
-            .collect();
-        subjects.sort();
-        subjects.dedup();
-        subjects
-    } else {
-        args.subjects.clone()
+    let signing = &config.event_signing;
+    let sign_key = match &signing.sign_key {
+        Some(id) => signing.decoded_keys()?.into_iter().find(|(k, _)| k == id),
+        None => None,
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let (stored, duplicates, last) = runtime.block_on(async {
+    let done = runtime.block_on(async {
         let client = jetfold_host::nats::connect(&config).await?;
         let js = async_nats::jetstream::new(client);
-        js.get_or_create_stream(async_nats::jetstream::stream::Config {
-            name: args.stream.clone(),
-            subjects,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot open or create stream `{}`: {e}", args.stream))?;
-        let signing = &config.event_signing;
-        let sign_key = match &signing.sign_key {
-            Some(id) => signing.decoded_keys()?.into_iter().find(|(k, _)| k == id),
-            None => None,
-        };
-        let mut acks = Vec::new();
-        for event in &events {
-            let mut event = event.clone();
-            if let Some((id, key)) = &sign_key {
-                jetfold_host::integrity::sign_event(&mut event, id, key);
-            }
-            acks.push(jetfold_host::nats::publish_event(&js, &event).await?);
-        }
-        let (mut stored, mut duplicates, mut last) = (0, 0, 0);
-        for ack in acks {
-            let ack = ack.await.map_err(|e| anyhow::anyhow!("publishing failed: {e}"))?;
-            if ack.stream != args.stream {
-                anyhow::bail!(
-                    "an event was stored in stream `{}`, not `{}`: their subjects overlap",
-                    ack.stream,
-                    args.stream
-                );
-            }
-            if ack.duplicate {
-                duplicates += 1;
-            } else {
-                stored += 1;
-                last = ack.sequence;
-            }
-        }
-        anyhow::Ok((stored, duplicates, last))
+        let (path, stream) = (&args.events, &args.stream);
+        jetfold_host::transfer::import(&js, path, stream, &args.subjects, sign_key.as_ref()).await
     })?;
-    println!("published {stored} events to {} (last sequence {last})", args.stream);
-    if duplicates > 0 {
+    print_imported(&done, &args.stream);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_imported(done: &jetfold_host::transfer::Imported, stream: &str) {
+    println!("published {} events to {stream} (last sequence {})", done.stored, done.last_seq);
+    if done.duplicates > 0 {
         println!(
-            "{duplicates} events were already in the stream (same message id) and were not stored again"
+            "{} events were already in the stream (same message id) and were not stored again",
+            done.duplicates
         );
     }
+}
+
+fn run_events(command: &EventsCommand) -> anyhow::Result<ExitCode> {
+    let config_path = match command {
+        EventsCommand::Export { at, .. } | EventsCommand::Import { at, .. } => &at.config,
+    };
+    let config = jetfold_host::config::Config::load(config_path)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&config).await?;
+        let js = async_nats::jetstream::new(client);
+        match command {
+            EventsCommand::Export { stream, subjects, .. } => {
+                let mut progress = jetfold_host::progress::ProgressLine::new("export");
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                let done = jetfold_host::transfer::export(&js, stream, subjects, &mut out, |n, t| {
+                    progress.update(n, t)
+                })
+                .await?;
+                progress.finish(done.events, done.events);
+                eprintln!("exported {} events from {stream}", done.events);
+                if done.unreadable > 0 {
+                    eprintln!(
+                        "{} of them have unreadable Event-Time or Schema-Version headers: written with their headers as they are",
+                        done.unreadable
+                    );
+                }
+            }
+            EventsCommand::Import { file, stream, subjects, .. } => {
+                let done = jetfold_host::transfer::import(&js, file, stream, subjects, None).await?;
+                print_imported(&done, stream);
+            }
+        }
+        anyhow::Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A plugin opened for replay: its config's `[limits]` defaults applied, its stream and
+/// subjects as the daemon would read them, and the keys its signatures are checked with.
+struct ReplayTarget {
+    config: jetfold_host::config::Config,
+    stream: String,
+    subjects: Vec<String>,
+    verify_keys: Vec<(String, Vec<u8>)>,
+}
+
+fn replay_target(
+    source: &ReplaySource,
+    plugin: &jetfold_host::fold::Plugin,
+) -> anyhow::Result<ReplayTarget> {
+    let config = jetfold_host::config::Config::load(&source.config)?;
+    let manifest = &plugin.manifest;
+    let overrides = config.plugins.get(&manifest.name);
+    let stream = source
+        .stream
+        .clone()
+        .or_else(|| overrides.and_then(|o| o.stream.clone()))
+        .or_else(|| manifest.source.stream.clone())
+        .with_context(|| {
+            format!("plugin `{}` names no [source] stream: give --stream", manifest.name)
+        })?;
+    let subjects = overrides
+        .and_then(|o| o.subjects.clone())
+        .unwrap_or_else(|| manifest.source.subjects.clone());
+    let verify_keys =
+        if config.event_signing.verify { config.event_signing.decoded_keys()? } else { Vec::new() };
+    Ok(ReplayTarget { config, stream, subjects, verify_keys })
+}
+
+/// Opens a plugin with the config's `[limits]` defaults for what its manifest does not set.
+fn open_for_replay(path: &Path, config: &Path, loader: &ComponentLoader) -> anyhow::Result<Plugin> {
+    let config = jetfold_host::config::Config::load(config)?;
+    Plugin::open_with_defaults(path, loader, &config.limits)
+}
+
+fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
+    use jetfold_host::replay::{Range, Replayer, read_events};
+    let loader = loader(cli)?;
+    let plugin = open_for_replay(&args.source.plugin, &args.source.config, &loader)?;
+    let target = replay_target(&args.source, &plugin)?;
+    let mut other = match &args.diff {
+        Some(path) => Some(Replayer::new(open_for_replay(path, &args.source.config, &loader)?)),
+        None => None,
+    };
+    let digest = plugin.component.digest.hex();
+    let mut replayer = Replayer::new(plugin);
+    let range = Range { from_seq: args.from_seq, to_seq: args.to_seq, to_time: args.to_time };
+    let mut progress = jetfold_host::progress::ProgressLine::new("replay");
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let (mut differ, mut first): (u64, Option<(u64, String, String)>) = (0, None);
+    let mut write_error = None;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let last = runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&target.config).await?;
+        let js = async_nats::jetstream::new(client);
+        read_events(&js, &target.stream, &target.subjects, &range, &target.verify_keys, |seq, event, total| {
+            let event_type = event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default();
+            let (key, outcome) = replayer.step(&event);
+            let line = if let Some(other) = &mut other {
+                let (_, theirs) = other.step(&event);
+                let (a, b) = (serde_json::to_value(&outcome), serde_json::to_value(&theirs));
+                if a.ok() == b.ok() {
+                    None
+                } else {
+                    differ += 1;
+                    first.get_or_insert((seq, event_type.clone(), key.clone()));
+                    Some(serde_json::json!({"seq": seq, "type": event_type, "key": key, "left": outcome, "right": theirs}))
+                }
+            } else if args.effects {
+                let mut line = serde_json::json!({"seq": seq, "type": event_type, "key": key});
+                match (&outcome.effects, &outcome.error) {
+                    (_, Some(e)) => line["error"] = serde_json::to_value(e).unwrap_or_default(),
+                    (Some(fx), None) => line["effects"] = serde_json::to_value(fx).unwrap_or_default(),
+                    (None, None) => {}
+                }
+                Some(line)
+            } else {
+                None
+            };
+            if let Some(line) = line
+                && write_error.is_none()
+                && let Err(e) = writeln!(out, "{line}")
+            {
+                write_error = Some(e);
+            }
+            progress.update(replayer.events, total);
+        })
+        .await
+    })?;
+    progress.finish(replayer.events, replayer.events);
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    let name = replayer.plugin().manifest.name.clone();
+    if let Some(other) = &other {
+        out.flush()?;
+        drop(out);
+        let events = replayer.events;
+        match first {
+            None => println!(
+                "no divergence: {name} and {} agree on all {events} events",
+                other.plugin().component.digest.hex()
+            ),
+            Some((seq, event_type, key)) => {
+                println!(
+                    "first divergence at sequence {seq} ({event_type}, key {key:?}); {differ} of {events} events differ"
+                );
+                return Ok(ExitCode::from(EXIT_CHECK_FAILED));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let states: serde_json::Map<String, serde_json::Value> = replayer
+        .states()
+        .iter()
+        .filter(|(k, _)| args.key.as_ref().is_none_or(|want| want == *k))
+        .map(|(k, v)| (k.clone(), jetfold_host::fold::state_document(v)))
+        .collect();
+    let summary = serde_json::json!({
+        "plugin": name,
+        "digest": digest,
+        "stream": target.stream,
+        "last_seq": last,
+        "events": replayer.events,
+        "rejected": replayer.rejected,
+        "state": states,
+    });
+    if args.effects {
+        writeln!(out, "{summary}")?;
+    } else {
+        writeln!(out, "{}", serde_json::to_string_pretty(&summary)?)?;
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    use jetfold_host::replay::{Range, Replayer, read_events};
+    let loader = loader(cli)?;
+    let plugin = open_for_replay(&args.source.plugin, &args.source.config, &loader)?;
+    let target = replay_target(&args.source, &plugin)?;
+    let name = plugin.manifest.name.clone();
+    let digest = plugin.component.digest.hex();
+    // The checkpoint and the states it goes with, read again if a daemon committed between.
+    let mut sink = jetfold_host::sink::Sink::open(&target.config.sink_target())?;
+    let (checkpoint, stored) = loop {
+        let before = sink.checkpoint(&name)?;
+        let states = sink.states(&name)?;
+        if sink.checkpoint(&name)? == before {
+            break (before, states);
+        }
+    };
+    let Some(checkpoint) = checkpoint else {
+        anyhow::bail!("plugin `{name}` has no checkpoint in the sink: nothing to verify");
+    };
+    let mut replayer = Replayer::new(plugin);
+    let range = Range { to_seq: Some(checkpoint.last_seq), ..Range::default() };
+    let mut progress = jetfold_host::progress::ProgressLine::new("verify");
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&target.config).await?;
+        let js = async_nats::jetstream::new(client);
+        read_events(
+            &js,
+            &target.stream,
+            &target.subjects,
+            &range,
+            &target.verify_keys,
+            |_, event, total| {
+                replayer.step(&event);
+                progress.update(replayer.events, total);
+            },
+        )
+        .await
+    })?;
+    progress.finish(replayer.events, replayer.events);
+    let replayed = replayer.states();
+    let stored: std::collections::BTreeMap<String, Vec<u8>> = stored.into_iter().collect();
+    let mut keys: Vec<&String> = stored.keys().chain(replayed.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let doc = |s: Option<&Vec<u8>>| s.map(|b| jetfold_host::fold::state_document(b));
+    let differ: Vec<&String> =
+        keys.into_iter().filter(|k| stored.get(*k) != replayed.get(*k)).collect();
+    println!(
+        "{name}: replayed {} events up to sequence {} (checkpoint by {}, replayed with {digest})",
+        replayer.events, checkpoint.last_seq, checkpoint.digest
+    );
+    if differ.is_empty() {
+        println!("verified: all {} states match", stored.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if checkpoint.digest != digest {
+        println!("the component differs from the version that wrote the checkpoint");
+    }
+    println!("{} of {} states differ:", differ.len(), stored.len().max(replayed.len()));
+    for key in differ.iter().take(20) {
+        let line = serde_json::json!({"key": key, "stored": doc(stored.get(*key)), "replayed": doc(replayed.get(*key))});
+        println!("{line}");
+    }
+    if differ.len() > 20 {
+        println!("… and {} more", differ.len() - 20);
+    }
+    Ok(ExitCode::from(EXIT_CHECK_FAILED))
+}
+
+fn run_rebuild(args: &RebuildArgs) -> anyhow::Result<ExitCode> {
+    use futures::StreamExt as _;
+    use jetfold_host::daemon::{RebuildReport, rebuild_subject};
+    let config = jetfold_host::config::Config::load(&args.config)?;
+    let subject = rebuild_subject(&config.name, &args.plugin);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = jetfold_host::nats::connect(&config).await?;
+        let inbox = client.new_inbox();
+        let mut reports = client.subscribe(inbox.clone()).await?;
+        client.publish_with_reply(subject.clone(), inbox, "".into()).await?;
+        client.flush().await?;
+        let mut progress =
+            jetfold_host::progress::ProgressLine::new(format!("rebuild {}", args.plugin));
+        let mut wait = std::time::Duration::from_secs(args.timeout_secs);
+        loop {
+            let Ok(next) = tokio::time::timeout(wait, reports.next()).await else {
+                anyhow::bail!(
+                    "no daemon `{}` answered on {subject}: is it running with this config?",
+                    config.name
+                );
+            };
+            let message = next.context("the connection closed")?;
+            if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                anyhow::bail!(
+                    "no daemon `{}` listens on {subject}: is it running with this config?",
+                    config.name
+                );
+            }
+            // Reports come every 250 ms while the rebuild runs.
+            wait = std::time::Duration::from_secs(60);
+            match serde_json::from_slice::<RebuildReport>(&message.payload)? {
+                RebuildReport::Rebuilding { committed_seq, live_seq } => {
+                    progress.update(committed_seq, live_seq.max(committed_seq))
+                }
+                RebuildReport::Done { after_seq } => {
+                    progress.finish(after_seq, after_seq);
+                    println!(
+                        "rebuilt {}: the new read model took over after sequence {after_seq}",
+                        args.plugin
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                RebuildReport::Failed { reason } => {
+                    anyhow::bail!("the rebuild of `{}` failed: {reason}", args.plugin)
+                }
+            }
+        }
+    })
 }
 
 fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {

@@ -55,7 +55,7 @@ fn record(
         schema_version: None,
         headers: vec![],
         content_type: None,
-        payload: Some(payload),
+        payload: Some(serde_json::value::to_raw_value(&payload).unwrap()),
         payload_base64: None,
     };
     serde_json::to_string(&r).unwrap()

@@ -6,12 +6,14 @@
 mod auth;
 mod crash;
 mod daemon;
+mod events;
 mod faults;
 mod fleet;
 mod languages;
 mod loading;
 mod migrate;
 mod readme;
+mod replay;
 mod runner;
 mod scaffold;
 mod support;

@@ -2,6 +2,7 @@
 //! and publishing emitted messages.
 
 pub mod local;
+pub mod reader;
 pub mod source;
 
 use std::time::Duration;
@@ -105,6 +106,15 @@ async fn options(config: &Config, nats: &NatsConfig) -> anyhow::Result<async_nat
     Ok(options)
 }
 
+/// The NATS headers of `pairs`, in order (a name given twice keeps both values).
+pub fn header_map(pairs: &[(String, String)]) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(k.as_str(), v.as_str());
+    }
+    h
+}
+
 /// Publishes `event` to JetStream with the documented headers (the demo, tests and imports
 /// use it); the returned future resolves when the stream has stored it.
 pub async fn publish_event(
@@ -112,23 +122,31 @@ pub async fn publish_event(
     event: &crate::event::Event,
 ) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
     use source::headers as h;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(h::MSG_ID, event.message_id.as_str());
-    headers.insert(h::EVENT_TYPE, event.event_type.as_str());
-    headers.insert(h::AGGREGATE_ID, event.aggregate_id.as_str());
-    headers.insert(h::SCHEMA_VERSION, event.schema_version.to_string().as_str());
-    headers.insert(h::EVENT_TIME, event.time.to_rfc3339().as_str());
-    if let Some(c) = &event.correlation_id {
-        headers.insert(h::CORRELATION_ID, c.as_str());
-    }
-    if let Some(c) = &event.causation_id {
-        headers.insert(h::CAUSATION_ID, c.as_str());
-    }
+    let mut pairs = vec![
+        (h::MSG_ID, event.message_id.clone()),
+        (h::EVENT_TYPE, event.event_type.clone()),
+        (h::AGGREGATE_ID, event.aggregate_id.clone()),
+        (h::SCHEMA_VERSION, event.schema_version.to_string()),
+        (h::EVENT_TIME, event.time.to_rfc3339()),
+    ];
+    pairs.extend(event.correlation_id.clone().map(|c| (h::CORRELATION_ID, c)));
+    pairs.extend(event.causation_id.clone().map(|c| (h::CAUSATION_ID, c)));
     if event.content_type != crate::event::JSON {
-        headers.insert(h::CONTENT_TYPE, event.content_type.as_str());
+        pairs.push((h::CONTENT_TYPE, event.content_type.clone()));
     }
-    for (k, v) in &event.headers {
-        headers.append(k.as_str(), v.as_str());
+    let mut headers = async_nats::HeaderMap::new();
+    let all = pairs.iter().map(|(k, v)| (*k, v.as_str()));
+    for (k, v) in all.chain(event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        let id = &event.message_id;
+        let name: async_nats::HeaderName = k
+            .parse()
+            .ok()
+            .filter(|_| !k.is_empty())
+            .with_context(|| format!("event {id:?}: {k:?} is not a valid header name"))?;
+        let value: async_nats::HeaderValue = v.parse().ok().with_context(|| {
+            format!("event {id:?}: header {k}: {v:?} is not a valid header value")
+        })?;
+        headers.append(name, value);
     }
     let ack = js
         .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())

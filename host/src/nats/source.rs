@@ -182,10 +182,30 @@ impl Known {
     }
 }
 
+/// Where a message sits in its stream, as JetStream's reply subject says.
+#[derive(Debug, Clone, Copy)]
+pub struct Position<'a> {
+    /// The stream.
+    pub stream: &'a str,
+    /// The stream sequence.
+    pub sequence: u64,
+    /// When the server stored it.
+    pub published: DateTime<Utc>,
+}
+
 /// Builds the event record of a JetStream message.
 pub fn event_from_message(message: &Message) -> anyhow::Result<Event> {
     let info =
         message.info().map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
+    let at =
+        Position { stream: info.stream, sequence: info.stream_sequence, published: info.published };
+    decode_event(&message.message, at)
+}
+
+/// Builds the event record of a message stored at `at`: the headers jetfold reads (ids,
+/// type, time, schema version, content type), then the payload's documented JSON fields where
+/// a header is missing, then the subject's tokens.
+pub fn decode_event(message: &async_nats::Message, at: Position<'_>) -> anyhow::Result<Event> {
     let mut known = Known::default();
     let mut other_headers = Vec::new();
     if let Some(h) = &message.headers {
@@ -222,13 +242,11 @@ pub fn event_from_message(message: &Message) -> anyhow::Result<Event> {
         Some(t) => DateTime::parse_from_rfc3339(t.trim())
             .map_err(|e| anyhow::anyhow!("header Event-Time {t:?} is not RFC 3339: {e}"))?
             .with_timezone(&Utc),
-        None => fields.time.unwrap_or(info.published),
+        None => fields.time.unwrap_or(at.published),
     };
     Ok(Event {
-        sequence: info.stream_sequence,
-        message_id: known
-            .msg_id
-            .unwrap_or_else(|| format!("{}:{}", info.stream, info.stream_sequence)),
+        sequence: at.sequence,
+        message_id: known.msg_id.unwrap_or_else(|| format!("{}:{}", at.stream, at.sequence)),
         event_type: known
             .event_type
             .or(fields.event_type)
