@@ -73,6 +73,12 @@ impl<T> Event<T> {
         self
     }
 
+    /// Sets the payload's schema version.
+    pub fn with_schema_version(mut self, version: u32) -> Self {
+        self.schema_version = version;
+        self
+    }
+
     /// The value of a header, if present.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())

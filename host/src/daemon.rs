@@ -39,6 +39,7 @@ use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, OnError, PluginKind};
 use crate::nats::{self, source, source::headers};
 use crate::sink::{Checkpoint, Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
+use crate::upcast::{UpcastChain, UpcasterSpec};
 
 /// One fold step of a plugin: the key's new state and the checked effects of one event.
 pub trait Step: Send {
@@ -119,6 +120,9 @@ pub struct DaemonPlugin {
     /// A version run beside this one on the same events with its effects suppressed, its
     /// outcomes compared (read from a `shadow/` directory beside the manifest).
     pub shadow: Option<Box<DaemonPlugin>>,
+    /// The upcasters of its stream, which raise old events' schema versions before it sees
+    /// them (see [`crate::upcast`]).
+    pub upcasters: Vec<UpcasterSpec>,
 }
 
 /// Appended to a plugin's name (its staging identity: states, checkpoint, consumer) and to
@@ -176,10 +180,14 @@ impl DaemonPlugin {
     }
 
     fn step(&self, loader: &ComponentLoader) -> anyhow::Result<Box<dyn Step>> {
-        match &self.implementation {
-            Implementation::Component(c) => Ok(Box::new(self.instantiate(c, loader)?)),
-            Implementation::Native { make, .. } => make(),
+        let inner = match &self.implementation {
+            Implementation::Component(c) => Box::new(self.instantiate(c, loader)?),
+            Implementation::Native { make, .. } => make()?,
+        };
+        if self.upcasters.is_empty() {
+            return Ok(inner);
         }
+        Ok(Box::new(Upcasting { chain: UpcastChain::new(&self.upcasters, loader)?, inner }))
     }
 
     /// Whether this version exports `migrate`, so it may change the state version in place.
@@ -206,25 +214,76 @@ impl DaemonPlugin {
     }
 }
 
+/// A plugin's step behind its stream's upcasters.
+struct Upcasting {
+    chain: UpcastChain,
+    inner: Box<dyn Step>,
+}
+
+impl Step for Upcasting {
+    fn step(
+        &mut self,
+        manifest: &Manifest,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+        match self.chain.upcast(event)? {
+            Some(upcast) => self.inner.step(manifest, state, &upcast),
+            None => self.inner.step(manifest, state, event),
+        }
+    }
+
+    fn migrates(&self) -> bool {
+        self.inner.migrates()
+    }
+
+    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
+        self.inner.migrate(from_version, state)
+    }
+}
+
 /// Loads every plugin under the config's plugin directory; errors name the file at fault.
 pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<DaemonPlugin>> {
     let mut plugins = Vec::new();
     for found in discover_all(config, loader)? {
         match found {
             Found::Plugin(p) => plugins.push(*p),
-            Found::Disabled => {}
+            Found::Disabled | Found::Upcaster(_) => {}
             Found::Broken(_, e) => return Err(e),
         }
     }
     Ok(plugins)
 }
 
+/// The upcasters a daemon with `config` runs before the plugins reading `stream` (for tools
+/// that fold a stream as the daemon does: replay, verify).
+pub fn stream_upcasters(
+    config: &Config,
+    loader: &ComponentLoader,
+    stream: &str,
+) -> anyhow::Result<Vec<UpcasterSpec>> {
+    let mut upcasters = Vec::new();
+    if !config.resolve(&config.plugin_dir).is_dir() {
+        return Ok(upcasters); // a config for tools only: no plugins, so no upcasters
+    }
+    for found in discover_all(config, loader)? {
+        if let Found::Upcaster(u) = found
+            && u.reads(stream)
+        {
+            upcasters.push(*u);
+        }
+    }
+    Ok(upcasters)
+}
+
 /// What a plugin directory holds.
 enum Found {
     /// A plugin ready to run.
     Plugin(Box<DaemonPlugin>),
-    /// A plugin the config disables, or an upcaster (not run on its own).
+    /// A plugin the config disables.
     Disabled,
+    /// An upcaster: not run on its own, but before the plugins of its stream.
+    Upcaster(Box<UpcasterSpec>),
     /// A plugin that cannot be loaded: its directory and why.
     Broken(PathBuf, anyhow::Error),
 }
@@ -264,11 +323,15 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
             .map_err(|e| anyhow::anyhow!("{}: [limits]: {e}", manifest.dir.display()))?;
         Ok(manifest)
     };
-    let load = |path: &PathBuf| -> anyhow::Result<Option<DaemonPlugin>> {
+    let load = |path: &PathBuf| -> anyhow::Result<Found> {
         let manifest = with_defaults(Manifest::load(path)?)?;
         let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
-        if !overrides.enabled || manifest.kind == PluginKind::Upcaster {
-            return Ok(None);
+        if !overrides.enabled {
+            return Ok(Found::Disabled);
+        }
+        if manifest.kind == PluginKind::Upcaster {
+            let component = loader.load(manifest.kind, &manifest.wasm_path())?;
+            return Ok(Found::Upcaster(Box::new(UpcasterSpec { manifest, component })));
         }
         let stream = overrides.stream.or(manifest.source.stream.clone()).with_context(|| {
             format!(
@@ -303,11 +366,12 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
                     start: StartPosition::default(),
                     at_seq: None,
                     shadow: None,
+                    upcasters: Vec::new(),
                 }))
             }
             false => None,
         };
-        Ok(Some(DaemonPlugin {
+        Ok(Found::Plugin(Box::new(DaemonPlugin {
             manifest,
             implementation: Implementation::Component(component),
             stream,
@@ -315,26 +379,44 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
             start: overrides.start.unwrap_or_default(),
             at_seq,
             shadow,
-        }))
+            upcasters: Vec::new(),
+        })))
     };
     let mut all: Vec<Found> = manifests
         .iter()
         .map(|path| {
             let dir = path.parent().expect("a manifest path has a directory").to_path_buf();
-            match load(path) {
-                Ok(Some(plugin)) => Found::Plugin(Box::new(plugin)),
-                Ok(None) => Found::Disabled,
-                Err(e) => Found::Broken(dir, e),
-            }
+            load(path).unwrap_or_else(|e| Found::Broken(dir, e))
         })
         .collect();
     // A later directory's plugin replaces an earlier one of the same name.
     let mut seen = std::collections::HashSet::new();
     for found in all.iter_mut().rev() {
-        if let Found::Plugin(p) = found
-            && !seen.insert(p.manifest.name.clone())
-        {
+        let name = match found {
+            Found::Plugin(p) => &p.manifest.name,
+            Found::Upcaster(u) => &u.manifest.name,
+            _ => continue,
+        };
+        if !seen.insert(name.clone()) {
             *found = Found::Disabled;
+        }
+    }
+    // Each plugin (and its shadow) gets the upcasters of its stream.
+    let upcasters: Vec<UpcasterSpec> = all
+        .iter()
+        .filter_map(|f| match f {
+            Found::Upcaster(u) => Some((**u).clone()),
+            _ => None,
+        })
+        .collect();
+    for found in &mut all {
+        if let Found::Plugin(p) = found {
+            let mine: Vec<UpcasterSpec> =
+                upcasters.iter().filter(|u| u.reads(&p.stream)).cloned().collect();
+            if let Some(shadow) = &mut p.shadow {
+                shadow.upcasters.clone_from(&mine);
+            }
+            p.upcasters = mine;
         }
     }
     Ok(all)
@@ -536,8 +618,16 @@ impl Running {
 fn fingerprint(plugin: &DaemonPlugin) -> String {
     let manifest = serde_json::to_string(&plugin.manifest).expect("a manifest serialises");
     let shadow = plugin.shadow.as_deref().map(fingerprint).unwrap_or_default();
+    let upcasters: Vec<String> = plugin
+        .upcasters
+        .iter()
+        .map(|u| {
+            let m = serde_json::to_string(&u.manifest).expect("a manifest serialises");
+            format!("{} {m}", u.component.digest.hex())
+        })
+        .collect();
     format!(
-        "{} {manifest} {} {:?} {:?} {:?} shadow: {shadow}",
+        "{} {manifest} {} {:?} {:?} {:?} shadow: {shadow} upcasters: {upcasters:?}",
         plugin.digest(),
         plugin.stream,
         plugin.subjects,
@@ -1158,7 +1248,7 @@ impl Daemon {
                         }
                     }
                 }
-                Found::Disabled => {}
+                Found::Disabled | Found::Upcaster(_) => {}
             }
         }
         let gone: Vec<String> =

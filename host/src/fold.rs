@@ -260,6 +260,7 @@ impl Report {
 /// A fold in progress: a plugin and the state of every key it has seen.
 pub struct Fold {
     plugin: Plugin,
+    upcasters: crate::upcast::UpcastChain,
     states: BTreeMap<String, Vec<u8>>,
     steps: Vec<Step>,
 }
@@ -267,7 +268,13 @@ pub struct Fold {
 impl Fold {
     /// Starts a fold with no state.
     pub fn new(plugin: Plugin) -> Self {
-        Fold { plugin, states: BTreeMap::new(), steps: Vec::new() }
+        Fold { plugin, upcasters: Default::default(), states: BTreeMap::new(), steps: Vec::new() }
+    }
+
+    /// Runs every event through `upcasters` first, as a daemon does with its stream's.
+    pub fn with_upcasters(mut self, upcasters: crate::upcast::UpcastChain) -> Self {
+        self.upcasters = upcasters;
+        self
     }
 
     /// The plugin being folded.
@@ -286,7 +293,14 @@ impl Fold {
         let mut effects = None;
         let mut upcast = None;
         let mut error = None;
-        if self.plugin.manifest.kind == PluginKind::Upcaster {
+        let raised = self.upcasters.upcast(event);
+        let event = match &raised {
+            Ok(Some(raised)) => raised,
+            Ok(None) | Err(_) => event,
+        };
+        if let Err(e) = &raised {
+            error = Some(e.clone());
+        } else if self.plugin.manifest.kind == PluginKind::Upcaster {
             match self.plugin.guest.upcast(event) {
                 Ok(out) => upcast = Some(Box::new(EventRecord::from_event(&out))),
                 Err(e) => error = Some(e.into()),

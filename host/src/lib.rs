@@ -45,4 +45,5 @@ pub mod replay;
 pub mod scaffold;
 pub mod sink;
 pub mod transfer;
+pub mod upcast;
 pub mod wasi;

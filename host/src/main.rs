@@ -370,6 +370,10 @@ struct TestArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Run every event through this upcaster first (a directory or manifest; repeatable: a
+    /// chain, each raising the schema versions it reads, as a daemon runs its stream's).
+    #[arg(long = "upcaster", value_name = "PLUGIN")]
+    upcasters: Vec<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -497,7 +501,22 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
             events.display()
         );
     }
-    let mut fold = Fold::new(plugin);
+    let mut specs = Vec::new();
+    for path in &args.upcasters {
+        let manifest = jetfold_host::manifest::Manifest::load(path)?;
+        if manifest.kind != jetfold_host::manifest::PluginKind::Upcaster {
+            anyhow::bail!(
+                "--upcaster {}: `{}` is a {}, not an upcaster",
+                path.display(),
+                manifest.name,
+                manifest.kind
+            );
+        }
+        let component = loader.load(manifest.kind, &manifest.wasm_path())?;
+        specs.push(jetfold_host::upcast::UpcasterSpec { manifest, component });
+    }
+    let chain = jetfold_host::upcast::UpcastChain::new(&specs, &loader)?;
+    let mut fold = Fold::new(plugin).with_upcasters(chain);
     for (line, entry) in lines {
         match entry {
             FixtureLine::Event(event) => {
@@ -854,6 +873,17 @@ struct ReplayTarget {
     verify_keys: Vec<(String, Vec<u8>)>,
 }
 
+impl ReplayTarget {
+    /// The upcasters the daemon of this config runs before the plugins of this stream.
+    fn upcasters(
+        &self,
+        loader: &ComponentLoader,
+    ) -> anyhow::Result<jetfold_host::upcast::UpcastChain> {
+        let specs = jetfold_host::daemon::stream_upcasters(&self.config, loader, &self.stream)?;
+        jetfold_host::upcast::UpcastChain::new(&specs, loader)
+    }
+}
+
 fn replay_target(
     source: &ReplaySource,
     plugin: &jetfold_host::fold::Plugin,
@@ -889,11 +919,14 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let plugin = open_for_replay(&args.source.plugin, &args.source.config, &loader)?;
     let target = replay_target(&args.source, &plugin)?;
     let mut other = match &args.diff {
-        Some(path) => Some(Replayer::new(open_for_replay(path, &args.source.config, &loader)?)),
+        Some(path) => Some(
+            Replayer::new(open_for_replay(path, &args.source.config, &loader)?)
+                .with_upcasters(target.upcasters(&loader)?),
+        ),
         None => None,
     };
     let digest = plugin.component.digest.hex();
-    let mut replayer = Replayer::new(plugin);
+    let mut replayer = Replayer::new(plugin).with_upcasters(target.upcasters(&loader)?);
     let range = Range { from_seq: args.from_seq, to_seq: args.to_seq, to_time: args.to_time };
     let mut progress = jetfold_host::progress::ProgressLine::new("replay");
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -1003,7 +1036,7 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let Some(checkpoint) = checkpoint else {
         anyhow::bail!("plugin `{name}` has no checkpoint in the sink: nothing to verify");
     };
-    let mut replayer = Replayer::new(plugin);
+    let mut replayer = Replayer::new(plugin).with_upcasters(target.upcasters(&loader)?);
     let range = Range { to_seq: Some(checkpoint.last_seq), ..Range::default() };
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
     let runtime = tokio::runtime::Runtime::new()?;

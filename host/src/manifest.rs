@@ -92,6 +92,9 @@ pub struct Manifest {
     /// effect it may not make): `dead-letter` (default), `skip`, `halt`.
     #[serde(default)]
     pub on_error: OnError,
+    /// For an upcaster: the schema version it reads (it writes the next one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upcast: Option<Upcast>,
     /// How to build the component from source (`jetfold build`).
     #[serde(default)]
     pub build: Option<Build>,
@@ -104,6 +107,14 @@ pub struct Manifest {
     /// The `[limits]` the file itself sets (the rest are defaults).
     #[serde(skip)]
     pub limits_set: toml::Table,
+}
+
+/// Which events an upcaster rewrites: those of its `[source]` subjects at this schema version.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Upcast {
+    /// The schema version it reads; it writes `from-version + 1` or later.
+    pub from_version: u32,
 }
 
 /// The stream and subjects a plugin consumes.
@@ -379,6 +390,17 @@ impl Manifest {
             return Err(
                 "`state.token` is only meaningful with `state.key = \"subject-token\"`".into()
             );
+        }
+        match (self.kind, &self.upcast) {
+            (PluginKind::Upcaster, None) => {
+                return Err(
+                    "an upcaster needs `[upcast] from-version`, the schema version it reads".into(),
+                );
+            }
+            (PluginKind::Projection | PluginKind::Policy, Some(_)) => {
+                return Err("`[upcast]` is only meaningful for `kind = \"upcaster\"`".into());
+            }
+            _ => {}
         }
         if self.limits.fuel == 0 || self.limits.memory_mib == 0 {
             return Err("`limits.fuel` and `limits.memory-mib` must be above zero".into());

@@ -43,6 +43,7 @@ pub struct Outcome {
 /// A plugin folding events in memory.
 pub struct Replayer {
     plugin: Plugin,
+    upcasters: crate::upcast::UpcastChain,
     states: BTreeMap<String, Vec<u8>>,
     /// Events folded.
     pub events: u64,
@@ -53,7 +54,19 @@ pub struct Replayer {
 impl Replayer {
     /// A replayer starting with no state.
     pub fn new(plugin: Plugin) -> Self {
-        Replayer { plugin, states: BTreeMap::new(), events: 0, rejected: 0 }
+        Replayer {
+            plugin,
+            upcasters: Default::default(),
+            states: BTreeMap::new(),
+            events: 0,
+            rejected: 0,
+        }
+    }
+
+    /// Runs every event through `upcasters` first, as the daemon does.
+    pub fn with_upcasters(mut self, upcasters: crate::upcast::UpcastChain) -> Self {
+        self.upcasters = upcasters;
+        self
     }
 
     /// The plugin.
@@ -74,18 +87,23 @@ impl Replayer {
         };
         let key = self.plugin.manifest.state_key(event);
         let state = self.states.get(&key);
-        let outcome =
-            match checked_step(&mut self.plugin.guest, &self.plugin.manifest, state, event) {
-                Ok((new_state, effects)) => {
-                    let doc = state_document(&new_state);
-                    self.states.insert(key.clone(), new_state);
-                    Outcome { state: Some(doc), effects: Some(effects), error: None }
-                }
-                Err(e) => {
-                    self.rejected += 1;
-                    Outcome { state: None, effects: None, error: Some(e) }
-                }
-            };
+        let (guest, manifest) = (&mut self.plugin.guest, &self.plugin.manifest);
+        let stepped = match self.upcasters.upcast(event) {
+            Ok(Some(raised)) => checked_step(guest, manifest, state, &raised),
+            Ok(None) => checked_step(guest, manifest, state, event),
+            Err(e) => Err(e),
+        };
+        let outcome = match stepped {
+            Ok((new_state, effects)) => {
+                let doc = state_document(&new_state);
+                self.states.insert(key.clone(), new_state);
+                Outcome { state: Some(doc), effects: Some(effects), error: None }
+            }
+            Err(e) => {
+                self.rejected += 1;
+                Outcome { state: None, effects: None, error: Some(e) }
+            }
+        };
         (key, outcome)
     }
 

@@ -18,3 +18,4 @@ mod runner;
 mod scaffold;
 mod support;
 mod swap;
+mod upcast;

@@ -199,3 +199,35 @@ fn a_payload_that_is_not_json_reaches_the_plugin_which_decides() {
         run.all()
     );
 }
+
+#[test]
+fn upcasters_chain_from_schema_v0_to_v2_before_the_projection() {
+    golden_passes("legacy-resource-upcaster");
+    let (legacy, v1) = (plugin("legacy-resource-upcaster"), plugin("resource-upcaster"));
+    let compute = plugin("compute-resource");
+    let chain = |upcasters: &[&Path]| {
+        let mut args = vec![
+            Path::new("test").to_path_buf(),
+            compute.clone(),
+            "--events".into(),
+            compute.join("fixtures/legacy-events.jsonl"),
+            "--expect".into(),
+            compute.join("fixtures/legacy-expected.json"),
+        ];
+        for u in upcasters {
+            args.push("--upcaster".into());
+            args.push(u.to_path_buf());
+        }
+        jetfold(args)
+    };
+    let run = chain(&[&legacy, &v1]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stderr.contains("ok: matches"), "{}", run.all());
+    // Without the first link, the v0 events never reach the projection's schema.
+    let short = chain(&[&v1]);
+    assert_eq!(short.code, 1, "{}", short.all());
+    // Only upcasters can be links.
+    let wrong = chain(&[&compute]);
+    assert_eq!(wrong.code, 2, "{}", wrong.all());
+    assert!(wrong.stderr.contains("is a projection, not an upcaster"), "{}", wrong.all());
+}
