@@ -585,3 +585,51 @@ async fn a_daemon_dropped_without_stop_lets_its_workers_end() {
     .await
     .expect("the workers of a dropped daemon did not end");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_maintenance_asks_once_per_incident_with_correlation_and_causation() {
+    plugin("health-maintenance");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.resource.>"]).await;
+    create_stream(&js, "COMMANDS", &["infra.commands.>"]).await;
+    let fixture = crate::support::root().join("plugins/health-maintenance/fixtures/events.jsonl");
+    let n = publish_fixture(&js, &fixture).await as u64;
+    let dir = daemon_dir(&["health-maintenance"]);
+    let db = dir.path().join("jetfold.db");
+    let (stop, task) = start(config(dir.path(), &nats));
+    eventually(60, "the policy to fold the stream", || checkpoint(&db, "health-maintenance") == n)
+        .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    let mut reader =
+        jetfold_host::nats::reader::StreamReader::open(&js, "COMMANDS", &[], None, None)
+            .await
+            .unwrap();
+    let mut commands = Vec::new();
+    while let Some(message) = reader.next().await {
+        let message = message.unwrap();
+        let header = |name: &str| {
+            message.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_string())
+        };
+        let payload: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+        commands.push((
+            message.subject.to_string(),
+            header("Correlation-Id"),
+            header("Causation-Id"),
+            payload,
+        ));
+    }
+    assert_eq!(commands.len(), 2, "{commands:?}");
+    let (subject, correlation, causation, payload) = &commands[0];
+    assert_eq!(subject, "infra.commands.r-1.PutIntoMaintenance");
+    assert_eq!(correlation.as_deref(), Some("incident-7"), "the incident's correlation id");
+    assert_eq!(causation.as_deref(), Some("infra.resource.r-1.HealthCheckFailed:5"));
+    assert_eq!(payload["failures"], 3);
+    let (subject, correlation, causation, _) = &commands[1];
+    assert_eq!(subject, "infra.commands.r-3.PutIntoMaintenance");
+    // No correlation on the event: the command is correlated with the event itself.
+    assert_eq!(correlation.as_deref(), Some("infra.resource.r-3.HealthCheckFailed:10"));
+    assert_eq!(causation.as_deref(), Some("infra.resource.r-3.HealthCheckFailed:10"));
+}

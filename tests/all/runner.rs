@@ -231,3 +231,8 @@ fn upcasters_chain_from_schema_v0_to_v2_before_the_projection() {
     assert_eq!(wrong.code, 2, "{}", wrong.all());
     assert!(wrong.stderr.contains("is a projection, not an upcaster"), "{}", wrong.all());
 }
+
+#[test]
+fn health_maintenance_matches_its_golden_file() {
+    golden_passes("health-maintenance");
+}
