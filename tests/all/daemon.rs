@@ -4,10 +4,10 @@ use std::path::Path;
 
 use futures::StreamExt as _;
 use jetfold_host::{config::Config, sink::sqlite::SqliteSink};
-use tokio::sync::oneshot;
 
 use crate::support::{
     NatsServer, checkpoint, create_stream, daemon_dir, eventually, plugin, publish_fixture,
+    start_daemon,
 };
 
 fn config(dir: &Path, nats: &NatsServer) -> Config {
@@ -32,15 +32,6 @@ async fn compute_resource_fixture_on_infra()
     (nats, js, n, daemon_dir(&["compute-resource"]))
 }
 
-/// Starts the daemon in-process; the sender stops it.
-fn start(config: Config) -> (oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(jetfold_host::daemon::run(config, async move {
-        let _ = rx.await;
-    }));
-    (tx, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_flow_from_jetstream_to_sqlite_and_commands_exactly_once() {
     plugin("compute-resource");
@@ -58,7 +49,7 @@ async fn events_flow_from_jetstream_to_sqlite_and_commands_exactly_once() {
 
     let dir = daemon_dir(&["compute-resource", "person-archive"]);
     let db = dir.path().join("jetfold.db");
-    let (stop, task) = start(config(dir.path(), &nats));
+    let (stop, task) = start_daemon(config(dir.path(), &nats));
     eventually(60, "both plugins to commit their streams", || {
         checkpoint(&db, "compute-resource") == infra && checkpoint(&db, "person-archive") == people
     })
@@ -122,7 +113,7 @@ async fn events_flow_from_jetstream_to_sqlite_and_commands_exactly_once() {
     assert_eq!(payload["person_id"], "linus");
 
     // A restart resumes from the checkpoint: nothing is applied or published twice.
-    let (stop, task) = start(config(dir.path(), &nats));
+    let (stop, task) = start_daemon(config(dir.path(), &nats));
     let later = dir.path().join("later.jsonl");
     std::fs::write(
         &later,
@@ -166,7 +157,7 @@ async fn a_missing_stream_is_named_and_the_daemon_stays_up() {
     let nats = NatsServer::start();
     let dir = daemon_dir(&["event-counter"]);
     let db = dir.path().join("jetfold.db");
-    let (stop, task) = start(config(dir.path(), &nats));
+    let (stop, task) = start_daemon(config(dir.path(), &nats));
     // The stream does not exist yet: the worker keeps retrying; once it exists, events flow.
     let js = nats.jetstream().await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -193,7 +184,7 @@ async fn the_daemon_reconnects_after_nats_server_restarts() {
     create_stream(&js, "INFRA", &["infra.>"]).await;
     let dir = daemon_dir(&["event-counter"]);
     let db = dir.path().join("jetfold.db");
-    let (stop, task) = start(config(dir.path(), &nats));
+    let (stop, task) = start_daemon(config(dir.path(), &nats));
     let events = dir.path().join("events.jsonl");
     let write_events = |from: usize, to: usize| {
         let lines: Vec<String> = (from..to)
@@ -311,7 +302,7 @@ async fn a_payload_that_is_not_json_reaches_the_plugin_and_is_recorded_when_refu
     .unwrap();
     let dir = daemon_dir(&["compute-resource"]);
     let db = dir.path().join("jetfold.db");
-    let (stop, task) = start(config(dir.path(), &nats));
+    let (stop, task) = start_daemon(config(dir.path(), &nats));
     eventually(60, "both events", || checkpoint(&db, "compute-resource") == 2).await;
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
@@ -336,7 +327,7 @@ async fn jetfold_state_asks_the_running_daemon_and_the_projection_answers() {
         format!("plugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n", nats.url()),
     )
     .unwrap();
-    let (stop, task) = start(config(dir.path(), &nats));
+    let (stop, task) = start_daemon(config(dir.path(), &nats));
     eventually(60, "the fixture to be committed", || {
         checkpoint(&db, "compute-resource") == n as u64
     })
@@ -444,7 +435,7 @@ async fn effects_and_checkpoints_go_to_postgres_in_a_schema_of_their_own() {
     );
     let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
     let target = config.sink_target();
-    let (stop, task) = start(config);
+    let (stop, task) = start_daemon(config);
     let checkpoint = move || {
         let target = target.clone();
         std::thread::spawn(move || {
@@ -597,7 +588,7 @@ async fn health_maintenance_asks_once_per_incident_with_correlation_and_causatio
     let n = publish_fixture(&js, &fixture).await as u64;
     let dir = daemon_dir(&["health-maintenance"]);
     let db = dir.path().join("jetfold.db");
-    let (stop, task) = start(config(dir.path(), &nats));
+    let (stop, task) = start_daemon(config(dir.path(), &nats));
     eventually(60, "the policy to fold the stream", || checkpoint(&db, "health-maintenance") == n)
         .await;
     stop.send(()).unwrap();

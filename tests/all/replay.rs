@@ -3,23 +3,11 @@
 use std::path::Path;
 
 use jetfold_host::config::Config;
-use tokio::sync::oneshot;
 
 use crate::support::{
     NatsServer, checkpoint, create_stream, daemon_dir, eventually, jetfold, plugin,
-    publish_fixture, root,
+    publish_fixture, root, start_daemon, write_config,
 };
-
-fn write_config(dir: &Path, nats: &NatsServer) -> String {
-    let path = dir.join("jetfold.toml");
-    let text = format!(
-        "plugin-dir = \"plugins\"\nbatch-size = 4\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
-        crate::support::cache_dir().display(),
-        nats.url()
-    );
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
 
 /// A server whose INFRA stream holds the compute-resource fixture; the event count.
 async fn infra() -> (NatsServer, usize) {
@@ -121,10 +109,7 @@ async fn verify_agrees_with_a_daemon_and_finds_a_state_changed_behind_its_back()
     let counter = dir.path().join("plugins/event-counter").display().to_string();
 
     let parsed = Config::load(Path::new(&config)).unwrap();
-    let (stop, task) = oneshot::channel::<()>();
-    let daemon = tokio::spawn(jetfold_host::daemon::run(parsed, async move {
-        let _ = task.await;
-    }));
+    let (stop, daemon) = start_daemon(parsed);
     eventually(60, "the daemon to fold the stream", || {
         checkpoint(&db, "event-counter") == n as u64
     })
@@ -170,10 +155,7 @@ async fn rebuild_restores_a_damaged_read_model_while_the_daemon_runs() {
     let db = dir.path().join("jetfold.db");
     let parsed = Config::load(Path::new(&config)).unwrap();
     let target = parsed.sink_target();
-    let (stop, task) = oneshot::channel::<()>();
-    let daemon = tokio::spawn(jetfold_host::daemon::run(parsed, async move {
-        let _ = task.await;
-    }));
+    let (stop, daemon) = start_daemon(parsed);
     eventually(60, "the daemon to fold the stream", || {
         checkpoint(&db, "compute-resource") == n as u64
     })

@@ -184,3 +184,27 @@ pub fn checkpoint(db: &Path, plugin: &str) -> u64 {
         .map(|c| c.last_seq)
         .unwrap_or(0)
 }
+
+/// Starts the daemon in-process with `config`; the sender stops it (it drains first).
+pub fn start_daemon(
+    config: jetfold_host::config::Config,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(jetfold_host::daemon::run(config, async move {
+        let _ = rx.await;
+    }));
+    (tx, task)
+}
+
+/// Writes `dir/jetfold.toml` for a daemon on `nats` with `plugins/` and `jetfold.db` in `dir`
+/// (batches of 4, quick fetches); returns its path.
+pub fn write_config(dir: &Path, nats: &NatsServer) -> String {
+    let path = dir.join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\nbatch-size = 4\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
+        cache_dir().display(),
+        nats.url()
+    );
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}

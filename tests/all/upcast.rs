@@ -2,11 +2,10 @@
 //! the chain v0 → v1 → v2 before compute-resource sees it; `replay` runs the same chain.
 
 use jetfold_host::config::Config;
-use tokio::sync::oneshot;
 
 use crate::support::{
     NatsServer, checkpoint, create_stream, daemon_dir, eventually, jetfold, plugin,
-    publish_fixture, root,
+    publish_fixture, root, start_daemon, write_config,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,23 +19,11 @@ async fn a_daemon_folds_every_schema_generation_through_its_upcasters() {
     let fixture = root().join("plugins/compute-resource/fixtures/legacy-events.jsonl");
     let n = publish_fixture(&js, &fixture).await as u64;
     let dir = daemon_dir(&["compute-resource", "legacy-resource-upcaster", "resource-upcaster"]);
-    let config = dir.path().join("jetfold.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "plugin-dir = \"plugins\"\nbatch-size = 4\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
-            crate::support::cache_dir().display(),
-            nats.url()
-        ),
-    )
-    .unwrap();
+    let config = std::path::PathBuf::from(write_config(dir.path(), &nats));
     let db = dir.path().join("jetfold.db");
     let parsed = Config::load(&config).unwrap();
     let target = parsed.sink_target();
-    let (stop, task) = oneshot::channel::<()>();
-    let daemon = tokio::spawn(jetfold_host::daemon::run(parsed, async move {
-        let _ = task.await;
-    }));
+    let (stop, daemon) = start_daemon(parsed);
     eventually(60, "the daemon to fold the stream", || checkpoint(&db, "compute-resource") == n)
         .await;
     stop.send(()).unwrap();
