@@ -121,3 +121,86 @@ async fn tls_with_a_ca_file_lets_the_daemon_in() {
     )
     .await;
 }
+
+/// A NATS JWT (`ed25519-nkey`) with `claims`, issued by `issuer` about `subject`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let header = serde_json::json!({"typ": "JWT", "alg": "ed25519-nkey"});
+    let mut claims = serde_json::json!({
+        "iat": 1_700_000_000,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let hash = sha2::Sha256::digest(serde_json::to_vec(&claims).unwrap());
+    claims["jti"] = serde_json::Value::String(hex::encode_upper(hash));
+    let signed = format!(
+        "{}.{}",
+        b64(&serde_json::to_vec(&header).unwrap()),
+        b64(&serde_json::to_vec(&claims).unwrap())
+    );
+    let signature = issuer.sign(signed.as_bytes()).unwrap();
+    format!("{signed}.{}", b64(&signature))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creds_file_lets_the_daemon_in() {
+    // Decentralised auth: an operator, an account with JetStream, a user; the server trusts
+    // the operator and knows the account's JWT; the user proves itself with a creds file.
+    let operator = nkeys::KeyPair::new_operator();
+    let (system, account) = (nkeys::KeyPair::new_account(), nkeys::KeyPair::new_account());
+    let user = nkeys::KeyPair::new_user();
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2, "system_account": system.public_key()}),
+    );
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "app",
+        serde_json::json!({"type": "account", "version": 2, "limits": unlimited}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "jetfold",
+        serde_json::json!({"type": "user", "version": 2, "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1}),
+    );
+    let creds = format!(
+        "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n-----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+        user.seed().unwrap()
+    );
+    let conf = format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {}\nresolver: MEMORY\nresolver_preload: {{ {}: \"{account_jwt}\", {}: \"{system_jwt}\" }}",
+        system.public_key(),
+        account.public_key(),
+        system.public_key()
+    );
+    let admin = async_nats::ConnectOptions::with_credentials(&creds).unwrap();
+    daemon_runs_only_with_credentials(
+        &conf,
+        admin,
+        move |dir| {
+            std::fs::write(dir.join("jetfold.creds"), &creds).unwrap();
+            "creds-file = \"jetfold.creds\"".into()
+        },
+        "refused the connection: authorization violation",
+    )
+    .await;
+}
