@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use compute_resource::{AttachedPolicy, Resource, ResourceEvent, ResourceState, Status};
 use jetfold_host::{
     builder::{BuildOptions, build_plugin},
-    component::ComponentLoader,
+    component::{ComponentLoader, CpuLimit},
     effect,
     event::Event,
     guest::GuestInstance,
@@ -209,30 +209,48 @@ fn main() {
         wasm_checked / native
     );
 
-    // What the CPU limit costs: the same component on an engine without fuel (no bound at all,
-    // which the daemon never runs), rounds alternating with the metered instance.
-    let unmetered_loader = ComponentLoader::unmetered(None).unwrap();
-    let unmetered_component = unmetered_loader.load(manifest.kind, &manifest.wasm_path()).unwrap();
-    let mut unmetered = GuestInstance::new(
-        &manifest.name,
-        &unmetered_component,
-        unmetered_loader.engine(),
-        manifest.limits.clone(),
-        "{}".into(),
-    )
-    .unwrap();
+    // What the CPU limit costs: the same component on engines bounding calls by an epoch
+    // deadline, and not at all (which the daemon never runs), rounds alternating with the
+    // fuel-metered instance.
+    let instance = |cpu| {
+        let loader = ComponentLoader::measuring(None, cpu).unwrap();
+        let component = loader.load(manifest.kind, &manifest.wasm_path()).unwrap();
+        GuestInstance::new(
+            &manifest.name,
+            &component,
+            loader.engine(),
+            manifest.limits.clone(),
+            "{}".into(),
+        )
+        .unwrap()
+    };
+    let mut unbounded = instance(CpuLimit::Unbounded);
+    let mut epoch = instance(CpuLimit::Epoch);
     let (fueled, unfueled) = per_call_paired(
         20_000,
         |i| {
             std::hint::black_box(guest.apply(Some(&state), maint[i % maint.len()]).unwrap());
         },
         |i| {
-            std::hint::black_box(unmetered.apply(Some(&state), maint[i % maint.len()]).unwrap());
+            std::hint::black_box(unbounded.apply(Some(&state), maint[i % maint.len()]).unwrap());
+        },
+    );
+    let (epoched, unfueled_again) = per_call_paired(
+        20_000,
+        |i| {
+            std::hint::black_box(epoch.apply(Some(&state), maint[i % maint.len()]).unwrap());
+        },
+        |i| {
+            std::hint::black_box(unbounded.apply(Some(&state), maint[i % maint.len()]).unwrap());
         },
     );
     println!(
-        "  fuel: apply with fuel {fueled:.2} µs/call, without (baseline) {unfueled:.2} µs/call: overhead {:+.1}%",
+        "  fuel: apply with fuel {fueled:.2} µs/call, without a bound (baseline) {unfueled:.2} µs/call: overhead {:+.1}%",
         (fueled / unfueled - 1.0) * 100.0
+    );
+    println!(
+        "  epoch deadline instead: {epoched:.2} µs/call, without a bound {unfueled_again:.2} µs/call: overhead {:+.1}%",
+        (epoched / unfueled_again - 1.0) * 100.0
     );
 
     // The floor: the ten-line event-counter (8-byte state, tiny event) through the component.

@@ -134,8 +134,8 @@ pub struct LoadedComponent {
     pub(crate) migration: Option<MigrationIndices>,
     /// Whether it imports WASI (linked deny-all, see [`crate::wasi`]).
     pub wasi: bool,
-    /// Whether calls are bounded by fuel (always, but for [`ComponentLoader::unmetered`]).
-    pub(crate) metered: bool,
+    /// How calls' CPU is bounded (fuel, but for the benchmark's [`ComponentLoader::measuring`]).
+    pub(crate) cpu: CpuLimit,
 }
 
 impl LoadedComponent {
@@ -160,32 +160,40 @@ pub struct ComponentLoader {
     engine: Engine,
     cache_dir: Option<PathBuf>,
     engine_key: Arc<str>,
-    metered: bool,
+    cpu: CpuLimit,
+}
+
+/// How a guest call's CPU is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuLimit {
+    /// Fuel: a budget of wasm operations per call (deterministic); what the daemon runs.
+    Fuel,
+    /// An epoch deadline (for measuring its cost only: nothing advances the epoch here).
+    Epoch,
+    /// No bound at all: a looping guest never returns (for measuring the others' cost).
+    Unbounded,
 }
 
 impl ComponentLoader {
     /// A loader with the host's engine configuration; `cache_dir` keeps precompiled code.
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        Self::with_fuel(cache_dir, true)
+        Self::measuring(cache_dir, CpuLimit::Fuel)
     }
 
-    /// A loader whose guest calls have no CPU bound at all: a looping guest never returns.
-    /// Only for measuring what fuel costs (the `guest_call` benchmark's baseline); the daemon
-    /// and the CLI always use [`ComponentLoader::new`].
-    pub fn unmetered(cache_dir: Option<PathBuf>) -> anyhow::Result<Self> {
-        Self::with_fuel(cache_dir, false)
-    }
-
-    fn with_fuel(cache_dir: Option<PathBuf>, metered: bool) -> anyhow::Result<Self> {
+    /// A loader whose calls are bounded by `cpu`. Other than [`CpuLimit::Fuel`], only for
+    /// measuring what fuel costs (the `guest_call` benchmark); the daemon and the CLI always
+    /// use [`ComponentLoader::new`].
+    pub fn measuring(cache_dir: Option<PathBuf>, cpu: CpuLimit) -> anyhow::Result<Self> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         // Fuel bounds every call's CPU; the limit itself comes from the manifest.
-        config.consume_fuel(metered);
+        config.consume_fuel(cpu == CpuLimit::Fuel);
+        config.epoch_interruption(cpu == CpuLimit::Epoch);
         let engine = Engine::new(&config)?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish()).into();
-        Ok(ComponentLoader { engine, cache_dir, engine_key, metered })
+        Ok(ComponentLoader { engine, cache_dir, engine_key, cpu })
     }
 
     /// The default cache directory: `$JETFOLD_CACHE_DIR`, else `$XDG_CACHE_HOME/jetfold`, else
@@ -300,7 +308,7 @@ impl ComponentLoader {
             pre,
             migration,
             wasi,
-            metered: self.metered,
+            cpu: self.cpu,
         })
     }
 

@@ -142,8 +142,8 @@ pub struct GuestInstance {
     /// The plugin's name, for what its guest writes to stdout and stderr; set when the
     /// component imports WASI.
     wasi_name: Option<String>,
-    /// Whether calls get a fuel budget (see [`crate::component::ComponentLoader::unmetered`]).
-    metered: bool,
+    /// How calls are bounded (see [`crate::component::ComponentLoader::measuring`]).
+    cpu: crate::component::CpuLimit,
     engine: wasmtime::Engine,
     limits: Limits,
     config: String,
@@ -165,7 +165,7 @@ impl GuestInstance {
             pre: component.pre.clone(),
             migration: component.migration.clone(),
             wasi_name: component.wasi.then(|| name.to_string()),
-            metered: component.metered,
+            cpu: component.cpu,
             engine: engine.clone(),
             limits,
             config,
@@ -210,8 +210,10 @@ impl GuestInstance {
         store.limiter(|s| &mut s.limits);
         self.instantiations += 1;
         let fail = |e| classify(GuestCall::Init, e, &self.limits);
-        if self.metered {
-            store.set_fuel(self.limits.fuel).map_err(fail)?;
+        match self.cpu {
+            crate::component::CpuLimit::Fuel => store.set_fuel(self.limits.fuel).map_err(fail)?,
+            crate::component::CpuLimit::Epoch => store.set_epoch_deadline(u64::MAX / 2),
+            crate::component::CpuLimit::Unbounded => {}
         }
         let (bound, instance) = match &self.pre {
             PluginPre::Projection(pre) => {
@@ -262,7 +264,7 @@ impl GuestInstance {
         self.ensure_live()?;
         let limits = self.limits.clone();
         let (store, bound, migration) = self.live.as_mut().expect("instance is live");
-        if self.metered {
+        if self.cpu == crate::component::CpuLimit::Fuel {
             store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
         }
         match f(store, bound, migration.as_ref()) {

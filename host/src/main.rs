@@ -28,8 +28,9 @@ const EXIT_ERROR: u8 = 2;
 )]
 #[command(
     after_help = "Exit codes: 0 success (`run`: stopped by SIGTERM or SIGINT after draining); \
-1 a check failed (golden file differs, or events were rejected without --expect); 2 the command could \
-not run (arguments, config, manifest, component, fixture, or NATS unreachable past \
+1 a check failed (golden file differs, events were rejected without --expect, `replay --diff` found \
+a divergence, `verify` a state that differs); 2 the command could not run (arguments, config, \
+manifest, component, fixture, a stream or daemon that is not there, or NATS unreachable past \
 nats.connect-timeout-secs)."
 )]
 struct Cli {
