@@ -1027,11 +1027,18 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let digest = plugin.component.digest.hex();
     // The checkpoint and the states it goes with, read again if a daemon committed between.
     let mut sink = jetfold_host::sink::Sink::open(&target.config.sink_target())?;
+    let mut attempts = 0;
     let (checkpoint, stored) = loop {
         let before = sink.checkpoint(&name)?;
         let states = sink.states(&name)?;
         if sink.checkpoint(&name)? == before {
             break (before, states);
+        }
+        attempts += 1;
+        if attempts == 20 {
+            anyhow::bail!(
+                "plugin `{name}` committed during each of 20 reads of its states: verify it when its stream is quiet"
+            );
         }
     };
     let Some(checkpoint) = checkpoint else {

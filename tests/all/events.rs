@@ -110,3 +110,52 @@ async fn an_exported_stream_imports_into_another_server_unchanged() {
     assert_eq!(missing.code, 2, "{}", missing.all());
     assert!(missing.stderr.contains("no stream `NOPE`"), "{}", missing.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_cannot_be_published_or_read_is_refused_with_the_reason() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &nats, "a.toml");
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let fixture = crate::support::plugin("compute-resource").join("fixtures/events.jsonl");
+    let fixture = fixture.display().to_string();
+
+    // A stream whose subjects overlap an existing one's cannot be created.
+    let overlap = jetfold([
+        "publish",
+        &fixture,
+        "--stream",
+        "OTHER",
+        "--subject",
+        "infra.resource.>",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(overlap.code, 2, "{}", overlap.all());
+    assert!(overlap.stderr.contains("cannot open or create stream `OTHER`"), "{}", overlap.all());
+    assert!(overlap.stderr.contains("overlap"), "{}", overlap.all());
+
+    // A header NATS cannot carry: refused naming the event, nothing published.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"subject\":\"infra.resource.r-1.X\",\"time\":\"2026-01-01T00:00:00Z\",\"message_id\":\"m-1\",\"headers\":[[\"bad:name\",\"v\"]]}\n",
+    )
+    .unwrap();
+    let bad = bad.display().to_string();
+    let refused = jetfold(["events", "import", &bad, "--stream", "INFRA", "--config", &config]);
+    assert_eq!(refused.code, 2, "{}", refused.all());
+    assert!(
+        refused.stderr.contains("event \"m-1\": \"bad:name\" is not a valid header name"),
+        "{}",
+        refused.all()
+    );
+    let stored = js.get_stream("INFRA").await.unwrap().info().await.unwrap().state.messages;
+    assert_eq!(stored, 0);
+
+    // Dead letters of a server that has no dead-letter stream.
+    let dlq = jetfold(["dlq", "list", "compute-resource", "--config", &config]);
+    assert_eq!(dlq.code, 2, "{}", dlq.all());
+    assert!(dlq.stderr.contains("no dead-letter stream `JETFOLD_DLQ`"), "{}", dlq.all());
+}
