@@ -69,6 +69,24 @@ async fn replay_folds_the_stream_to_the_state_the_fixture_expects() {
     assert_eq!(lines[0]["effects"][0]["table"], "compute_resources", "{}", lines[0]);
     assert!(lines.iter().any(|l| l.get("error").is_some()), "the fixture's mistakes are rejected");
     assert_eq!(lines[n]["state"], golden["state"]);
+
+    // On a terminal (a pseudo-terminal from util-linux's `script`), a progress line with the
+    // count and rate; never in a pipe (above, stderr is empty).
+    assert!(!effects.stderr.contains("events/s"), "{}", effects.all());
+    let command =
+        format!("{} replay {compute} --config {config} > /dev/null", env!("CARGO_BIN_EXE_jetfold"));
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("JETFOLD_CACHE_DIR", crate::support::cache_dir())
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(
+        shown.contains(&format!("replay [########################] {n}/{n} (100%)")),
+        "{shown}"
+    );
+    assert!(shown.contains("events/s"), "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
