@@ -10,6 +10,7 @@
 //! 4. a restart of that daemon: from start to the next event committed (compare runs with
 //!    different `JETFOLD_BENCH_EVENTS`: it does not grow with the stream).
 //!
+//! `JETFOLD_BENCH_BATCH` sets the daemon's `batch-size` (default 500, the config's default).
 //! Prints events/s and seconds; asserts nothing.
 
 use std::time::Instant;
@@ -74,8 +75,12 @@ fn main() {
 
         // 3. rebuild: a daemon caught up with the stream rebuilds the read model blue/green.
         let dir = common::daemon_dir(&plugin_dir);
+        let batch: usize = std::env::var("JETFOLD_BENCH_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
         let text = format!(
-            "plugin-dir = \"plugins\"\ncache-dir = \"{}\"\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"bench.db\"\n",
+            "plugin-dir = \"plugins\"\nbatch-size = {batch}\ncache-dir = \"{}\"\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"bench.db\"\n",
             cache.path().display()
         );
         let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();

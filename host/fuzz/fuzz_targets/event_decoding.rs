@@ -26,7 +26,9 @@ const KNOWN: [&str; 9] = [
     "X-Custom",
 ];
 
-fn input(u: &mut Unstructured<'_>) -> libfuzzer_sys::arbitrary::Result<(async_nats::Message, u64, i64)> {
+fn input(
+    u: &mut Unstructured<'_>,
+) -> libfuzzer_sys::arbitrary::Result<(async_nats::Message, u64, i64)> {
     let subject: String = if u.arbitrary()? {
         let id: u8 = u.arbitrary()?;
         let ty = *u.choose(&["Registered", "StatusChanged", "", "a b"])?;
@@ -45,10 +47,9 @@ fn input(u: &mut Unstructured<'_>) -> libfuzzer_sys::arbitrary::Result<(async_na
             _ => u.arbitrary()?,
         };
         // NATS delivers only valid header names and values; others never reach the decoder.
-        let (Ok(name), Ok(value)) = (
-            name.parse::<async_nats::HeaderName>(),
-            value.parse::<async_nats::HeaderValue>(),
-        ) else {
+        let (Ok(name), Ok(value)) =
+            (name.parse::<async_nats::HeaderName>(), value.parse::<async_nats::HeaderValue>())
+        else {
             continue;
         };
         map.append(name, value);
