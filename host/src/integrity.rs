@@ -47,6 +47,18 @@ impl<'a> Signed<'a> {
         }
     }
 
+    /// The signed parts of `event` as [`crate::nats::publish_event`] publishes it, its
+    /// `Event-Time` header being `event_time` (the event's time in RFC 3339).
+    pub fn of_event(event: &'a crate::event::Event, event_time: &'a str) -> Self {
+        Signed {
+            subject: &event.subject,
+            msg_id: &event.message_id,
+            event_type: &event.event_type,
+            event_time,
+            payload: &event.payload,
+        }
+    }
+
     fn tag(&self, key: &[u8]) -> hmac::Tag {
         let key = hmac::Key::new(hmac::HMAC_SHA256, key);
         let mut ctx = hmac::Context::with_key(&key);
@@ -114,14 +126,7 @@ pub fn verify_message(
 /// publishes.
 pub fn sign_event(event: &mut crate::event::Event, key_id: &str, key: &[u8]) {
     let time = event.time.to_rfc3339();
-    let signed = Signed {
-        subject: &event.subject,
-        msg_id: &event.message_id,
-        event_type: &event.event_type,
-        event_time: &time,
-        payload: &event.payload,
-    };
-    let signature = signed.sign(key_id, key);
+    let signature = Signed::of_event(event, &time).sign(key_id, key);
     event.headers.push((SIGNATURE.to_string(), signature));
 }
 

@@ -95,13 +95,7 @@ fuzz_target!(|data: &[u8]| {
 
     let key = [("k".to_string(), b"secret".to_vec())];
     let time = event.time.to_rfc3339();
-    let signed = Signed {
-        subject: &event.subject,
-        msg_id: &event.message_id,
-        event_type: &event.event_type,
-        event_time: &time,
-        payload: &event.payload,
-    };
+    let signed = Signed::of_event(&event, &time);
     let signature = signed.sign("k", b"secret");
     assert_eq!(signed.verify(Some(&signature), &key), Ok(()));
     let mut altered = event.payload.clone();
