@@ -113,7 +113,7 @@ struct RebuildArgs {
 /// Where a replay reads: the plugin, its stream and the range.
 #[derive(clap::Args)]
 struct ReplaySource {
-    /// The plugin: its directory or its jetfold.toml.
+    /// The plugin: its directory or its plugin.toml.
     plugin: PathBuf,
     /// The configuration naming the NATS server (and the sink, for verify).
     #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
