@@ -213,6 +213,25 @@ async fn rebuild_restores_a_damaged_read_model_while_the_daemon_runs() {
     assert_eq!(staging, 0, "no staging table is left");
     drop(conn);
 
+    // Again on a terminal (util-linux's `script`): the progress line, then the outcome.
+    let command = format!(
+        "{} rebuild compute-resource --config {}",
+        env!("CARGO_BIN_EXE_jetfold"),
+        dir.path().join("jetfold.toml").display()
+    );
+    let tty = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success(), "{shown}");
+    assert!(shown.contains("rebuild compute-resource ["), "{shown}");
+    assert!(shown.contains(&format!("{n}/{n} (100%)")), "{shown}");
+    assert!(shown.contains(&format!("took over after sequence {n}")), "{shown}");
+    assert_eq!(rows("compute_resources"), before);
+
     // A plugin the daemon does not run, and a daemon that is not there.
     let dir_path = dir.path().to_path_buf();
     let (missing, absent) = tokio::task::spawn_blocking(move || {
