@@ -227,10 +227,8 @@ impl Step for Upcasting {
         state: Option<&Vec<u8>>,
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
-        match self.chain.upcast(event)? {
-            Some(upcast) => self.inner.step(manifest, state, &upcast),
-            None => self.inner.step(manifest, state, event),
-        }
+        let event = self.chain.raise(event)?;
+        self.inner.step(manifest, state, &event)
     }
 
     fn migrates(&self) -> bool {
@@ -245,10 +243,10 @@ impl Step for Upcasting {
 /// Loads every plugin under the config's plugin directory; errors name the file at fault.
 pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<DaemonPlugin>> {
     let mut plugins = Vec::new();
-    for found in discover_all(config, loader)? {
+    for found in discover_all(config, loader, Wanted::All)? {
         match found {
             Found::Plugin(p) => plugins.push(*p),
-            Found::Disabled | Found::Upcaster(_) => {}
+            Found::Disabled | Found::Upcaster(_) | Found::Unwanted(_) => {}
             Found::Broken(_, e) => return Err(e),
         }
     }
@@ -266,7 +264,7 @@ pub fn stream_upcasters(
     if !config.resolve(&config.plugin_dir).is_dir() {
         return Ok(upcasters); // a config for tools only: no plugins, so no upcasters
     }
-    for found in discover_all(config, loader)? {
+    for found in discover_all(config, loader, Wanted::Upcasters)? {
         if let Found::Upcaster(u) = found
             && u.reads(stream)
         {
@@ -284,6 +282,9 @@ enum Found {
     Disabled,
     /// An upcaster: not run on its own, but before the plugins of its stream.
     Upcaster(Box<UpcasterSpec>),
+    /// A plugin of a kind the caller did not ask for (not loaded; it still replaces a
+    /// same-named one of an earlier directory).
+    Unwanted(String),
     /// A plugin that cannot be loaded: its directory and why.
     Broken(PathBuf, anyhow::Error),
 }
@@ -298,7 +299,18 @@ fn plugin_dirs(config: &Config) -> Vec<PathBuf> {
     dirs
 }
 
-fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<Found>> {
+/// Which plugins [`discover_all`] loads (the others' components are not read).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    All,
+    Upcasters,
+}
+
+fn discover_all(
+    config: &Config,
+    loader: &ComponentLoader,
+    wanted: Wanted,
+) -> anyhow::Result<Vec<Found>> {
     let mut manifests: Vec<PathBuf> = Vec::new();
     for (i, dir) in plugin_dirs(config).into_iter().enumerate() {
         let entries = match std::fs::read_dir(&dir) {
@@ -328,6 +340,9 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         let overrides = config.plugins.get(&manifest.name).cloned().unwrap_or_default();
         if !overrides.enabled {
             return Ok(Found::Disabled);
+        }
+        if wanted == Wanted::Upcasters && manifest.kind != PluginKind::Upcaster {
+            return Ok(Found::Unwanted(manifest.name));
         }
         if manifest.kind == PluginKind::Upcaster {
             let component = loader.load(manifest.kind, &manifest.wasm_path())?;
@@ -395,6 +410,7 @@ fn discover_all(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
         let name = match found {
             Found::Plugin(p) => &p.manifest.name,
             Found::Upcaster(u) => &u.manifest.name,
+            Found::Unwanted(name) => name,
             _ => continue,
         };
         if !seen.insert(name.clone()) {
@@ -1208,7 +1224,9 @@ impl Daemon {
         self.seen = plugin_dir_snapshot(&self.config);
         let found = {
             let (config, loader) = (self.config.clone(), self.loader.clone());
-            match tokio::task::spawn_blocking(move || discover_all(&config, &loader)).await {
+            match tokio::task::spawn_blocking(move || discover_all(&config, &loader, Wanted::All))
+                .await
+            {
                 Ok(Ok(found)) => found,
                 Ok(Err(e)) => {
                     tracing::error!(error = %format!("{e:#}"), "plugins not reloaded");
@@ -1248,7 +1266,7 @@ impl Daemon {
                         }
                     }
                 }
-                Found::Disabled | Found::Upcaster(_) => {}
+                Found::Disabled | Found::Upcaster(_) | Found::Unwanted(_) => {}
             }
         }
         let gone: Vec<String> =
@@ -1754,7 +1772,9 @@ impl Committer {
             rt.block_on(async {
                 let mut acks = Vec::with_capacity(outbox.len());
                 for m in outbox {
-                    let h = crate::nats::header_map(&m.headers);
+                    let h = crate::nats::header_map(
+                        m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                    )?;
                     acks.push(
                         js.publish_with_headers(m.subject.clone(), h, m.payload.clone().into())
                             .await?,

@@ -320,18 +320,15 @@ impl Effect {
                     name: name.to_string(),
                     reason,
                 };
-                if message_type.parse::<async_nats::HeaderValue>().is_err() {
+                if crate::nats::header("Event-Type", message_type).is_err() {
                     return Err(header(
                         "Event-Type",
                         "the message type is not a valid header value",
                     ));
                 }
                 for (name, value) in headers {
-                    if name.is_empty() || name.parse::<async_nats::HeaderName>().is_err() {
-                        return Err(header(name, "not a valid header name"));
-                    }
-                    if value.parse::<async_nats::HeaderValue>().is_err() {
-                        return Err(header(name, "the value is not a valid header value"));
+                    if let Err(why) = crate::nats::header(name, value) {
+                        return Err(header(name, why));
                     }
                     let starts = |prefix: &str| {
                         name.get(..prefix.len()).is_some_and(|p| p.eq_ignore_ascii_case(prefix))

@@ -293,11 +293,8 @@ impl Fold {
         let mut effects = None;
         let mut upcast = None;
         let mut error = None;
-        let raised = self.upcasters.upcast(event);
-        let event = match &raised {
-            Ok(Some(raised)) => raised,
-            Ok(None) | Err(_) => event,
-        };
+        let raised = self.upcasters.raise(event);
+        let event = raised.as_deref().unwrap_or(event);
         if let Err(e) = &raised {
             error = Some(e.clone());
         } else if self.plugin.manifest.kind == PluginKind::Upcaster {

@@ -872,62 +872,63 @@ struct ReplayTarget {
     stream: String,
     subjects: Vec<String>,
     verify_keys: Vec<(String, Vec<u8>)>,
+    /// The upcasters the daemon of this config runs before the plugins of this stream.
+    upcasters: Vec<jetfold_host::upcast::UpcasterSpec>,
 }
 
 impl ReplayTarget {
-    /// The upcasters the daemon of this config runs before the plugins of this stream.
-    fn upcasters(
+    /// Reads the config once and opens the plugin of `source` as its daemon would run it.
+    fn open(source: &ReplaySource, loader: &ComponentLoader) -> anyhow::Result<(Self, Plugin)> {
+        let config = jetfold_host::config::Config::load(&source.config)?;
+        let plugin = Plugin::open_with_defaults(&source.plugin, loader, &config.limits)?;
+        let manifest = &plugin.manifest;
+        let overrides = config.plugins.get(&manifest.name);
+        let stream = source
+            .stream
+            .clone()
+            .or_else(|| overrides.and_then(|o| o.stream.clone()))
+            .or_else(|| manifest.source.stream.clone())
+            .with_context(|| {
+                format!("plugin `{}` names no [source] stream: give --stream", manifest.name)
+            })?;
+        let subjects = overrides
+            .and_then(|o| o.subjects.clone())
+            .unwrap_or_else(|| manifest.source.subjects.clone());
+        let verify_keys = if config.event_signing.verify {
+            config.event_signing.decoded_keys()?
+        } else {
+            Vec::new()
+        };
+        let upcasters = jetfold_host::daemon::stream_upcasters(&config, loader, &stream)?;
+        Ok((ReplayTarget { config, stream, subjects, verify_keys, upcasters }, plugin))
+    }
+
+    /// Another plugin (a `--diff` version) opened with the same config's `[limits]` defaults.
+    fn open_plugin(&self, path: &Path, loader: &ComponentLoader) -> anyhow::Result<Plugin> {
+        Plugin::open_with_defaults(path, loader, &self.config.limits)
+    }
+
+    /// A replayer of `plugin` behind instances of the stream's upcasters.
+    fn replayer(
         &self,
+        plugin: Plugin,
         loader: &ComponentLoader,
-    ) -> anyhow::Result<jetfold_host::upcast::UpcastChain> {
-        let specs = jetfold_host::daemon::stream_upcasters(&self.config, loader, &self.stream)?;
-        jetfold_host::upcast::UpcastChain::new(&specs, loader)
+    ) -> anyhow::Result<jetfold_host::replay::Replayer> {
+        let chain = jetfold_host::upcast::UpcastChain::new(&self.upcasters, loader)?;
+        Ok(jetfold_host::replay::Replayer::new(plugin).with_upcasters(chain))
     }
 }
 
-fn replay_target(
-    source: &ReplaySource,
-    plugin: &jetfold_host::fold::Plugin,
-) -> anyhow::Result<ReplayTarget> {
-    let config = jetfold_host::config::Config::load(&source.config)?;
-    let manifest = &plugin.manifest;
-    let overrides = config.plugins.get(&manifest.name);
-    let stream = source
-        .stream
-        .clone()
-        .or_else(|| overrides.and_then(|o| o.stream.clone()))
-        .or_else(|| manifest.source.stream.clone())
-        .with_context(|| {
-            format!("plugin `{}` names no [source] stream: give --stream", manifest.name)
-        })?;
-    let subjects = overrides
-        .and_then(|o| o.subjects.clone())
-        .unwrap_or_else(|| manifest.source.subjects.clone());
-    let verify_keys =
-        if config.event_signing.verify { config.event_signing.decoded_keys()? } else { Vec::new() };
-    Ok(ReplayTarget { config, stream, subjects, verify_keys })
-}
-
-/// Opens a plugin with the config's `[limits]` defaults for what its manifest does not set.
-fn open_for_replay(path: &Path, config: &Path, loader: &ComponentLoader) -> anyhow::Result<Plugin> {
-    let config = jetfold_host::config::Config::load(config)?;
-    Plugin::open_with_defaults(path, loader, &config.limits)
-}
-
 fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::replay::{Range, Replayer, read_events};
+    use jetfold_host::replay::{Range, read_events};
     let loader = loader(cli)?;
-    let plugin = open_for_replay(&args.source.plugin, &args.source.config, &loader)?;
-    let target = replay_target(&args.source, &plugin)?;
+    let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let mut other = match &args.diff {
-        Some(path) => Some(
-            Replayer::new(open_for_replay(path, &args.source.config, &loader)?)
-                .with_upcasters(target.upcasters(&loader)?),
-        ),
+        Some(path) => Some(target.replayer(target.open_plugin(path, &loader)?, &loader)?),
         None => None,
     };
     let digest = plugin.component.digest.hex();
-    let mut replayer = Replayer::new(plugin).with_upcasters(target.upcasters(&loader)?);
+    let mut replayer = target.replayer(plugin, &loader)?;
     let range = Range { from_seq: args.from_seq, to_seq: args.to_seq, to_time: args.to_time };
     let mut progress = jetfold_host::progress::ProgressLine::new("replay");
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -1019,10 +1020,9 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::replay::{Range, Replayer, read_events};
+    use jetfold_host::replay::{Range, read_events};
     let loader = loader(cli)?;
-    let plugin = open_for_replay(&args.source.plugin, &args.source.config, &loader)?;
-    let target = replay_target(&args.source, &plugin)?;
+    let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let name = plugin.manifest.name.clone();
     let digest = plugin.component.digest.hex();
     // The checkpoint and the states it goes with, read again if a daemon committed between.
@@ -1044,7 +1044,7 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let Some(checkpoint) = checkpoint else {
         anyhow::bail!("plugin `{name}` has no checkpoint in the sink: nothing to verify");
     };
-    let mut replayer = Replayer::new(plugin).with_upcasters(target.upcasters(&loader)?);
+    let mut replayer = target.replayer(plugin, &loader)?;
     let range = Range { to_seq: Some(checkpoint.last_seq), ..Range::default() };
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
     let runtime = tokio::runtime::Runtime::new()?;

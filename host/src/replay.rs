@@ -88,11 +88,10 @@ impl Replayer {
         let key = self.plugin.manifest.state_key(event);
         let state = self.states.get(&key);
         let (guest, manifest) = (&mut self.plugin.guest, &self.plugin.manifest);
-        let stepped = match self.upcasters.upcast(event) {
-            Ok(Some(raised)) => checked_step(guest, manifest, state, &raised),
-            Ok(None) => checked_step(guest, manifest, state, event),
-            Err(e) => Err(e),
-        };
+        let stepped = self
+            .upcasters
+            .raise(event)
+            .and_then(|event| checked_step(guest, manifest, state, &event));
         let outcome = match stepped {
             Ok((new_state, effects)) => {
                 let doc = state_document(&new_state);

@@ -8,6 +8,7 @@
 //! the same but now has them as headers too.
 
 use std::io::{BufRead, Write};
+use std::path::Path;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -104,25 +105,18 @@ const CHUNK: usize = 1000;
 /// empty). With `sign`, each event gets a `Jetfold-Signature` by that key.
 pub async fn import(
     js: &jetstream::Context,
-    path: &std::path::Path,
+    path: &Path,
     stream: &str,
     subjects: &[String],
     sign: Option<&(String, Vec<u8>)>,
 ) -> anyhow::Result<Imported> {
-    let open = || {
-        std::fs::File::open(path)
-            .map(std::io::BufReader::new)
-            .with_context(|| format!("cannot read {}", path.display()))
-    };
     let subjects = if subjects.is_empty() {
+        // A first pass over the file, checking every line before anything is published.
         let mut first_tokens = std::collections::BTreeSet::new();
-        each_event(open()?, path, |event| {
-            let first = event.subject.split('.').next().unwrap_or_default();
-            if !first_tokens.contains(first) {
-                first_tokens.insert(first.to_string());
-            }
-            Ok(())
-        })?;
+        for event in events(path)? {
+            let event = event?;
+            first_tokens.insert(event.subject.split('.').next().unwrap_or_default().to_string());
+        }
         first_tokens.into_iter().map(|t| format!("{t}.>")).collect()
     } else {
         subjects.to_vec()
@@ -137,14 +131,8 @@ pub async fn import(
 
     let mut done = Imported::default();
     let mut chunk = Vec::with_capacity(CHUNK);
-    let mut position = 0;
-    for (i, line) in open()?.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if let Some(FixtureLine::Event(event)) = parse_fixture_line(&line, &mut position)
-            .map_err(|m| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1))?
-        {
-            chunk.push(event);
-        }
+    for event in events(path)? {
+        chunk.push(event?);
         if chunk.len() == CHUNK {
             publish_chunk(js, stream, sign, &mut chunk, &mut done).await?;
         }
@@ -186,20 +174,20 @@ async fn publish_chunk(
     Ok(())
 }
 
-/// Calls `f` with each event of a JSON Lines file, checking every line.
-fn each_event(
-    file: impl BufRead,
-    path: &std::path::Path,
-    mut f: impl FnMut(&Event) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+/// The events of a JSON Lines file, read a line at a time; an error names the line.
+fn events(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Event>> + '_> {
+    let file = std::fs::File::open(path)
+        .map(std::io::BufReader::new)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut position = 0;
-    for (i, line) in file.lines().enumerate() {
+    let lines = file.lines().enumerate().map(move |(i, line)| {
         let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        if let Some(FixtureLine::Event(event)) = parse_fixture_line(&line, &mut position)
-            .map_err(|m| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1))?
-        {
-            f(&event)?;
-        }
-    }
-    Ok(())
+        parse_fixture_line(&line, &mut position)
+            .map_err(|m| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1))
+    });
+    Ok(lines.filter_map(|line| match line {
+        Ok(Some(FixtureLine::Event(event))) => Some(Ok(event)),
+        Ok(Some(FixtureLine::Query { .. }) | None) => None,
+        Err(e) => Some(Err(e)),
+    }))
 }

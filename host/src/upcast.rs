@@ -4,6 +4,8 @@
 //! schema version and keep the event's sequence and message id (checked by the host), so the
 //! chain ends.
 
+use std::borrow::Cow;
+
 use crate::component::{ComponentLoader, LoadedComponent};
 use crate::effect::subject_matches;
 use crate::event::Event;
@@ -66,11 +68,11 @@ impl UpcastChain {
         self.links.is_empty()
     }
 
-    /// `event` raised through every upcaster that applies, in turn; `None` when none does.
-    pub fn upcast(&mut self, event: &Event) -> Result<Option<Event>, StepError> {
-        let mut current: Option<Event> = None;
+    /// `event` raised through every upcaster that applies, in turn (itself when none does).
+    pub fn raise<'a>(&mut self, event: &'a Event) -> Result<Cow<'a, Event>, StepError> {
+        let mut current = Cow::Borrowed(event);
         loop {
-            let at = current.as_ref().unwrap_or(event);
+            let at = current.as_ref();
             let Some((manifest, guest)) =
                 self.links.iter_mut().find(|(m, _)| UpcasterSpec::applies(m, at))
             else {
@@ -84,7 +86,7 @@ impl UpcastChain {
                 );
                 error
             })?;
-            current = Some(next);
+            current = Cow::Owned(next);
         }
     }
 }

@@ -145,7 +145,8 @@ fn check_accepted(effects: &[Effect], allow: &Allow) {
                 assert!(!subject.contains(char::is_control), "subject {subject:?} accepted");
                 let mut all = headers.clone();
                 all.push(("Event-Type".into(), message_type.clone()));
-                jetfold_host::nats::header_map(&all);
+                jetfold_host::nats::header_map(all.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .expect("accepted headers can be published");
             }
             Effect::Log { .. } => {}
         }

@@ -106,13 +106,34 @@ async fn options(config: &Config, nats: &NatsConfig) -> anyhow::Result<async_nat
     Ok(options)
 }
 
-/// The NATS headers of `pairs`, in order (a name given twice keeps both values).
-pub fn header_map(pairs: &[(String, String)]) -> async_nats::HeaderMap {
+/// Why [`header`] refuses a name.
+const BAD_NAME: &str = "not a valid header name";
+
+/// A header NATS can carry: a non-empty name without `:`, control or non-ASCII characters, a
+/// value without CR or LF; else which of the two is not.
+pub fn header(
+    name: &str,
+    value: &str,
+) -> Result<(async_nats::HeaderName, async_nats::HeaderValue), &'static str> {
+    let name = name.parse().ok().filter(|_| !name.is_empty()).ok_or(BAD_NAME)?;
+    let value = value.parse().map_err(|_| "the value is not a valid header value")?;
+    Ok((name, value))
+}
+
+/// The NATS headers of `pairs`, in order (a name given twice keeps both values); an error
+/// names the first pair NATS cannot carry.
+pub fn header_map<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> anyhow::Result<async_nats::HeaderMap> {
     let mut h = async_nats::HeaderMap::new();
     for (k, v) in pairs {
-        h.append(k.as_str(), v.as_str());
+        let (name, value) = header(k, v).map_err(|why| match why {
+            BAD_NAME => anyhow::anyhow!("{k:?} is not a valid header name"),
+            _ => anyhow::anyhow!("header {k}: {v:?} is not a valid header value"),
+        })?;
+        h.append(name, value);
     }
-    h
+    Ok(h)
 }
 
 /// Publishes `event` to JetStream with the documented headers (the demo, tests and imports
@@ -134,20 +155,10 @@ pub async fn publish_event(
     if event.content_type != crate::event::JSON {
         pairs.push((h::CONTENT_TYPE, event.content_type.clone()));
     }
-    let mut headers = async_nats::HeaderMap::new();
     let all = pairs.iter().map(|(k, v)| (*k, v.as_str()));
-    for (k, v) in all.chain(event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
-        let id = &event.message_id;
-        let name: async_nats::HeaderName = k
-            .parse()
-            .ok()
-            .filter(|_| !k.is_empty())
-            .with_context(|| format!("event {id:?}: {k:?} is not a valid header name"))?;
-        let value: async_nats::HeaderValue = v.parse().ok().with_context(|| {
-            format!("event {id:?}: header {k}: {v:?} is not a valid header value")
-        })?;
-        headers.append(name, value);
-    }
+    let headers =
+        header_map(all.chain(event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
+            .with_context(|| format!("event {:?}", event.message_id))?;
     let ack = js
         .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
         .await?;
