@@ -524,6 +524,21 @@ mod tests {
     }
 
     #[test]
+    fn an_upcaster_says_which_schema_version_it_reads_and_only_an_upcaster_does() {
+        let upcaster = "name = \"u\"\nkind = \"upcaster\"\nwasm = \"u.wasm\"\n";
+        let e = parse(upcaster).unwrap_err().to_string();
+        assert!(e.contains("an upcaster needs `[upcast] from-version`"), "{e}");
+        let m = parse(&format!("{upcaster}[upcast]\nfrom-version = 0\n")).unwrap();
+        assert_eq!(m.upcast.map(|u| u.from_version), Some(0));
+        let e = parse(
+            "name = \"p\"\nkind = \"projection\"\nwasm = \"p.wasm\"\n[upcast]\nfrom-version = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`[upcast]` is only meaningful for `kind = \"upcaster\"`"), "{e}");
+    }
+
+    #[test]
     fn names_and_tables_are_checked() {
         let e = parse("name = \"Bad Name\"\nkind = \"policy\"\nwasm = \"a.wasm\"\n")
             .unwrap_err()

@@ -159,3 +159,39 @@ async fn what_cannot_be_published_or_read_is_refused_with_the_reason() {
     assert_eq!(dlq.code, 2, "{}", dlq.all());
     assert!(dlq.stderr.contains("no dead-letter stream `JETFOLD_DLQ`"), "{}", dlq.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_whose_headers_do_not_decode_is_exported_as_it_is_not_dropped() {
+    let (a, b) = (NatsServer::start(), NatsServer::start());
+    let dir = tempfile::tempdir().unwrap();
+    let (config_a, config_b) = (config(dir.path(), &a, "a.toml"), config(dir.path(), &b, "b.toml"));
+    let js = a.jetstream().await;
+    create_stream(&js, "SRC", &["infra.>"]).await;
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Schema-Version", "abc");
+    h.insert("X-Trace", "t-1");
+    js.publish_with_headers("infra.resource.r-1.Registered", h, "{\"name\":\"x\"}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let exported = jetfold(["events", "export", "SRC", "--config", &config_a]);
+    assert_eq!(exported.code, 0, "{}", exported.all());
+    assert_eq!(exported.stdout.lines().count(), 1, "{}", exported.all());
+    assert!(exported.stderr.contains("1 of them have unreadable"), "{}", exported.all());
+    let record: serde_json::Value = serde_json::from_str(exported.stdout.trim()).unwrap();
+    let headers = record["headers"].as_array().unwrap();
+    assert!(headers.contains(&serde_json::json!(["Schema-Version", "abc"])), "{record}");
+    assert!(headers.contains(&serde_json::json!(["X-Trace", "t-1"])), "{record}");
+
+    let file = dir.path().join("src.jsonl");
+    std::fs::write(&file, &exported.stdout).unwrap();
+    let file = file.display().to_string();
+    let imported = jetfold(["events", "import", &file, "--stream", "DST", "--config", &config_b]);
+    assert_eq!(imported.code, 0, "{}", imported.all());
+    let copied = read_all(&b.jetstream().await, "DST").await;
+    assert_eq!(copied.len(), 1);
+    assert_eq!(copied[0].1, b"{\"name\":\"x\"}", "the payload's bytes");
+    assert!(copied[0].0.headers.contains(&("X-Trace".into(), "t-1".into())), "{:?}", copied[0]);
+}
