@@ -8,12 +8,16 @@
 //! 3. `rebuild`: a daemon that has folded the stream into SQLite is asked to rebuild it (as
 //!    `jetfold rebuild` asks): from the request to the rebuilt tables swapped in;
 //! 4. a restart of that daemon: from start to the next event committed (compare runs with
-//!    different `JETFOLD_BENCH_EVENTS`: it does not grow with the stream).
+//!    different `JETFOLD_BENCH_EVENTS`: it does not grow with the stream);
+//! 5. restarts after a crash (`jetfold run` killed with SIGKILL) that left 10,000 and then
+//!    100,000 committed events after the last snapshot (`snapshot-interval`): the restart
+//!    folds those again first, so its time grows with them, not with the stream.
 //!
-//! `JETFOLD_BENCH_BATCH` sets the daemon's `batch-size` (default 500, the config's default).
+//! `JETFOLD_BENCH_BATCH` sets the daemon's `batch-size` (default 500, the config's default),
+//! `JETFOLD_BENCH_SNAPSHOT` its `snapshot-interval` for 1.–4. (default 1: every commit).
 //! Prints events/s and seconds; asserts nothing.
 
-use std::time::Instant;
+use std::{path::Path, time::Instant};
 
 use futures::StreamExt as _;
 use jetfold_host::{
@@ -79,10 +83,17 @@ fn main() {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(500);
-        let text = format!(
-            "plugin-dir = \"plugins\"\nbatch-size = {batch}\ncache-dir = \"{}\"\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"bench.db\"\n",
-            cache.path().display()
-        );
+        let snapshot: u64 = std::env::var("JETFOLD_BENCH_SNAPSHOT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        let config_text = |snapshot: u64| {
+            format!(
+                "plugin-dir = \"plugins\"\nbatch-size = {batch}\nsnapshot-interval = {snapshot}\ncache-dir = \"{}\"\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"bench.db\"\n",
+                cache.path().display()
+            )
+        };
+        let text = config_text(snapshot);
         let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
         let name = config.name.clone();
         let daemon = Daemon::start(config).await.unwrap();
@@ -145,6 +156,61 @@ fn main() {
             "  restart after {n} events: start to the next event committed {:.0} ms",
             restart * 1e3
         );
-        daemon.stop().await.unwrap();
+        daemon.stop().await.unwrap(); // a clean stop: every state written
+
+        // 5. Restarts after a crash between snapshots.
+        let db = dir.path().join("bench.db");
+        let mut last = n as u64 + 1;
+        for (round, gap) in [10_000usize, 100_000].into_iter().enumerate() {
+            // A daemon that writes no snapshot before it is killed folds `gap` new events.
+            std::fs::write(dir.path().join("jetfold.toml"), config_text(i64::MAX as u64)).unwrap();
+            // New resources: their lifecycles fold as the first ones did.
+            let mut events = common::events(gap + 1);
+            for (i, e) in events.iter_mut().enumerate() {
+                e.message_id = format!("gap-{round}-{i}");
+                e.subject = e.subject.replacen(".r-", &format!(".g{round}-"), 1);
+                e.aggregate_id = e.aggregate_id.replacen("r-", &format!("g{round}-"), 1);
+            }
+            common::publish_all(&js, &events[..gap]).await;
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jetfold"))
+                .args(["run", "--config"])
+                .arg(dir.path().join("jetfold.toml"))
+                .env("JETFOLD_LOG", "warn")
+                .spawn()
+                .unwrap();
+            while checkpoint(&db).0 < last + gap as u64 {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("jetfold run exited: {status}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let (committed, snapshot_seq) = checkpoint(&db);
+            last = committed;
+            // Then one more event, and a restart: from start to that event committed.
+            common::publish_all(&js, &events[gap..]).await;
+            let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
+            let started = Instant::now();
+            let daemon = Daemon::start(config).await.unwrap();
+            let mut progress = daemon.progress("compute-resource").unwrap();
+            progress.wait_for(|p| p.committed_seq > last).await.unwrap();
+            let restart = started.elapsed().as_secs_f64();
+            println!(
+                "  restart after a crash {} events past the last snapshot: start to the next event committed {:.0} ms",
+                committed - snapshot_seq,
+                restart * 1e3
+            );
+            daemon.stop().await.unwrap();
+            last += 1;
+        }
     });
+}
+
+/// The compute-resource checkpoint in `db`: last committed sequence and snapshot sequence.
+fn checkpoint(db: &Path) -> (u64, u64) {
+    jetfold_host::sink::sqlite::SqliteSink::open(db)
+        .ok()
+        .and_then(|mut s| s.checkpoint("compute-resource").ok().flatten())
+        .map_or((0, 0), |c| (c.last_seq, c.snapshot_seq))
 }

@@ -34,6 +34,9 @@ pub struct Config {
     /// How to reach NATS.
     #[serde(default)]
     pub nats: NatsConfig,
+    /// The HTTP endpoint: metrics, health, readiness, the status page.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Where effects and checkpoints are written.
     #[serde(default)]
     pub sink: SinkConfig,
@@ -52,6 +55,12 @@ pub struct Config {
     /// back from the database when their keys come up again).
     #[serde(default = "defaults::state_cache_keys")]
     pub state_cache_keys: usize,
+    /// Events between snapshots of a plugin's states: states are written with the first
+    /// commit after this many events (and when the plugin stops, swaps or holds more
+    /// changed states than `state-cache-keys`); the events since the last snapshot are folded
+    /// again, effects suppressed, when a crashed daemon restarts. 1: with every commit.
+    #[serde(default = "defaults::snapshot_interval")]
+    pub snapshot_interval: u64,
     /// How often the plugin directory is checked for new, changed and removed plugins, in
     /// milliseconds; 0: only on SIGHUP.
     #[serde(default = "defaults::plugin_dir_poll_ms")]
@@ -162,6 +171,26 @@ impl Default for RegistryConfig {
             status_interval_ms: defaults::status_interval_ms(),
             trusted_keys: Vec::new(),
         }
+    }
+}
+
+/// The daemon's HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/plugins`, `/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpConfig {
+    /// `host:port` to serve on; empty turns the endpoint off. Port 0 picks a free one (the
+    /// daemon logs which).
+    #[serde(default = "defaults::http_listen")]
+    pub listen: String,
+    /// `/readyz` answers 200 while every plugin runs within this many events of the end of
+    /// its stream.
+    #[serde(default = "defaults::ready_max_lag")]
+    pub ready_max_lag: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: defaults::http_listen(), ready_max_lag: defaults::ready_max_lag() }
     }
 }
 
@@ -296,6 +325,15 @@ mod defaults {
     pub fn state_cache_keys() -> usize {
         100_000
     }
+    pub fn snapshot_interval() -> u64 {
+        1
+    }
+    pub fn http_listen() -> String {
+        "127.0.0.1:9477".into()
+    }
+    pub fn ready_max_lag() -> u64 {
+        1000
+    }
     pub fn plugin_dir_poll_ms() -> u64 {
         1000
     }
@@ -341,6 +379,9 @@ impl Config {
         }
         if let Some(dir) = env("JETFOLD_PLUGIN_DIR") {
             config.plugin_dir = PathBuf::from(dir);
+        }
+        if let Some(listen) = env("JETFOLD_HTTP_LISTEN") {
+            config.http.listen = listen;
         }
         config.base_dir = base_dir;
         if config.batch_size == 0 {

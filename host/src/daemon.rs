@@ -56,6 +56,11 @@ pub trait Step: Send {
         false
     }
 
+    /// Fuel its calls have consumed so far (0 for a native step).
+    fn fuel_used(&self) -> u64 {
+        0
+    }
+
     /// `state`, written under state version `from_version`, in this version's.
     fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
         let _ = (from_version, state);
@@ -75,6 +80,10 @@ impl Step for GuestInstance {
 
     fn migrates(&self) -> bool {
         GuestInstance::migrates(self)
+    }
+
+    fn fuel_used(&self) -> u64 {
+        GuestInstance::fuel_used(self)
     }
 
     fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
@@ -233,6 +242,10 @@ impl Step for Upcasting {
 
     fn migrates(&self) -> bool {
         self.inner.migrates()
+    }
+
+    fn fuel_used(&self) -> u64 {
+        self.inner.fuel_used() + self.chain.fuel_used()
     }
 
     fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
@@ -471,6 +484,81 @@ pub struct Progress {
     pub shadow: Option<ShadowProgress>,
     /// A new version rebuilding its states and read model from the stream start, if any.
     pub rebuild: Option<RebuildProgress>,
+    /// Events rejected, by kind of failure.
+    pub failures: BTreeMap<String, u64>,
+    /// Effects accepted, by kind.
+    pub effects: BTreeMap<String, u64>,
+    /// Events sent to the dead-letter subject.
+    pub dead_letters: u64,
+    /// Fuel the guest calls consumed.
+    pub fuel: u64,
+    /// Durations of the guest calls that folded events.
+    pub calls: Histogram,
+    /// The last failures (at most [`RECENT_FAILURES`]), oldest first.
+    pub recent_failures: std::collections::VecDeque<RecentFailure>,
+}
+
+/// How many recent failures a plugin's progress keeps.
+pub const RECENT_FAILURES: usize = 20;
+
+/// An event a plugin rejected, as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RecentFailure {
+    /// When it was committed.
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Stream sequence.
+    pub seq: u64,
+    /// State key.
+    pub key: String,
+    /// Kind of failure.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Counts of durations in fixed buckets (Prometheus' histogram, non-cumulative here).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Histogram {
+    /// Observations at most each of [`Histogram::BOUNDS`] (and above the one before).
+    pub buckets: [u64; Histogram::BOUNDS.len()],
+    /// Observations.
+    pub count: u64,
+    /// Their sum, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in seconds: a guest call takes tens of microseconds.
+    pub const BOUNDS: [f64; 12] =
+        [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1.0];
+
+    /// Counts one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = Self::BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum_nanos += d.as_nanos() as u64;
+    }
+
+    /// Adds `other`'s counts.
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_nanos += other.sum_nanos;
+    }
+}
+
+/// What one batch's folding counted, for the plugin's progress.
+#[derive(Debug, Default)]
+struct BatchStats {
+    calls: Histogram,
+    fuel: u64,
+    effects: BTreeMap<&'static str, u64>,
+    dead_letters: u64,
 }
 
 /// The subject on which daemon `daemon` takes `jetfold rebuild` requests for `plugin`.
@@ -704,6 +792,24 @@ pub async fn supervise(
         .await
         .context("cannot listen for rebuild requests")?;
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The HTTP endpoint serves the last observation, renewed every second.
+    let (observed, observations) = watch::channel(Arc::new(daemon.observe(None).await));
+    let http = match daemon.config.http.listen.as_str() {
+        "" => None,
+        address => match crate::http::bind(address).await {
+            Ok(listener) => {
+                let at = listener.local_addr().map_or(address.to_string(), |a| a.to_string());
+                tracing::info!(address = %at, "serving the status page at http://{at}/ and /metrics, /healthz, /readyz, /plugins");
+                Some(tokio::spawn(crate::http::serve(listener, observations)))
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "no HTTP endpoint (metrics, health, status page); the daemon goes on without it");
+                None
+            }
+        },
+    };
+    let mut observing = tokio::time::interval(Duration::from_secs(1));
+    observing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         if let Some(registry) = &daemon.registry {
@@ -762,7 +868,14 @@ pub async fn supervise(
                     daemon.advance_rebuilds().await;
                 }
             }
+            _ = observing.tick() => {
+                let previous = observed.borrow().clone();
+                observed.send_replace(Arc::new(daemon.observe(Some(&previous)).await));
+            }
         }
+    }
+    if let Some(http) = http {
+        http.abort();
     }
     daemon.stop().await
 }
@@ -1374,6 +1487,65 @@ impl Daemon {
         crate::registry::DaemonStatus { daemon: self.config.name.clone(), plugins }
     }
 
+    /// What the HTTP endpoint shows: every plugin's status and progress, and readiness;
+    /// `previous`, the last observation, gives the event rates.
+    pub async fn observe(&self, previous: Option<&crate::http::Observed>) -> crate::http::Observed {
+        let status = self.status().await;
+        let now = chrono::Utc::now();
+        let max_lag = self.config.http.ready_max_lag;
+        let plugins: Vec<crate::http::PluginObserved> = status
+            .plugins
+            .into_iter()
+            .map(|s| {
+                let running = self.running.get(&s.name);
+                let p = running.map(|r| r.progress.borrow().clone()).unwrap_or_default();
+                let before = previous.and_then(|o| {
+                    o.plugins
+                        .iter()
+                        .find(|q| q.status.name == s.name)
+                        .map(|q| (q.events, o.observed_at))
+                });
+                let events_per_sec = match before {
+                    Some((events, at)) if now > at => {
+                        let secs = (now - at).num_milliseconds() as f64 / 1000.0;
+                        p.events.saturating_sub(events) as f64 / secs.max(0.001)
+                    }
+                    _ => 0.0,
+                };
+                // A paused plugin is paused on purpose: it does not hold readiness back.
+                let ready = match s.status.as_str() {
+                    "paused" => true,
+                    st if st.starts_with("running") => s.lag.is_some_and(|l| l <= max_lag),
+                    _ => false,
+                };
+                crate::http::PluginObserved {
+                    stream: running.map(|r| r.plugin.stream.clone()).unwrap_or_default(),
+                    ready,
+                    events: p.events,
+                    events_per_sec,
+                    failures: p.failures,
+                    effects: p.effects,
+                    dead_letters: p.dead_letters,
+                    swaps: p.swaps,
+                    retries: p.retries,
+                    fuel: p.fuel,
+                    guest_calls: p.calls,
+                    fold_seconds: p.fold_time.as_secs_f64(),
+                    commit_seconds: p.commit_time.as_secs_f64(),
+                    recent_failures: p.recent_failures.into(),
+                    status: s,
+                }
+            })
+            .collect();
+        crate::http::Observed {
+            daemon: status.daemon,
+            observed_at: now,
+            ready: plugins.iter().all(|p| p.ready),
+            ready_max_lag: max_lag,
+            plugins,
+        }
+    }
+
     async fn report_status(&self) {
         let Some(registry) = &self.registry else { return };
         let status = self.status().await;
@@ -1591,6 +1763,7 @@ struct Job {
     events: u64,
     rejected: u64,
     fold_time: Duration,
+    stats: BatchStats,
 }
 
 /// Whether the daemon is stopping: told to, or gone without saying (its stop sender dropped,
@@ -1734,6 +1907,26 @@ impl Committer {
                 p.batches += 1;
                 p.fold_time += job.fold_time;
                 p.commit_time += started.elapsed();
+                p.calls.merge(&job.stats.calls);
+                p.fuel += job.stats.fuel;
+                p.dead_letters += job.stats.dead_letters;
+                for (kind, n) in &job.stats.effects {
+                    *p.effects.entry(kind.to_string()).or_default() += n;
+                }
+                let at = chrono::Utc::now();
+                for r in &job.commit.rejected {
+                    *p.failures.entry(r.kind.clone()).or_default() += 1;
+                    if p.recent_failures.len() == RECENT_FAILURES {
+                        p.recent_failures.pop_front();
+                    }
+                    p.recent_failures.push_back(RecentFailure {
+                        at,
+                        seq: r.seq,
+                        key: r.key.clone(),
+                        kind: r.kind.clone(),
+                        message: r.message.chars().take(500).collect(),
+                    });
+                }
             });
         }
         Ok(())
@@ -1743,8 +1936,11 @@ impl Committer {
     fn handle(&mut self, job: &Job) -> bool {
         let commit = &job.commit;
         // A batch of events already committed (redelivered) commits nothing, unless it carries
-        // the plugin's states converted to a new state version.
-        if commit.last_seq > self.checkpoint || self.state_version != Some(commit.state_version) {
+        // states (a snapshot, or the plugin's states converted to a new state version).
+        if commit.last_seq > self.checkpoint
+            || self.state_version != Some(commit.state_version)
+            || !commit.states.is_empty()
+        {
             let what = "commit failed (nothing acked)";
             let committed =
                 retry_sink(&self.name, what, &self.env, &mut self.sink, |s| s.commit(commit));
@@ -1802,6 +1998,12 @@ impl Committer {
 
 /// How often an idle worker looks for a new version to take over.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// A message's `Correlation-Id` header, for log lines about a message not decoded (empty if
+/// it has none).
+fn correlation_of(message: &Message) -> &str {
+    message.headers.as_ref().and_then(|h| h.get(headers::CORRELATION_ID)).map_or("", |v| v.as_str())
+}
 
 /// A message's stream sequence (0 if it carries no JetStream info).
 fn message_seq(message: &Message) -> u64 {
@@ -1882,6 +2084,8 @@ struct Folder {
     shadow: Option<Shadow>,
     /// Events the shadow folded in the last batch.
     shadow_events: u64,
+    /// What the last batch's folding counted.
+    stats: BatchStats,
     states: HashMap<String, Vec<u8>>,
     /// The state version the plugin's states are in (the running version's, once migrated).
     state_version: u32,
@@ -1892,6 +2096,22 @@ struct Folder {
     uncommitted: std::collections::VecDeque<(u64, Vec<String>)>,
     /// How many states to keep in memory before forgetting committed ones.
     cache_keys: usize,
+    /// Keys whose states changed since the last snapshot: kept in memory until one is written.
+    pending: HashSet<String>,
+    /// The sequence the last snapshot (handed on for commit) is as of.
+    snapshot_seq: u64,
+    /// Events folded since the last snapshot.
+    since_snapshot: u64,
+    /// Events between snapshots (`snapshot-interval`).
+    snapshot_interval: u64,
+    /// The next commit takes a snapshot whatever the interval (after a state conversion).
+    snapshot_due: bool,
+    /// The checkpoint's sequence while the events since the last snapshot are folded again
+    /// at start (effects, dead letters and the circuit breaker suppressed).
+    catching_up: Option<u64>,
+    /// The states in memory may be ahead of what was handed on (a batch abandoned halfway
+    /// when the daemon stopped): no snapshot may be taken from them.
+    abandoned: bool,
     /// The last stream sequence folded (committed, or queued for commit).
     folded: u64,
     batch_size: usize,
@@ -1913,6 +2133,12 @@ impl Folder {
         let name = match &role {
             Role::Live => plugin.manifest.name.clone(),
             Role::Rebuild { staging, .. } => staging.clone(),
+        };
+        // A rebuild starts over whenever it starts, so its states are written once, when it
+        // has caught up and stops to take over (or when it holds too many).
+        let (snapshot_interval, first_snapshot) = match role {
+            Role::Live => (config.snapshot_interval.max(1), checkpoint.is_none()),
+            Role::Rebuild { .. } => (u64::MAX, false),
         };
         let reader = Sink::open(&env.target)?;
         let declared = plugin.manifest.state.version;
@@ -1944,11 +2170,21 @@ impl Folder {
             promotion: None,
             shadow,
             shadow_events: 0,
+            stats: BatchStats::default(),
             states: HashMap::new(),
             state_version: checkpoint.map_or(declared, |c| c.state_version),
             rewrite: HashSet::new(),
             uncommitted: Default::default(),
             cache_keys: config.state_cache_keys,
+            pending: HashSet::new(),
+            snapshot_seq: checkpoint.map_or(0, |c| c.snapshot_seq),
+            since_snapshot: 0,
+            snapshot_interval,
+            // The first commit holds a snapshot, so that the events folded again after a crash
+            // are always ones this plugin folded (it may have started past the stream start).
+            snapshot_due: first_snapshot,
+            catching_up: None,
+            abandoned: false,
             folded: checkpoint.map_or(0, |c| c.last_seq),
             batch_size: config.batch_size,
             ack_wait: config.ack_wait(),
@@ -2028,10 +2264,117 @@ impl Folder {
 
     /// Folds until stopped; every batch goes to the commit thread through `jobs`.
     fn run(mut self, jobs: mpsc::SyncSender<Job>) -> anyhow::Result<()> {
+        // After a crash between snapshots, the states are brought up to the checkpoint first.
+        if self.snapshot_seq < self.folded && !self.catch_up() {
+            return Ok(());
+        }
         // States converted at start are committed before any event is folded.
         if !self.rewrite.is_empty() && !self.fold_and_hand_on(Vec::new(), &jobs) {
             return Ok(());
         }
+        self.fold_until_stopped(&jobs);
+        // What changed since the last snapshot is written as the worker stops, so a clean
+        // stop leaves nothing to fold again at the next start.
+        if !self.abandoned && self.snapshot_seq < self.folded {
+            self.snapshot_now(&jobs);
+        }
+        Ok(())
+    }
+
+    /// Hands on a commit of every state changed since the last snapshot, with no events;
+    /// false if the daemon stops.
+    fn snapshot_now(&mut self, jobs: &mpsc::SyncSender<Job>) -> bool {
+        self.snapshot_due = true;
+        let Some((commit, _, _)) = self.fold(&[]) else {
+            self.abandoned = true;
+            return false;
+        };
+        self.uncommitted.push_back((commit.last_seq, state_keys(&commit)));
+        let job = Job {
+            tables: self.new_tables.take(),
+            shadow: self.shadow.as_ref().map(|s| (s.digest.clone(), 0)),
+            swap_pause: None,
+            commit,
+            ack: None,
+            events: 0,
+            rejected: 0,
+            fold_time: Duration::ZERO,
+            stats: BatchStats::default(),
+        };
+        jobs.send(job).is_ok()
+    }
+
+    /// Folds the events committed after the last snapshot again, effects suppressed, so that
+    /// the states in memory are those the checkpoint goes with; false if the daemon stops
+    /// first. Events the stream no longer holds (its limits dropped them) are skipped with a
+    /// warning: their keys' states stay as the snapshot has them.
+    fn catch_up(&mut self) -> bool {
+        let (from, to) = (self.snapshot_seq, self.folded);
+        let started = Instant::now();
+        tracing::info!(plugin = %self.name, snapshot_seq = from, checkpoint = to, "folding the events since the last snapshot again (effects suppressed)");
+        self.folded = from;
+        self.catching_up = Some(to);
+        let mut backoff = Backoff::new();
+        while self.folded < to {
+            if stopping(&self.env.stop) {
+                return false;
+            }
+            let (p, env) = (&self.plugin, &self.env);
+            let opened = env.rt.block_on(nats::reader::StreamReader::open(
+                &env.js,
+                &p.stream,
+                &p.subjects,
+                Some(self.folded + 1),
+                Some(to),
+            ));
+            let mut reader = match opened {
+                Ok(reader) => reader,
+                Err(e) => {
+                    tracing::warn!(plugin = %self.name, error = %format!("{e:#}"), "cannot read the events since the last snapshot; retrying");
+                    backoff.wait(&self.env.stop);
+                    continue;
+                }
+            };
+            let mut failed = false;
+            loop {
+                let mut batch = Vec::with_capacity(self.batch_size);
+                while batch.len() < self.batch_size {
+                    match self.env.rt.block_on(reader.next()) {
+                        Some(Ok(message)) => batch.push(message),
+                        Some(Err(e)) => {
+                            tracing::warn!(plugin = %self.name, error = %format!("{e:#}"), "reading the events since the last snapshot failed; retrying");
+                            failed = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+                let done = batch.len() < self.batch_size;
+                if !batch.is_empty() && self.fold(&batch).is_none() {
+                    return false; // stopping
+                }
+                if done {
+                    break;
+                }
+            }
+            if failed {
+                backoff.wait(&self.env.stop);
+                continue;
+            }
+            if self.folded < to {
+                tracing::warn!(plugin = %self.name, from = self.folded + 1, to, "the stream no longer holds some events since the last snapshot: their keys' states are as of the snapshot");
+                self.folded = to;
+            }
+        }
+        self.catching_up = None;
+        let took_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(plugin = %self.name, events = self.since_snapshot, keys = self.pending.len(), took_ms, "caught up with the checkpoint");
+        true
+    }
+
+    /// The folding loop: pulls, folds and hands on batches, takes over new versions, until
+    /// the daemon stops or the plugin does.
+    fn fold_until_stopped(&mut self, jobs: &mpsc::SyncSender<Job>) {
         let mut source = None;
         let mut backoff = Backoff::new();
         while !stopping(&self.env.stop) {
@@ -2043,7 +2386,7 @@ impl Folder {
                 }
                 let mut messages = std::mem::take(&mut self.held);
                 self.hold_past_ceiling(&mut messages);
-                if !messages.is_empty() && !self.fold_and_hand_on(messages, &jobs) {
+                if !messages.is_empty() && !self.fold_and_hand_on(messages, jobs) {
                     break;
                 }
                 continue;
@@ -2093,6 +2436,14 @@ impl Folder {
                     Some(_) => self.promotion = Some(swap),
                     None => {
                         self.promotion = None;
+                        // The states the running version leaves are written before the next
+                        // one folds (a restart would fold the events since with the new one).
+                        if self.snapshot_seq < self.folded
+                            && !self.abandoned
+                            && !self.snapshot_now(jobs)
+                        {
+                            return;
+                        }
                         rebind |= self.take_over(swap);
                     }
                 }
@@ -2106,17 +2457,17 @@ impl Folder {
             }
             // States converted by a takeover while idle are committed at once.
             let converted = !self.rewrite.is_empty();
-            if (!messages.is_empty() || converted) && !self.fold_and_hand_on(messages, &jobs) {
+            if (!messages.is_empty() || converted) && !self.fold_and_hand_on(messages, jobs) {
                 break;
             }
         }
-        Ok(())
     }
 
     /// Folds `messages` and hands the batch to the commit thread; false if the daemon stops.
     fn fold_and_hand_on(&mut self, messages: Vec<Message>, jobs: &mpsc::SyncSender<Job>) -> bool {
         let started = Instant::now();
         let Some((commit, events, rejected)) = self.fold(&messages) else {
+            self.abandoned = true;
             return false;
         };
         self.uncommitted.push_back((commit.last_seq, state_keys(&commit)));
@@ -2132,6 +2483,7 @@ impl Folder {
             events,
             rejected,
             fold_time: started.elapsed(),
+            stats: std::mem::take(&mut self.stats),
         };
         // An error: the commit thread stopped, the daemon is stopping.
         if jobs.send(job).is_err() {
@@ -2177,7 +2529,8 @@ impl Folder {
     }
 
     /// Forgets committed states once more than `cache_keys` are held: they are read back
-    /// from the database when next needed. States of batches not yet committed stay.
+    /// from the database when next needed. States of batches not yet committed stay, and so
+    /// do states changed since the last snapshot (the database has older ones).
     fn trim_states(&mut self) {
         if self.states.len() <= self.cache_keys {
             return;
@@ -2187,7 +2540,8 @@ impl Folder {
             self.uncommitted.pop_front();
         }
         let keep: HashSet<&String> = self.uncommitted.iter().flat_map(|(_, keys)| keys).collect();
-        self.states.retain(|key, _| keep.contains(key));
+        let pending = &self.pending;
+        self.states.retain(|key, _| keep.contains(key) || pending.contains(key));
     }
 
     /// Replaces the running version with `swap`'s; true if the source changed. A version that
@@ -2300,6 +2654,7 @@ impl Folder {
         let mut events = 0;
         let mut shadow_events = 0;
         self.consumed = 0;
+        self.stats = BatchStats::default();
         for (index, message) in messages.iter().enumerate() {
             if self.tripped.is_some() {
                 break; // the circuit breaker stopped the plugin: the rest stays unacked
@@ -2315,7 +2670,11 @@ impl Folder {
             commit.last_seq = seq;
             events += 1;
             if let Err(reason) = self.verify(message) {
-                tracing::warn!(plugin = %self.name, seq, reason = %reason, "event rejected: bad signature");
+                tracing::warn!(
+                    plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq,
+                    correlation_id = correlation_of(message), reason = %reason,
+                    "event rejected: bad signature"
+                );
                 let rejected = Rejected {
                     seq,
                     key: String::new(),
@@ -2335,7 +2694,11 @@ impl Folder {
             let event = match source::event_from_message(message) {
                 Ok(e) => e,
                 Err(e) => {
-                    tracing::warn!(plugin = %self.name, seq, error = %format!("{e:#}"), "event rejected: unreadable message");
+                    tracing::warn!(
+                        plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq,
+                        correlation_id = correlation_of(message), error = %format!("{e:#}"),
+                        "event rejected: unreadable message"
+                    );
                     let rejected = Rejected {
                         seq,
                         key: String::new(),
@@ -2364,9 +2727,14 @@ impl Folder {
             if let Some(after) = self.swapped_after.take() {
                 self.pause = Some((after.elapsed(), seq));
             }
+            let (call, fuel) = (Instant::now(), self.step.fuel_used());
             let outcome = self.step.step(&self.plugin.manifest, state.as_ref(), &event);
-            self.last_step_end = Some(Instant::now());
-            if let Some(shadow) = &mut self.shadow {
+            let now = Instant::now();
+            self.last_step_end = Some(now);
+            self.stats.calls.observe(now - call);
+            self.stats.fuel += self.step.fuel_used().saturating_sub(fuel);
+            let replaying = self.catching_up.is_some();
+            if let Some(shadow) = self.shadow.as_mut().filter(|_| !replaying) {
                 let theirs = shadow.step.step(&shadow.manifest, state.as_ref(), &event);
                 shadow_events += 1;
                 let (live, theirs) = (describe(&outcome), describe(&theirs));
@@ -2383,6 +2751,7 @@ impl Folder {
             match outcome {
                 Ok((new_state, effects)) => {
                     for (index, effect) in effects.into_iter().enumerate() {
+                        *self.stats.effects.entry(effect.kind().as_str()).or_default() += 1;
                         self.route(&mut commit, &event, index, effect);
                     }
                     self.states.insert(key.clone(), new_state);
@@ -2410,14 +2779,30 @@ impl Folder {
                 }
             }
         }
-        dirty.extend(self.rewrite.drain());
-        commit.states = dirty
-            .into_iter()
-            .map(|key: String| {
-                let state = self.states[&key].clone();
-                (key, state)
-            })
-            .collect();
+        if !self.rewrite.is_empty() {
+            dirty.extend(self.rewrite.drain());
+            self.snapshot_due = true;
+        }
+        self.pending.extend(dirty);
+        self.since_snapshot += events;
+        // A snapshot: every state changed since the last one, as of this batch's end.
+        let snapshot = self.snapshot_due
+            || self.since_snapshot >= self.snapshot_interval
+            || self.pending.len() > self.cache_keys;
+        if snapshot && self.catching_up.is_none() {
+            commit.states = self
+                .pending
+                .drain()
+                .map(|key: String| {
+                    let state = self.states[&key].clone();
+                    (key, state)
+                })
+                .collect();
+            self.snapshot_seq = commit.last_seq;
+            self.since_snapshot = 0;
+            self.snapshot_due = false;
+        }
+        commit.snapshot_seq = self.snapshot_seq;
         // A promotion may have swapped versions inside the batch: the checkpoint names the
         // version that folded its last event.
         commit.digest.clone_from(&self.digest);
@@ -2447,12 +2832,17 @@ impl Folder {
         rejected: Rejected,
         counts: bool,
     ) -> bool {
-        if self.plugin.manifest.on_error == OnError::Halt && matches!(self.role, Role::Live) {
+        if self.plugin.manifest.on_error == OnError::Halt
+            && matches!(self.role, Role::Live)
+            && self.catching_up.is_none()
+        {
             self.halt(commit, at, &rejected);
             return true;
         }
-        self.dead_letter(commit, message, &rejected);
-        if counts {
+        if self.dead_letter(commit, message, &rejected) {
+            self.stats.dead_letters += 1;
+        }
+        if counts && self.catching_up.is_none() {
             self.count_failure(&rejected);
         }
         commit.rejected.push(rejected);
@@ -2489,11 +2879,13 @@ impl Folder {
     /// With `on-error = "dead-letter"`, puts the message the plugin failed on into the outbox,
     /// for the dead-letter subject: its payload and headers as they came, the reason, the
     /// plugin's digest and where it came from. Committed with the batch, so published once.
-    fn dead_letter(&self, commit: &mut Commit, message: &Message, rejected: &Rejected) {
+    /// True if it was dead-lettered.
+    fn dead_letter(&self, commit: &mut Commit, message: &Message, rejected: &Rejected) -> bool {
         if self.plugin.manifest.on_error != OnError::DeadLetter
             || matches!(self.role, Role::Rebuild { .. })
+            || self.catching_up.is_some()
         {
-            return;
+            return false;
         }
         let one_line = |s: &str| -> String {
             let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
@@ -2534,6 +2926,7 @@ impl Folder {
             headers: h,
             payload: message.payload.to_vec(),
         });
+        true
     }
 
     /// Sends one accepted effect where it goes: SQL into the commit, emits into the outbox,
@@ -2543,6 +2936,9 @@ impl Folder {
             && matches!(effect, Effect::Emit { .. } | Effect::Log { .. })
         {
             return; // a rebuild replays the past: what it emitted and logged happened already
+        }
+        if self.catching_up.is_some() {
+            return; // folding committed events again: their effects are committed already
         }
         match effect {
             Effect::Emit { kind, subject, message_type, payload, headers: extra } => {
@@ -2576,22 +2972,23 @@ impl Folder {
             }
             Effect::Log { level, message } => {
                 let (plugin, seq) = (&self.name, event.sequence);
+                let digest = &self.digest[..self.digest.len().min(12)];
                 let corr = event.correlation_id.as_deref().unwrap_or("");
                 match level {
                     LogLevel::Trace => {
-                        tracing::trace!(plugin, seq, correlation_id = corr, "{message}")
+                        tracing::trace!(plugin, digest, seq, correlation_id = corr, "{message}")
                     }
                     LogLevel::Debug => {
-                        tracing::debug!(plugin, seq, correlation_id = corr, "{message}")
+                        tracing::debug!(plugin, digest, seq, correlation_id = corr, "{message}")
                     }
                     LogLevel::Info => {
-                        tracing::info!(plugin, seq, correlation_id = corr, "{message}")
+                        tracing::info!(plugin, digest, seq, correlation_id = corr, "{message}")
                     }
                     LogLevel::Warn => {
-                        tracing::warn!(plugin, seq, correlation_id = corr, "{message}")
+                        tracing::warn!(plugin, digest, seq, correlation_id = corr, "{message}")
                     }
                     LogLevel::Error => {
-                        tracing::error!(plugin, seq, correlation_id = corr, "{message}")
+                        tracing::error!(plugin, digest, seq, correlation_id = corr, "{message}")
                     }
                 }
             }

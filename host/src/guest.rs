@@ -149,6 +149,7 @@ pub struct GuestInstance {
     config: String,
     live: Option<(Store<HostState>, Bound, Option<Migration>)>,
     instantiations: u64,
+    fuel_used: u64,
 }
 
 impl GuestInstance {
@@ -171,6 +172,7 @@ impl GuestInstance {
             config,
             live: None,
             instantiations: 0,
+            fuel_used: 0,
         };
         guest.ensure_live()?;
         Ok(guest)
@@ -183,6 +185,11 @@ impl GuestInstance {
             PluginPre::Policy(_) => PluginKind::Policy,
             PluginPre::Upcaster(_) => PluginKind::Upcaster,
         }
+    }
+
+    /// Fuel the calls have consumed so far (0 unless fuel bounds them).
+    pub fn fuel_used(&self) -> u64 {
+        self.fuel_used
     }
 
     /// How many times an instance was created (1 + one per trap recovered from).
@@ -267,7 +274,11 @@ impl GuestInstance {
         if self.cpu == crate::component::CpuLimit::Fuel {
             store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
         }
-        match f(store, bound, migration.as_ref()) {
+        let outcome = f(store, bound, migration.as_ref());
+        if self.cpu == crate::component::CpuLimit::Fuel {
+            self.fuel_used += limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
+        }
+        match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(returned(call, e)),
             Err(e) => {

@@ -35,6 +35,7 @@ pub mod effect;
 pub mod event;
 pub mod fold;
 pub mod guest;
+pub mod http;
 pub mod integrity;
 pub mod manifest;
 pub mod nats;

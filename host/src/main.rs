@@ -57,7 +57,9 @@ enum Command {
     ///
     /// The plugin directory is watched (`plugin-dir-poll-ms`): a new plugin starts, a changed
     /// one swaps versions at its next batch, a removed one stops. SIGHUP re-reads the config
-    /// file and applies it the same way. SIGTERM or SIGINT drain and exit 0.
+    /// file and applies it the same way. SIGTERM or SIGINT drain and exit 0; exit 2 if it
+    /// cannot start. HTTP on `[http] listen` (default 127.0.0.1:9477): the status page at /,
+    /// /metrics (Prometheus), /healthz, /readyz, /plugins (JSON).
     Run(RunArgs),
     /// Ask a running daemon's projection a read-model query (JSON), over NATS.
     State(StateArgs),
@@ -87,9 +89,9 @@ enum Command {
     /// and print the states at the end; with --effects, each event's effects first; with
     /// --diff, where another version of the plugin folds differently.
     Replay(ReplayArgs),
-    /// Replay a plugin's stream up to the checkpoint a daemon committed and compare with the
-    /// states it stored: any difference means non-determinism or a changed component. Exit 1
-    /// on a difference.
+    /// Replay a plugin's stream up to the sequence its stored states are as of (its checkpoint,
+    /// or the last snapshot before it) and compare with those states: any difference means
+    /// non-determinism or a changed component. Exit 1 on a difference.
     Verify(VerifyArgs),
     /// Rebuild a running plugin's read model from the stream start, blue/green: a running
     /// daemon folds the stream again into tables of its own, beside the live ones (which go
@@ -435,7 +437,12 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETFOLD_LOG")
         .unwrap_or_else(|_| default_level.into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: a journal or a file gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         logs.json().init();
     } else {
@@ -1025,13 +1032,17 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let name = plugin.manifest.name.clone();
     let digest = plugin.component.digest.hex();
-    // The checkpoint and the states it goes with, read again if a daemon committed between.
+    // The checkpoint and the states it goes with (as of its last snapshot), read again if a
+    // daemon wrote a snapshot between.
     let mut sink = jetfold_host::sink::Sink::open(&target.config.sink_target())?;
     let mut attempts = 0;
+    let snapshot = |c: &Option<jetfold_host::sink::Checkpoint>| {
+        c.as_ref().map(|c| (c.snapshot_seq, c.state_version))
+    };
     let (checkpoint, stored) = loop {
         let before = sink.checkpoint(&name)?;
         let states = sink.states(&name)?;
-        if sink.checkpoint(&name)? == before {
+        if snapshot(&sink.checkpoint(&name)?) == snapshot(&before) {
             break (before, states);
         }
         attempts += 1;
@@ -1045,7 +1056,7 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("plugin `{name}` has no checkpoint in the sink: nothing to verify");
     };
     let mut replayer = target.replayer(plugin, &loader)?;
-    let range = Range { to_seq: Some(checkpoint.last_seq), ..Range::default() };
+    let range = Range { to_seq: Some(checkpoint.snapshot_seq), ..Range::default() };
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
@@ -1074,8 +1085,8 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let differ: Vec<&String> =
         keys.into_iter().filter(|k| stored.get(*k) != replayed.get(*k)).collect();
     println!(
-        "{name}: replayed {} events up to sequence {} (checkpoint by {}, replayed with {digest})",
-        replayer.events, checkpoint.last_seq, checkpoint.digest
+        "{name}: replayed {} events up to sequence {} (states as of that sequence; checkpoint at {} by {}, replayed with {digest})",
+        replayer.events, checkpoint.snapshot_seq, checkpoint.last_seq, checkpoint.digest
     );
     if differ.is_empty() {
         println!("verified: all {} states match", stored.len());

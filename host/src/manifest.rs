@@ -204,17 +204,23 @@ pub enum EffectKind {
     Log,
 }
 
-impl fmt::Display for EffectKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match self {
+impl EffectKind {
+    /// Its name, as manifests and metrics write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
             EffectKind::Upsert => "upsert",
             EffectKind::Update => "update",
             EffectKind::Delete => "delete",
             EffectKind::Emit => "emit",
             EffectKind::Command => "command",
             EffectKind::Log => "log",
-        };
-        f.write_str(name)
+        }
+    }
+}
+
+impl fmt::Display for EffectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -43,6 +43,11 @@ pub struct UpcastChain {
 }
 
 impl UpcastChain {
+    /// Fuel the upcasters' calls have consumed so far.
+    pub fn fuel_used(&self) -> u64 {
+        self.links.iter().map(|(_, guest)| guest.fuel_used()).sum()
+    }
+
     /// Instantiates `specs`.
     pub fn new(specs: &[UpcasterSpec], loader: &ComponentLoader) -> anyhow::Result<Self> {
         let links = specs

@@ -1,7 +1,9 @@
 //! Exactly once under SIGKILL: the `jetfold run` process is killed at random moments while
 //! 20,000 events flow, restarted each time, and the result is compared with the same events
 //! folded offline (the clean run): every row, every state, every emitted command, every
-//! rejection; nothing missing, nothing twice.
+//! rejection; nothing missing, nothing twice. Once with states written with every commit,
+//! once with a snapshot interval, so that kills land between snapshots and every restart
+//! first folds the events since the last one again.
 
 use std::{
     collections::BTreeMap,
@@ -188,10 +190,36 @@ fn spawn_daemon(dir: &Path, log: &Path) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
+    // A small state cache: committed states are forgotten and read back all along.
+    kill_and_compare(0x5EED_F00D, "state-cache-keys = 50\n", 22).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_between_snapshots_folds_the_events_since_again_and_repeats_no_effect() {
+    let gaps = kill_and_compare(0xC0FFEE, "snapshot-interval = 4000\n", 12).await;
+    // Most kills left committed events after the last snapshot, for the restart to fold again.
+    assert!(gaps >= 6, "only {gaps} kills landed between snapshots");
+}
+
+/// The highest committed sequence past the last snapshot, over both plugins (0: none).
+fn snapshot_gap(db: &Path) -> u64 {
+    let Ok(mut sink) = SqliteSink::open(db) else { return 0 };
+    ["compute-resource", "person-archive"]
+        .iter()
+        .filter_map(|name| sink.checkpoint(name).ok().flatten())
+        .map(|c| c.last_seq - c.snapshot_seq)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Kills the daemon `kills` times while the events flow (with `settings` in its config), then
+/// checks everything against the clean run; returns how many kills left committed events
+/// after the last snapshot.
+async fn kill_and_compare(default_seed: u64, settings: &str, kills_wanted: usize) -> usize {
     let seed = std::env::var("JETFOLD_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5EED_F00D_u64);
+        .unwrap_or(default_seed);
     let mut rng = Rng(seed);
     let infra = infra_events(&mut rng);
     let people = people_events(&mut rng);
@@ -210,11 +238,10 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     create_stream(&js, "INFRA", &["infra.>"]).await;
     create_stream(&js, "PEOPLE", &["people.person.>", "people.clock.>"]).await;
     create_stream(&js, "COMMANDS", &["people.commands.>"]).await;
-    // A small state cache: committed states are forgotten and read back all along.
     std::fs::write(
         dir.path().join("jetfold.toml"),
         format!(
-            "plugin-dir = \"plugins\"\nbatch-size = 200\nfetch-wait-ms = 50\nack-wait-secs = 2\nstate-cache-keys = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
+            "plugin-dir = \"plugins\"\nbatch-size = 200\nfetch-wait-ms = 50\nack-wait-secs = 2\n{settings}cache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
             cache_dir().display(),
             nats.url()
         ),
@@ -252,9 +279,10 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     };
 
     let mut kills = 0;
+    let mut gaps = 0;
     let mut progress = Vec::new();
     let started = Instant::now();
-    while kills < 22 {
+    while kills < kills_wanted {
         let before = checkpoint(&db, "compute-resource") + checkpoint(&db, "person-archive");
         let mut child = spawn_daemon(dir.path(), &log);
         // Kill at a random moment once this incarnation has made progress (or after a while).
@@ -268,6 +296,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
         child.kill().unwrap();
         child.wait().unwrap();
         kills += 1;
+        gaps += usize::from(snapshot_gap(&db) > 0);
         progress.push(checkpoint(&db, "compute-resource") + checkpoint(&db, "person-archive"));
         assert!(started.elapsed() < Duration::from_secs(600), "kill loop took too long");
     }
@@ -293,6 +322,8 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
         "graceful stop exits 0; log:\n{}",
         std::fs::read_to_string(&log).unwrap()
     );
+    // A graceful stop writes every state: nothing is left to fold again.
+    assert_eq!(snapshot_gap(&db), 0, "states written at the stop");
 
     // Every row and state as in the clean run.
     let mut sink = SqliteSink::open(&db).unwrap();
@@ -345,9 +376,11 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     }
     assert!(seen == expected_people.commands, "emitted commands differ from the clean run");
     eprintln!(
-        "seed {seed:#x}: {kills} kills at committed totals {progress:?}; {} rows, {count} commands",
+        "seed {seed:#x}: {kills} kills at committed totals {progress:?} ({gaps} between snapshots); {} rows, {count} commands",
         rows.len()
     );
     // The kills landed while events were flowing, not all before or after.
-    assert!(progress.iter().filter(|&&p| p > 0 && p < 20_000).count() >= 20, "{progress:?}");
+    let during = progress.iter().filter(|&&p| p > 0 && p < 20_000).count();
+    assert!(during >= kills_wanted - 2, "{progress:?}");
+    gaps
 }

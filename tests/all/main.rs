@@ -9,6 +9,7 @@ mod daemon;
 mod events;
 mod faults;
 mod fleet;
+mod http;
 mod languages;
 mod loading;
 mod migrate;

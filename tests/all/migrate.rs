@@ -276,6 +276,7 @@ fn batch(
         digest: format!("digest-{plugin}"),
         last_seq: seq,
         state_version: 2,
+        snapshot_seq: seq,
         table_suffix: suffix.into(),
         effects: rows
             .iter()

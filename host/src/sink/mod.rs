@@ -6,7 +6,9 @@
 //! a crash after it loses nothing (the redelivered events are at or below the checkpoint).
 //!
 //! The checkpoint names the `[state] version` every stored state of the plugin is written in,
-//! so a version change (a migration) is committed or not, never half.
+//! so a version change (a migration) is committed or not, never half, and the sequence the
+//! stored states are as of (the last snapshot: states may be written less often than
+//! effects, see `snapshot-interval`).
 //!
 //! Table layout: every table a manifest allows is `"<table>"(key TEXT PRIMARY KEY,
 //! doc TEXT NOT NULL, updated_seq INTEGER NOT NULL)`, `doc` the row as a JSON object.
@@ -146,6 +148,9 @@ pub struct Checkpoint {
     pub last_seq: u64,
     /// The `[state] version` the plugin's stored states are written in.
     pub state_version: u32,
+    /// The sequence the stored states are as of (the last snapshot): `last_seq` when states
+    /// are written with every commit; below it when events since were committed without them.
+    pub snapshot_seq: u64,
 }
 
 /// An event a plugin rejected, recorded with the batch.
@@ -193,8 +198,11 @@ pub struct Commit {
     pub table_suffix: String,
     /// SQL effects with the sequence of the event that made them, in order.
     pub effects: Vec<(u64, Effect)>,
-    /// New states by key.
+    /// New states by key: with a snapshot, every state changed since the last one.
     pub states: Vec<(String, Vec<u8>)>,
+    /// The sequence the stored states are as of once this commits: `last_seq` when the
+    /// commit holds a snapshot, else the last snapshot's.
+    pub snapshot_seq: u64,
     /// Rejected events.
     pub rejected: Vec<Rejected>,
     /// Messages to publish.

@@ -14,6 +14,7 @@ pub struct PostgresSink {
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jetfold_checkpoints (plugin TEXT PRIMARY KEY, digest TEXT NOT NULL, last_seq BIGINT NOT NULL);
 ALTER TABLE jetfold_checkpoints ADD COLUMN IF NOT EXISTS state_version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jetfold_checkpoints ADD COLUMN IF NOT EXISTS snapshot_seq BIGINT;
 CREATE TABLE IF NOT EXISTS jetfold_states (plugin TEXT NOT NULL, key TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (plugin, key));
 CREATE TABLE IF NOT EXISTS jetfold_rejected (plugin TEXT NOT NULL, seq BIGINT NOT NULL, key TEXT NOT NULL, event_type TEXT NOT NULL,
     kind TEXT NOT NULL, code TEXT, message TEXT NOT NULL, PRIMARY KEY (plugin, seq));
@@ -49,13 +50,15 @@ impl PostgresSink {
     /// The plugin's checkpoint.
     pub fn checkpoint(&mut self, plugin: &str) -> Result<Option<Checkpoint>, postgres::Error> {
         let row = self.client.query_opt(
-            "SELECT digest, last_seq, state_version FROM jetfold_checkpoints WHERE plugin = $1",
+            "SELECT digest, last_seq, state_version, COALESCE(snapshot_seq, last_seq) \
+             FROM jetfold_checkpoints WHERE plugin = $1",
             &[&plugin],
         )?;
         Ok(row.map(|r| Checkpoint {
             digest: r.get(0),
             last_seq: r.get::<_, i64>(1) as u64,
             state_version: r.get::<_, i32>(2) as u32,
+            snapshot_seq: r.get::<_, i64>(3) as u64,
         }))
     }
 
@@ -180,10 +183,17 @@ impl PostgresSink {
             )?;
         }
         tx.execute(
-            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq, state_version) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq, state_version, snapshot_seq) \
+             VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq, \
-             state_version = excluded.state_version",
-            &[&batch.plugin, &batch.digest, &(batch.last_seq as i64), &(batch.state_version as i32)],
+             state_version = excluded.state_version, snapshot_seq = excluded.snapshot_seq",
+            &[
+                &batch.plugin,
+                &batch.digest,
+                &(batch.last_seq as i64),
+                &(batch.state_version as i32),
+                &(batch.snapshot_seq as i64),
+            ],
         )?;
         tx.commit()
     }

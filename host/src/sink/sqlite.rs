@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS jetfold_checkpoints (
     plugin TEXT PRIMARY KEY,
     digest TEXT NOT NULL,
     last_seq INTEGER NOT NULL,
-    state_version INTEGER NOT NULL DEFAULT 1
+    state_version INTEGER NOT NULL DEFAULT 1,
+    snapshot_seq INTEGER
 );
 CREATE TABLE IF NOT EXISTS jetfold_states (
     plugin TEXT NOT NULL,
@@ -73,6 +74,16 @@ impl SqliteSink {
                 "ALTER TABLE jetfold_checkpoints ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1",
             )?;
         }
+        // Databases written before snapshots had an interval stored states with every commit:
+        // a missing snapshot sequence reads as the checkpoint's.
+        let has_snapshot: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('jetfold_checkpoints') WHERE name = 'snapshot_seq'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_snapshot {
+            conn.execute_batch("ALTER TABLE jetfold_checkpoints ADD COLUMN snapshot_seq INTEGER")?;
+        }
         Ok(SqliteSink { conn })
     }
 
@@ -91,13 +102,15 @@ impl SqliteSink {
     pub fn checkpoint(&mut self, plugin: &str) -> rusqlite::Result<Option<Checkpoint>> {
         self.conn
             .query_row(
-                "SELECT digest, last_seq, state_version FROM jetfold_checkpoints WHERE plugin = ?1",
+                "SELECT digest, last_seq, state_version, COALESCE(snapshot_seq, last_seq) \
+                 FROM jetfold_checkpoints WHERE plugin = ?1",
                 [plugin],
                 |r| {
                     Ok(Checkpoint {
                         digest: r.get(0)?,
                         last_seq: r.get::<_, i64>(1)? as u64,
                         state_version: r.get(2)?,
+                        snapshot_seq: r.get::<_, i64>(3)? as u64,
                     })
                 },
             )
@@ -245,10 +258,17 @@ impl SqliteSink {
             }
         }
         tx.execute(
-            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq, state_version) VALUES (?1, ?2, ?3, ?4) \
+            "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq, state_version, snapshot_seq) \
+             VALUES (?1, ?2, ?3, ?4, ?5) \
              ON CONFLICT(plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq, \
-             state_version = excluded.state_version",
-            params![batch.plugin, batch.digest, batch.last_seq as i64, batch.state_version],
+             state_version = excluded.state_version, snapshot_seq = excluded.snapshot_seq",
+            params![
+                batch.plugin,
+                batch.digest,
+                batch.last_seq as i64,
+                batch.state_version,
+                batch.snapshot_seq as i64
+            ],
         )?;
         tx.commit()
     }
@@ -325,6 +345,7 @@ mod tests {
             digest: "d1".into(),
             last_seq: 3,
             state_version: 2,
+            snapshot_seq: 3,
             table_suffix: String::new(),
             effects: vec![
                 (
@@ -391,7 +412,12 @@ mod tests {
         );
         assert_eq!(
             sink.checkpoint("p").unwrap(),
-            Some(Checkpoint { digest: "d1".into(), last_seq: 3, state_version: 2 })
+            Some(Checkpoint {
+                digest: "d1".into(),
+                last_seq: 3,
+                state_version: 2,
+                snapshot_seq: 3
+            })
         );
         assert_eq!(sink.state("p", "a").unwrap(), Some(b"{}".to_vec()));
         assert_eq!(sink.outbox("p").unwrap(), batch.outbox);
