@@ -24,10 +24,8 @@ fn rss() -> u64 {
 }
 
 fn main() {
-    let n: usize = std::env::var("JETFOLD_BENCH_PLUGINS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let n: usize =
+        std::env::var("JETFOLD_BENCH_PLUGINS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let events = 2_000;
     let plugin = common::compute_resource();
     let runtime = tokio::runtime::Runtime::new().unwrap();
