@@ -165,7 +165,8 @@ fn main() {
             // A daemon that writes no snapshot before it is killed folds `gap` new events.
             std::fs::write(dir.path().join("jetfold.toml"), config_text(i64::MAX as u64)).unwrap();
             // New resources: their lifecycles fold as the first ones did.
-            let mut events = common::events(gap + 1);
+            // (`events` makes whole lifecycles, ten events per resource.)
+            let mut events = common::events(gap + 10);
             for (i, e) in events.iter_mut().enumerate() {
                 e.message_id = format!("gap-{round}-{i}");
                 e.subject = e.subject.replacen(".r-", &format!(".g{round}-"), 1);
@@ -189,7 +190,7 @@ fn main() {
             let (committed, snapshot_seq) = checkpoint(&db);
             last = committed;
             // Then one more event, and a restart: from start to that event committed.
-            common::publish_all(&js, &events[gap..]).await;
+            common::publish_all(&js, &events[gap..gap + 1]).await;
             let config = Config::parse(&text, dir.path().to_path_buf(), |_| None).unwrap();
             let started = Instant::now();
             let daemon = Daemon::start(config).await.unwrap();

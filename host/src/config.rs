@@ -37,6 +37,9 @@ pub struct Config {
     /// The HTTP endpoint: metrics, health, readiness, the status page.
     #[serde(default)]
     pub http: HttpConfig,
+    /// The share of every plugin's keys this daemon folds, when several daemons split them.
+    #[serde(default)]
+    pub partition: Partition,
     /// Where effects and checkpoints are written.
     #[serde(default)]
     pub sink: SinkConfig,
@@ -170,6 +173,63 @@ impl Default for RegistryConfig {
             dir: defaults::registry_dir(),
             status_interval_ms: defaults::status_interval_ms(),
             trusted_keys: Vec::new(),
+        }
+    }
+}
+
+/// Which keys of every plugin this daemon folds: those whose hash falls in partition `index`
+/// of `count`. Daemons with the same plugins, the same `count` and each an `index` of their
+/// own (and names of their own) split the work; each reads the whole stream in order, so every
+/// key's events are folded in order, by one daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Partition {
+    /// This daemon's partition, from 0.
+    pub index: u32,
+    /// How many partitions (daemons) share the keys; 1: this daemon folds them all.
+    pub count: u32,
+}
+
+impl Default for Partition {
+    fn default() -> Self {
+        Partition { index: 0, count: 1 }
+    }
+}
+
+impl Partition {
+    /// Whether several daemons share the keys.
+    pub fn is_split(&self) -> bool {
+        self.count > 1
+    }
+
+    /// Whether the events of state key `key` are this daemon's (FNV-1a of its bytes, a hash
+    /// that every daemon, version and platform computes alike).
+    pub fn owns(&self, key: &str) -> bool {
+        if self.count <= 1 {
+            return true;
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key.as_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// Whether a message whose key cannot be known (it does not decode, or its signature is
+    /// bad) is this daemon's to record: by its stream sequence.
+    pub fn owns_seq(&self, seq: u64) -> bool {
+        self.count <= 1 || seq % u64::from(self.count) == u64::from(self.index)
+    }
+
+    /// The name plugin `plugin`'s checkpoint is kept under: the plugin's own when the daemon
+    /// folds every key, else one per partition (states, rejections and read-model rows stay
+    /// the plugin's: the partitions' keys do not overlap).
+    pub fn checkpoint_name(&self, plugin: &str) -> String {
+        if self.count <= 1 {
+            plugin.to_string()
+        } else {
+            format!("{plugin}#{}/{}", self.index, self.count)
         }
     }
 }
@@ -387,6 +447,13 @@ impl Config {
         if config.batch_size == 0 {
             bail!("batch-size must be at least 1");
         }
+        if config.partition.count == 0 || config.partition.index >= config.partition.count {
+            bail!(
+                "[partition] index {} of count {}: the index goes from 0 to count - 1",
+                config.partition.index,
+                config.partition.count
+            );
+        }
         if !crate::manifest::is_name(&config.name) {
             bail!("name {:?}: use lowercase letters, digits, `-` and `_`", config.name);
         }
@@ -456,6 +523,31 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_key_belongs_to_exactly_one_partition_and_always_the_same() {
+        let parts: Vec<Partition> = (0..3).map(|index| Partition { index, count: 3 }).collect();
+        let mut sizes = [0; 3];
+        for i in 0..3_000 {
+            let key = format!("r-{i}");
+            let owners: Vec<u32> = parts.iter().filter(|p| p.owns(&key)).map(|p| p.index).collect();
+            assert_eq!(owners.len(), 1, "{key}: {owners:?}");
+            sizes[owners[0] as usize] += 1;
+            assert_eq!(parts.iter().filter(|p| p.owns_seq(i)).count(), 1);
+        }
+        // Spread, not all on one daemon.
+        assert!(sizes.iter().all(|&n| n > 800), "{sizes:?}");
+        // FNV-1a is fixed: a key's partition never changes between versions.
+        assert!(Partition { index: 1, count: 2 }.owns("r-1"));
+        assert!(Partition::default().owns("anything"));
+        assert_eq!(Partition { index: 1, count: 2 }.checkpoint_name("p"), "p#1/2");
+        let bad = Config::parse(
+            "plugin-dir = \"p\"\n[partition]\nindex = 2\ncount = 2\n",
+            PathBuf::new(),
+            |_| None,
+        );
+        assert!(bad.unwrap_err().to_string().contains("index goes from 0 to count - 1"));
+    }
 
     #[test]
     fn broken_limits_and_signing_settings_are_refused_with_the_key_at_fault() {

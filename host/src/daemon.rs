@@ -1094,6 +1094,13 @@ impl Daemon {
     /// rebuild already under way for the plugin is dropped.
     async fn start_rebuild(&mut self, plugin: DaemonPlugin) -> anyhow::Result<()> {
         let name = plugin.manifest.name.clone();
+        if self.config.partition.is_split() {
+            bail!(
+                "this daemon folds partition {} of {} of the keys: a rebuild swaps whole tables, so it needs one daemon folding every key (stop the others, set [partition] count = 1)",
+                self.config.partition.index,
+                self.config.partition.count
+            );
+        }
         if plugin.at_seq.is_some() {
             bail!(
                 "a version that changes the state version without `migrate` is rebuilt from the stream and takes over when caught up, not at a given sequence"
@@ -1705,6 +1712,10 @@ fn start_worker(
         Role::Live => (plugin.manifest.name.clone(), ""),
         Role::Rebuild { staging, .. } => (staging.clone(), REBUILD_SUFFIX),
     };
+    let checkpoint_name = match &role {
+        Role::Live => config.partition.checkpoint_name(&name),
+        Role::Rebuild { .. } => name.clone(),
+    };
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(2);
     let (committer_ready_tx, committer_ready_rx) = mpsc::channel();
     let committer = {
@@ -1712,7 +1723,7 @@ fn start_worker(
             plugin.manifest.allow.tables.iter().map(|t| format!("{t}{suffix}")).collect();
         let (env, name) = (env.clone(), name.clone());
         std::thread::Builder::new().name(format!("commit-{name}")).spawn(move || {
-            let committer = Committer::open(name, &tables, env);
+            let committer = Committer::open(name, checkpoint_name, &tables, env);
             match committer {
                 Ok((committer, checkpoint)) => {
                     let _ = committer_ready_tx.send(Ok(checkpoint));
@@ -1844,15 +1855,17 @@ struct Committer {
 }
 
 impl Committer {
-    /// Opens the sink, creates the plugin's tables; the checkpoint to resume after.
+    /// Opens the sink, creates the plugin's tables; the checkpoint (kept under
+    /// `checkpoint_name`) to resume after.
     fn open(
         name: String,
+        checkpoint_name: String,
         tables: &[String],
         env: WorkerEnv,
     ) -> anyhow::Result<(Committer, Option<Checkpoint>)> {
         let mut sink = Sink::open(&env.target)?;
         sink.ensure_tables(tables).context("failed to create read-model tables")?;
-        let stored = sink.checkpoint(&name)?;
+        let stored = sink.checkpoint(&checkpoint_name)?;
         let checkpoint = stored.as_ref().map_or(0, |c| c.last_seq);
         let state_version = stored.as_ref().map(|c| c.state_version);
         env.progress.send_modify(|p| p.committed_seq = checkpoint);
@@ -2047,6 +2060,10 @@ struct Folder {
     daemon: String,
     /// The plugin's name, or a rebuild's staging name: what it commits and reads under.
     name: String,
+    /// The keys this daemon folds.
+    partition: crate::config::Partition,
+    /// The name of its checkpoint, if not `name` (one per partition).
+    checkpoint_name: Option<String>,
     /// Live, or rebuilding under a staging name.
     role: Role,
     /// Where events the plugin fails on go.
@@ -2143,8 +2160,16 @@ impl Folder {
         let reader = Sink::open(&env.target)?;
         let declared = plugin.manifest.state.version;
         let keys = config.event_signing.decoded_keys()?;
+        let (partition, checkpoint_name) = match role {
+            Role::Live if config.partition.is_split() => {
+                (config.partition, Some(config.partition.checkpoint_name(&name)))
+            }
+            _ => (crate::config::Partition::default(), None),
+        };
         let mut folder = Folder {
             daemon: config.name.clone(),
+            partition,
+            checkpoint_name,
             name,
             role,
             dead_letters: config.dead_letter.clone(),
@@ -2219,7 +2244,10 @@ impl Folder {
         let stored =
             retry_sink(name, "cannot read the states to convert", env, reader, |r| r.states(name))
                 .ok_or_else(|| "the daemon is stopping".to_string())?;
-        let mut all: HashMap<String, Vec<u8>> = stored.into_iter().collect();
+        // Another partition's states are another daemon's to convert.
+        let partition = self.partition;
+        let mut all: HashMap<String, Vec<u8>> =
+            stored.into_iter().filter(|(key, _)| partition.owns(key)).collect();
         all.extend(self.states.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(all)
     }
@@ -2642,6 +2670,7 @@ impl Folder {
     fn fold(&mut self, messages: &[Message]) -> Option<(Commit, u64, u64)> {
         let mut commit = Commit {
             plugin: self.name.clone(),
+            checkpoint: self.checkpoint_name.clone(),
             digest: self.digest.clone(),
             last_seq: self.folded,
             table_suffix: match self.role {
@@ -2670,6 +2699,10 @@ impl Folder {
             commit.last_seq = seq;
             events += 1;
             if let Err(reason) = self.verify(message) {
+                if !self.partition.owns_seq(seq) {
+                    events -= 1;
+                    continue; // another daemon's to record
+                }
                 tracing::warn!(
                     plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq,
                     correlation_id = correlation_of(message), reason = %reason,
@@ -2693,6 +2726,10 @@ impl Folder {
             }
             let event = match source::event_from_message(message) {
                 Ok(e) => e,
+                Err(_) if !self.partition.owns_seq(seq) => {
+                    events -= 1;
+                    continue; // another daemon's to record
+                }
                 Err(e) => {
                     tracing::warn!(
                         plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq,
@@ -2715,6 +2752,10 @@ impl Folder {
                 }
             };
             let key = self.plugin.manifest.state_key(&event);
+            if !self.partition.owns(&key) {
+                events -= 1;
+                continue; // another daemon folds this key
+            }
             let Ok(state) = self.state_of(&key) else {
                 return None; // stopping: nothing of this batch is committed or acked
             };

@@ -26,7 +26,7 @@ use crate::support::{
 };
 
 /// A small deterministic generator (xorshift), so every run of the test is the same run.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -65,7 +65,7 @@ fn record(
 
 /// 15,000 compute-resource events: 2,500 resources through their lifecycle, interleaved,
 /// with invalid transitions among them.
-fn infra_events(rng: &mut Rng) -> Vec<String> {
+pub(crate) fn infra_events(rng: &mut Rng) -> Vec<String> {
     let start: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
     let steps = ["Active", "Maintenance", "Active", "Maintenance", "Decommissioned"];
     let mut progress = vec![0usize; 2500];
@@ -104,7 +104,7 @@ fn infra_events(rng: &mut Rng) -> Vec<String> {
 
 /// 5,000 people events over ~4 years: 100 people log in now and then, some stop; a daily
 /// tick tells the time, so the policy archives the quiet ones.
-fn people_events(rng: &mut Rng) -> Vec<String> {
+pub(crate) fn people_events(rng: &mut Rng) -> Vec<String> {
     let start: chrono::DateTime<chrono::Utc> = "2023-01-01T00:00:00Z".parse().unwrap();
     let mut lines = Vec::new();
     let quits: Vec<u64> = (0..100).map(|_| rng.below(1500)).collect();
@@ -130,14 +130,14 @@ fn people_events(rng: &mut Rng) -> Vec<String> {
 }
 
 /// The clean run: the same events folded offline through the same components.
-struct Expected {
-    rows: BTreeMap<String, serde_json::Value>,
-    states: BTreeMap<String, serde_json::Value>,
-    rejected: usize,
-    commands: BTreeMap<String, (String, serde_json::Value)>,
+pub(crate) struct Expected {
+    pub rows: BTreeMap<String, serde_json::Value>,
+    pub states: BTreeMap<String, serde_json::Value>,
+    pub rejected: usize,
+    pub commands: BTreeMap<String, (String, serde_json::Value)>,
 }
 
-fn fold_offline(name: &str, fixture: &Path) -> Expected {
+pub(crate) fn fold_offline(name: &str, fixture: &Path) -> Expected {
     let loader = ComponentLoader::new(Some(cache_dir())).unwrap();
     let mut fold = Fold::new(Plugin::open(&plugin(name), &loader).unwrap());
     for (line, entry) in read_fixture(fixture).unwrap() {

@@ -14,7 +14,7 @@ use std::{
 use crate::support::{NatsServer, cache_dir, create_stream, daemon_dir, plugin, root};
 
 /// `GET path` on `address`: the status code and the body.
-fn get(address: &str, path: &str) -> (u16, String) {
+pub(crate) fn get(address: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
@@ -26,7 +26,7 @@ fn get(address: &str, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text exposition.
-fn sample(metrics: &str, series: &str) -> f64 {
+pub(crate) fn sample(metrics: &str, series: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))

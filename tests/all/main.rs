@@ -17,6 +17,7 @@ mod readme;
 mod replay;
 mod runner;
 mod scaffold;
+mod scale;
 mod support;
 mod swap;
 mod upcast;

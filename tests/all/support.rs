@@ -134,16 +134,23 @@ pub async fn create_stream(js: &async_nats::jetstream::Context, name: &str, subj
     .unwrap();
 }
 
-/// Publishes the events of a fixture file (its query lines skipped); returns how many.
+/// Publishes the events of a fixture file (its query lines skipped); returns how many. Acks
+/// are awaited 1,000 at a time: with many more in flight, publishing stalls.
 pub async fn publish_fixture(js: &async_nats::jetstream::Context, fixture: &Path) -> usize {
     let lines = jetfold_host::fold::read_fixture(fixture).unwrap();
     let mut acks = Vec::new();
+    let mut n = 0;
     for (_, line) in lines {
         if let jetfold_host::fold::FixtureLine::Event(event) = line {
             acks.push(jetfold_host::nats::publish_event(js, &event).await.unwrap());
+            n += 1;
+        }
+        if acks.len() == 1_000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
         }
     }
-    let n = acks.len();
     for ack in acks {
         ack.await.unwrap();
     }

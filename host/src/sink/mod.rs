@@ -188,6 +188,9 @@ pub struct OutboxMessage {
 pub struct Commit {
     /// The plugin.
     pub plugin: String,
+    /// The name its checkpoint is kept under, if not the plugin's (one per partition when
+    /// daemons split its keys).
+    pub checkpoint: Option<String>,
     /// Its version.
     pub digest: String,
     /// The highest sequence in the batch.
@@ -247,6 +250,11 @@ enum Final<'a> {
 }
 
 impl Commit {
+    /// The name the checkpoint row is written under.
+    pub fn checkpoint_name(&self) -> &str {
+        self.checkpoint.as_deref().unwrap_or(&self.plugin)
+    }
+
     /// The batch's SQL effects as one plan per table, equivalent to running them in order.
     pub fn plan(&self) -> std::collections::BTreeMap<&str, TablePlan> {
         use std::collections::{BTreeMap, HashMap, hash_map::Entry};

@@ -24,27 +24,33 @@ CREATE TABLE IF NOT EXISTS jetfold_outbox (id BIGSERIAL, plugin TEXT NOT NULL, m
     headers TEXT NOT NULL, payload BYTEA NOT NULL);
 ";
 
+/// Held (for a transaction) by whoever creates schemas and tables: `CREATE … IF NOT EXISTS`
+/// run at once by two connections (daemons splitting a plugin's keys start together) can fail
+/// on PostgreSQL's catalog instead of skipping.
+const DDL_LOCK: &str = "SELECT pg_advisory_xact_lock(7305826061371212370)";
+
 impl PostgresSink {
     /// Connects to `url` and creates `schema` and jetfold's tables in it if needed.
     pub fn open(url: &str, schema: &str) -> Result<PostgresSink, postgres::Error> {
         assert!(is_identifier(schema), "config validation lets only identifiers through");
         let mut client = Client::connect(url, NoTls)?;
         client.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\";"
+            "BEGIN; {DDL_LOCK}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\"; {SCHEMA}; COMMIT;"
         ))?;
-        client.batch_execute(SCHEMA)?;
         Ok(PostgresSink { client })
     }
 
     /// Creates the read-model tables a plugin may write.
     pub fn ensure_tables(&mut self, tables: &[String]) -> Result<(), postgres::Error> {
+        let mut ddl = format!("BEGIN; {DDL_LOCK};");
         for table in tables {
             assert!(is_identifier(table));
-            self.client.batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS \"{table}\" (key TEXT PRIMARY KEY, doc JSONB NOT NULL, updated_seq BIGINT NOT NULL);"
-            ))?;
+            ddl.push_str(&format!(
+                " CREATE TABLE IF NOT EXISTS \"{table}\" (key TEXT PRIMARY KEY, doc JSONB NOT NULL, updated_seq BIGINT NOT NULL);"
+            ));
         }
-        Ok(())
+        ddl.push_str(" COMMIT;");
+        self.client.batch_execute(&ddl)
     }
 
     /// The plugin's checkpoint.
@@ -188,7 +194,7 @@ impl PostgresSink {
              ON CONFLICT (plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq, \
              state_version = excluded.state_version, snapshot_seq = excluded.snapshot_seq",
             &[
-                &batch.plugin,
+                &batch.checkpoint_name(),
                 &batch.digest,
                 &(batch.last_seq as i64),
                 &(batch.state_version as i32),

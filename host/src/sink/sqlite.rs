@@ -263,7 +263,7 @@ impl SqliteSink {
              ON CONFLICT(plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq, \
              state_version = excluded.state_version, snapshot_seq = excluded.snapshot_seq",
             params![
-                batch.plugin,
+                batch.checkpoint_name(),
                 batch.digest,
                 batch.last_seq as i64,
                 batch.state_version,
@@ -342,6 +342,7 @@ mod tests {
         assert_eq!(sink.checkpoint("p").unwrap(), None);
         let batch = Commit {
             plugin: "p".into(),
+            checkpoint: None,
             digest: "d1".into(),
             last_seq: 3,
             state_version: 2,
