@@ -129,6 +129,34 @@ pub(crate) fn people_events(rng: &mut Rng) -> Vec<String> {
     lines
 }
 
+/// Checks that the COMMANDS stream holds each command of the clean run once (by message id),
+/// as it emitted it; returns how many.
+pub(crate) async fn assert_commands_once(
+    js: &async_nats::jetstream::Context,
+    expected: &Expected,
+) -> usize {
+    let stream = js.get_stream("COMMANDS").await.unwrap();
+    let count = stream.clone().get_info().await.unwrap().state.messages as usize;
+    assert_eq!(count, expected.commands.len(), "commands published");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap().take(count);
+    let mut seen = BTreeMap::new();
+    while let Some(m) = messages.next().await {
+        let m = m.unwrap();
+        let id = m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str().to_string();
+        let payload: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        assert!(
+            seen.insert(id.clone(), (m.subject.to_string(), payload)).is_none(),
+            "{id} published twice"
+        );
+    }
+    assert!(seen == expected.commands, "emitted commands differ from the clean run");
+    count
+}
+
 /// The clean run: the same events folded offline through the same components.
 pub(crate) struct Expected {
     pub rows: BTreeMap<String, serde_json::Value>,
@@ -356,25 +384,7 @@ async fn kill_and_compare(default_seed: u64, settings: &str, kills_wanted: usize
     assert!(sink.outbox("person-archive").unwrap().is_empty());
 
     // Every command published exactly once, as the clean run emitted it.
-    let stream = js.get_stream("COMMANDS").await.unwrap();
-    let count = stream.clone().get_info().await.unwrap().state.messages as usize;
-    assert_eq!(count, expected_people.commands.len(), "commands published");
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap().take(count);
-    let mut seen = BTreeMap::new();
-    while let Some(m) = messages.next().await {
-        let m = m.unwrap();
-        let id = m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str().to_string();
-        let payload: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        assert!(
-            seen.insert(id.clone(), (m.subject.to_string(), payload)).is_none(),
-            "{id} published twice"
-        );
-    }
-    assert!(seen == expected_people.commands, "emitted commands differ from the clean run");
+    let count = assert_commands_once(&js, &expected_people).await;
     eprintln!(
         "seed {seed:#x}: {kills} kills at committed totals {progress:?} ({gaps} between snapshots); {} rows, {count} commands",
         rows.len()

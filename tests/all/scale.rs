@@ -11,7 +11,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt as _;
 use jetfold_host::sink::{Sink, SinkTarget};
 
 use crate::crash::{Rng, fold_offline, infra_events, people_events};
@@ -191,20 +190,5 @@ async fn two_daemons_split_the_keys_and_together_fold_every_event_exactly_once()
     assert!(outbox_empty, "every emitted command was published");
 
     // Every command published once.
-    let stream = js.get_stream("COMMANDS").await.unwrap();
-    let count = stream.clone().get_info().await.unwrap().state.messages as usize;
-    assert_eq!(count, expected_people.commands.len(), "commands published");
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
-        .await
-        .unwrap();
-    let mut messages = consumer.messages().await.unwrap().take(count);
-    let mut seen = BTreeMap::new();
-    while let Some(m) = messages.next().await {
-        let m = m.unwrap();
-        let id = m.headers.as_ref().unwrap().get("Nats-Msg-Id").unwrap().as_str().to_string();
-        let payload: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
-        assert!(seen.insert(id.clone(), (m.subject.to_string(), payload)).is_none(), "{id} twice");
-    }
-    assert!(seen == expected_people.commands, "emitted commands differ from one daemon's");
+    crate::crash::assert_commands_once(&js, &expected_people).await;
 }
