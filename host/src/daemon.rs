@@ -2681,6 +2681,8 @@ impl Folder {
         };
         let mut dirty = HashSet::new();
         let mut events = 0;
+        // Events read past the last folded one, another partition's included.
+        let mut read = 0;
         let mut shadow_events = 0;
         self.consumed = 0;
         self.stats = BatchStats::default();
@@ -2698,6 +2700,7 @@ impl Folder {
             self.folded = seq;
             commit.last_seq = seq;
             events += 1;
+            read += 1;
             if let Err(reason) = self.verify(message) {
                 if !self.partition.owns_seq(seq) {
                     events -= 1;
@@ -2825,7 +2828,8 @@ impl Folder {
             self.snapshot_due = true;
         }
         self.pending.extend(dirty);
-        self.since_snapshot += events;
+        // Stream distance: a partition's snapshots move past the keys it does not fold too.
+        self.since_snapshot += read;
         // A snapshot: every state changed since the last one, as of this batch's end.
         let snapshot = self.snapshot_due
             || self.since_snapshot >= self.snapshot_interval

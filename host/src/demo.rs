@@ -217,8 +217,9 @@ pub async fn run(plugin_dir: &Path, nats_url: Option<String>) -> anyhow::Result<
     }
     println!("published {} infra.resource.* and {} people.* events", infra.len(), people.len());
 
+    // A run of a few seconds: no HTTP endpoint (a running daemon may hold its port).
     let config_text = format!(
-        "plugin-dir = \"plugins\"\nbatch-size = 100\nfetch-wait-ms = 50\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"jetfold.db\"\n"
+        "plugin-dir = \"plugins\"\nbatch-size = 100\nfetch-wait-ms = 50\n[http]\nlisten = \"\"\n[nats]\nurl = \"{url}\"\n[sink]\nsqlite = \"jetfold.db\"\n"
     );
     let config = Config::parse(&config_text, work.path().to_path_buf(), |_| None)?;
     let db = work.path().join("jetfold.db");
