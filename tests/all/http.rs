@@ -55,6 +55,18 @@ fn start_as_the_unit_says(config: &Path, log: &Path) -> Child {
         })
         .collect();
     assert!(args.iter().any(|a| a == &config.display().to_string()), "{args:?}");
+    // systemd's own check of the unit (syntax, options, the command), where systemd is
+    // installed, with the binary where the unit expects it.
+    if let Some(analyze) = which("systemd-analyze") {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("jetfold.service");
+        let binary = env!("CARGO_BIN_EXE_jetfold");
+        std::fs::write(&copy, unit.replace("/usr/local/bin/jetfold", binary)).unwrap();
+        let out = Command::new(analyze).arg("verify").arg(&copy).output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+    }
     let mut command = Command::new(env!("CARGO_BIN_EXE_jetfold"));
     command.args(&args);
     for assignment in unit_values(&unit, "Environment") {
