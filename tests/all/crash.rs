@@ -65,7 +65,7 @@ fn record(
 
 /// 15,000 compute-resource events: 2,500 resources through their lifecycle, interleaved,
 /// with invalid transitions among them.
-pub(crate) fn infra_events(rng: &mut Rng) -> Vec<String> {
+fn infra_events(rng: &mut Rng) -> Vec<String> {
     let start: chrono::DateTime<chrono::Utc> = "2026-01-01T00:00:00Z".parse().unwrap();
     let steps = ["Active", "Maintenance", "Active", "Maintenance", "Decommissioned"];
     let mut progress = vec![0usize; 2500];
@@ -104,7 +104,7 @@ pub(crate) fn infra_events(rng: &mut Rng) -> Vec<String> {
 
 /// 5,000 people events over ~4 years: 100 people log in now and then, some stop; a daily
 /// tick tells the time, so the policy archives the quiet ones.
-pub(crate) fn people_events(rng: &mut Rng) -> Vec<String> {
+fn people_events(rng: &mut Rng) -> Vec<String> {
     let start: chrono::DateTime<chrono::Utc> = "2023-01-01T00:00:00Z".parse().unwrap();
     let mut lines = Vec::new();
     let quits: Vec<u64> = (0..100).map(|_| rng.below(1500)).collect();
@@ -127,6 +127,31 @@ pub(crate) fn people_events(rng: &mut Rng) -> Vec<String> {
     }
     lines.truncate(5_000);
     lines
+}
+
+/// The two streams' events in files of a daemon directory holding both plugins, and what the
+/// clean run makes of them.
+pub(crate) struct Workload {
+    pub dir: tempfile::TempDir,
+    pub infra_file: std::path::PathBuf,
+    pub people_file: std::path::PathBuf,
+    pub expected_infra: Expected,
+    pub expected_people: Expected,
+}
+
+/// 15,000 compute-resource and 5,000 people events drawn from `rng`, written to files in a
+/// daemon directory with both plugins, and folded offline.
+pub(crate) fn workload(rng: &mut Rng) -> Workload {
+    let infra = infra_events(rng);
+    let people = people_events(rng);
+    let dir = daemon_dir(&["compute-resource", "person-archive"]);
+    let (infra_file, people_file) =
+        (dir.path().join("infra.jsonl"), dir.path().join("people.jsonl"));
+    std::fs::write(&infra_file, infra.join("\n")).unwrap();
+    std::fs::write(&people_file, people.join("\n")).unwrap();
+    let expected_infra = fold_offline("compute-resource", &infra_file);
+    let expected_people = fold_offline("person-archive", &people_file);
+    Workload { dir, infra_file, people_file, expected_infra, expected_people }
 }
 
 /// Checks that the COMMANDS stream holds each command of the clean run once (by message id),
@@ -165,7 +190,7 @@ pub(crate) struct Expected {
     pub commands: BTreeMap<String, (String, serde_json::Value)>,
 }
 
-pub(crate) fn fold_offline(name: &str, fixture: &Path) -> Expected {
+fn fold_offline(name: &str, fixture: &Path) -> Expected {
     let loader = ComponentLoader::new(Some(cache_dir())).unwrap();
     let mut fold = Fold::new(Plugin::open(&plugin(name), &loader).unwrap());
     for (line, entry) in read_fixture(fixture).unwrap() {
@@ -249,15 +274,8 @@ async fn kill_and_compare(default_seed: u64, settings: &str, kills_wanted: usize
         .and_then(|s| s.parse().ok())
         .unwrap_or(default_seed);
     let mut rng = Rng(seed);
-    let infra = infra_events(&mut rng);
-    let people = people_events(&mut rng);
-    let dir = daemon_dir(&["compute-resource", "person-archive"]);
-    let (infra_file, people_file) =
-        (dir.path().join("infra.jsonl"), dir.path().join("people.jsonl"));
-    std::fs::write(&infra_file, infra.join("\n")).unwrap();
-    std::fs::write(&people_file, people.join("\n")).unwrap();
-    let expected_infra = fold_offline("compute-resource", &infra_file);
-    let expected_people = fold_offline("person-archive", &people_file);
+    let Workload { dir, infra_file, people_file, expected_infra, expected_people } =
+        workload(&mut rng);
     assert!(expected_people.commands.len() > 20, "the policy must have commands to emit");
     assert!(expected_infra.rejected > 500, "the stream must carry mistakes");
 

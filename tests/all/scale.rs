@@ -13,8 +13,8 @@ use std::{
 
 use jetfold_host::sink::{Sink, SinkTarget};
 
-use crate::crash::{Rng, fold_offline, infra_events, people_events};
-use crate::support::{NatsServer, cache_dir, create_stream, daemon_dir, publish_fixture};
+use crate::crash::Rng;
+use crate::support::{NatsServer, cache_dir, create_stream, publish_fixture};
 
 fn spawn_node(config: &Path, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -96,16 +96,8 @@ fn events_folded(log: &Path, plugin: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_split_the_keys_and_together_fold_every_event_exactly_once() {
-    let mut rng = Rng(0x5CA1E);
-    let infra = infra_events(&mut rng);
-    let people = people_events(&mut rng);
-    let dir = daemon_dir(&["compute-resource", "person-archive"]);
-    let (infra_file, people_file) =
-        (dir.path().join("infra.jsonl"), dir.path().join("people.jsonl"));
-    std::fs::write(&infra_file, infra.join("\n")).unwrap();
-    std::fs::write(&people_file, people.join("\n")).unwrap();
-    let expected_infra = fold_offline("compute-resource", &infra_file);
-    let expected_people = fold_offline("person-archive", &people_file);
+    let crate::crash::Workload { dir, infra_file, people_file, expected_infra, expected_people } =
+        crate::crash::workload(&mut Rng(0x5CA1E));
 
     let nats = NatsServer::start();
     let js = nats.jetstream().await;
