@@ -149,6 +149,17 @@ enum Role {
     Rebuild { staging: String, ceiling: watch::Receiver<Progress> },
 }
 
+impl Role {
+    /// The keys this worker folds: the daemon's partition when live; every key when
+    /// rebuilding (a rebuild is refused on a daemon that folds a partition).
+    fn partition(&self, config: &Config) -> crate::config::Partition {
+        match self {
+            Role::Live => config.partition,
+            Role::Rebuild { .. } => crate::config::Partition::default(),
+        }
+    }
+}
+
 /// The directory beside a manifest that holds a shadow version.
 pub const SHADOW_DIR: &str = "shadow";
 
@@ -1712,10 +1723,7 @@ fn start_worker(
         Role::Live => (plugin.manifest.name.clone(), ""),
         Role::Rebuild { staging, .. } => (staging.clone(), REBUILD_SUFFIX),
     };
-    let checkpoint_name = match &role {
-        Role::Live => config.partition.checkpoint_name(&name),
-        Role::Rebuild { .. } => name.clone(),
-    };
+    let checkpoint_name = role.partition(config).checkpoint_name(&name);
     let (jobs_tx, jobs_rx) = mpsc::sync_channel::<Job>(2);
     let (committer_ready_tx, committer_ready_rx) = mpsc::channel();
     let committer = {
@@ -2123,9 +2131,9 @@ struct Folder {
     snapshot_interval: u64,
     /// The next commit takes a snapshot whatever the interval (after a state conversion).
     snapshot_due: bool,
-    /// The checkpoint's sequence while the events since the last snapshot are folded again
-    /// at start (effects, dead letters and the circuit breaker suppressed).
-    catching_up: Option<u64>,
+    /// Whether the events since the last snapshot are being folded again at start (effects,
+    /// dead letters, the shadow and the circuit breaker suppressed).
+    catching_up: bool,
     /// The states in memory may be ahead of what was handed on (a batch abandoned halfway
     /// when the daemon stopped): no snapshot may be taken from them.
     abandoned: bool,
@@ -2160,12 +2168,8 @@ impl Folder {
         let reader = Sink::open(&env.target)?;
         let declared = plugin.manifest.state.version;
         let keys = config.event_signing.decoded_keys()?;
-        let (partition, checkpoint_name) = match role {
-            Role::Live if config.partition.is_split() => {
-                (config.partition, Some(config.partition.checkpoint_name(&name)))
-            }
-            _ => (crate::config::Partition::default(), None),
-        };
+        let partition = role.partition(config);
+        let checkpoint_name = partition.is_split().then(|| partition.checkpoint_name(&name));
         let mut folder = Folder {
             daemon: config.name.clone(),
             partition,
@@ -2208,7 +2212,7 @@ impl Folder {
             // The first commit holds a snapshot, so that the events folded again after a crash
             // are always ones this plugin folded (it may have started past the stream start).
             snapshot_due: first_snapshot,
-            catching_up: None,
+            catching_up: false,
             abandoned: false,
             folded: checkpoint.map_or(0, |c| c.last_seq),
             batch_size: config.batch_size,
@@ -2341,7 +2345,7 @@ impl Folder {
         let started = Instant::now();
         tracing::info!(plugin = %self.name, snapshot_seq = from, checkpoint = to, "folding the events since the last snapshot again (effects suppressed)");
         self.folded = from;
-        self.catching_up = Some(to);
+        self.catching_up = true;
         let mut backoff = Backoff::new();
         while self.folded < to {
             if stopping(&self.env.stop) {
@@ -2394,7 +2398,7 @@ impl Folder {
                 self.folded = to;
             }
         }
-        self.catching_up = None;
+        self.catching_up = false;
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(plugin = %self.name, events = self.since_snapshot, keys = self.pending.len(), took_ms, "caught up with the checkpoint");
         true
@@ -2707,7 +2711,7 @@ impl Folder {
                     continue; // another daemon's to record
                 }
                 tracing::warn!(
-                    plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq,
+                    plugin = %self.name, digest = %self.short_digest(), seq,
                     correlation_id = correlation_of(message), reason = %reason,
                     "event rejected: bad signature"
                 );
@@ -2735,7 +2739,7 @@ impl Folder {
                 }
                 Err(e) => {
                     tracing::warn!(
-                        plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq,
+                        plugin = %self.name, digest = %self.short_digest(), seq,
                         correlation_id = correlation_of(message), error = %format!("{e:#}"),
                         "event rejected: unreadable message"
                     );
@@ -2777,7 +2781,7 @@ impl Folder {
             self.last_step_end = Some(now);
             self.stats.calls.observe(now - call);
             self.stats.fuel += self.step.fuel_used().saturating_sub(fuel);
-            let replaying = self.catching_up.is_some();
+            let replaying = self.catching_up;
             if let Some(shadow) = self.shadow.as_mut().filter(|_| !replaying) {
                 let theirs = shadow.step.step(&shadow.manifest, state.as_ref(), &event);
                 shadow_events += 1;
@@ -2804,7 +2808,7 @@ impl Folder {
                 }
                 Err(StepError { kind, code, message: reason, .. }) => {
                     tracing::warn!(
-                        plugin = %self.name, digest = %&self.digest[..self.digest.len().min(12)], seq, key = %key,
+                        plugin = %self.name, digest = %self.short_digest(), seq, key = %key,
                         correlation_id = event.correlation_id.as_deref().unwrap_or(""),
                         reason = %reason, "event rejected"
                     );
@@ -2834,7 +2838,7 @@ impl Folder {
         let snapshot = self.snapshot_due
             || self.since_snapshot >= self.snapshot_interval
             || self.pending.len() > self.cache_keys;
-        if snapshot && self.catching_up.is_none() {
+        if snapshot && !self.catching_up {
             commit.states = self
                 .pending
                 .drain()
@@ -2855,6 +2859,11 @@ impl Folder {
         self.shadow_events = shadow_events;
         let rejected = commit.rejected.len() as u64;
         Some((commit, events, rejected))
+    }
+
+    /// The running version's digest, shortened as log lines name it.
+    fn short_digest(&self) -> &str {
+        &self.digest[..self.digest.len().min(12)]
     }
 
     /// With `[event-signing] verify`, checks the message's signature.
@@ -2879,7 +2888,7 @@ impl Folder {
     ) -> bool {
         if self.plugin.manifest.on_error == OnError::Halt
             && matches!(self.role, Role::Live)
-            && self.catching_up.is_none()
+            && !self.catching_up
         {
             self.halt(commit, at, &rejected);
             return true;
@@ -2887,7 +2896,7 @@ impl Folder {
         if self.dead_letter(commit, message, &rejected) {
             self.stats.dead_letters += 1;
         }
-        if counts && self.catching_up.is_none() {
+        if counts && !self.catching_up {
             self.count_failure(&rejected);
         }
         commit.rejected.push(rejected);
@@ -2928,7 +2937,7 @@ impl Folder {
     fn dead_letter(&self, commit: &mut Commit, message: &Message, rejected: &Rejected) -> bool {
         if self.plugin.manifest.on_error != OnError::DeadLetter
             || matches!(self.role, Role::Rebuild { .. })
-            || self.catching_up.is_some()
+            || self.catching_up
         {
             return false;
         }
@@ -2982,7 +2991,7 @@ impl Folder {
         {
             return; // a rebuild replays the past: what it emitted and logged happened already
         }
-        if self.catching_up.is_some() {
+        if self.catching_up {
             return; // folding committed events again: their effects are committed already
         }
         match effect {
@@ -3017,7 +3026,7 @@ impl Folder {
             }
             Effect::Log { level, message } => {
                 let (plugin, seq) = (&self.name, event.sequence);
-                let digest = &self.digest[..self.digest.len().min(12)];
+                let digest = self.short_digest();
                 let corr = event.correlation_id.as_deref().unwrap_or("");
                 match level {
                     LogLevel::Trace => {
