@@ -277,6 +277,65 @@ pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec
     Ok(plugins)
 }
 
+/// The `[plugins.<name>]` sections of `config` that name no plugin in its plugin directories
+/// nor among `elsewhere` (e.g. the registry's), each as a sentence with the closest name
+/// there is: a typo there would otherwise be ignored, silently.
+pub fn unknown_plugin_sections(config: &Config, elsewhere: &[String]) -> Vec<String> {
+    let mut known: Vec<String> = elsewhere.to_vec();
+    for dir in plugin_dirs(config) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            // The name alone, so a manifest broken elsewhere still counts as its plugin.
+            let text = std::fs::read_to_string(entry.path().join(MANIFEST_FILE));
+            let name = text.ok().and_then(|t| {
+                let table: toml::Table = toml::from_str(&t).ok()?;
+                table.get("name")?.as_str().map(str::to_string)
+            });
+            known.extend(name);
+        }
+    }
+    let closest = |name: &str| {
+        known
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(name, k), k))
+            .filter(|(d, _)| *d <= 3)
+            .min()
+            .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default()
+    };
+    config
+        .plugins
+        .keys()
+        .filter(|name| !known.contains(name))
+        .map(|name| {
+            format!(
+                "the config's [plugins.{name}] names no plugin in {}{}",
+                config.resolve(&config.plugin_dir).display(),
+                closest(name)
+            )
+        })
+        .collect()
+}
+
+/// Refuses a config whose `[plugins.<name>]` sections name plugins there are not, unless the
+/// daemon follows a registry (where plugins come and go with pushes): then each is a warning.
+fn check_plugin_sections(
+    config: &Config,
+    follows_registry: bool,
+    pushed: &[String],
+) -> anyhow::Result<()> {
+    let unknown = unknown_plugin_sections(config, pushed);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    if !follows_registry {
+        bail!("{}", unknown.join("; "));
+    }
+    for problem in unknown {
+        tracing::warn!("{problem}, nor in the registry: the section has no effect");
+    }
+    Ok(())
+}
+
 /// The upcasters a daemon with `config` runs before the plugins reading `stream` (for tools
 /// that fold a stream as the daemon does: replay, verify).
 pub fn stream_upcasters(
@@ -489,6 +548,9 @@ pub struct Progress {
     pub last_swap_pause: Option<Duration>,
     /// The last version refused since the running one was loaded, and why.
     pub refused: Option<Refusal>,
+    /// The transient failure the plugin is retrying now (its stream missing, the database or
+    /// NATS unreachable), if any: cleared when the retried operation succeeds.
+    pub stalled: Option<String>,
     /// The stream sequence of the first event the last swapped-in version folded.
     pub swapped_at_seq: Option<u64>,
     /// The shadow version folding beside the live one, if any.
@@ -730,6 +792,13 @@ impl Running {
     }
 }
 
+/// Whether `a` and `b` fold alike: the same version, source and upcasters, whatever shadow
+/// each has beside it.
+fn same_live_version(a: &DaemonPlugin, b: &DaemonPlugin) -> bool {
+    let live = |p: &DaemonPlugin| fingerprint(&DaemonPlugin { shadow: None, ..p.clone() });
+    live(a) == live(b)
+}
+
 fn fingerprint(plugin: &DaemonPlugin) -> String {
     let manifest = serde_json::to_string(&plugin.manifest).expect("a manifest serialises");
     let shadow = plugin.shadow.as_deref().map(fingerprint).unwrap_or_default();
@@ -764,6 +833,23 @@ pub struct Daemon {
     running: BTreeMap<String, Running>,
     /// Pushed plugins not running because their version was refused, and why.
     refused: BTreeMap<String, Refusal>,
+    /// The registry's desired versions as last read (on start and on each change the watch
+    /// reports), so a status never reads the registry.
+    pushed: Vec<crate::registry::Desired>,
+    /// Plugins whose workers stopped on their own (circuit breaker, halt, error), and why.
+    stopped: BTreeMap<String, Refusal>,
+    /// Every plugin this daemon has run, as its workers last left it: a stopped, paused or
+    /// restarted plugin still shows its kind, checkpoint and lag, and its counters go on from
+    /// there (they count since the daemon started).
+    history: BTreeMap<String, Past>,
+}
+
+/// A plugin as its last workers left it.
+struct Past {
+    kind: PluginKind,
+    stream: String,
+    /// Their progress channel: it holds what they reported last, also after they stopped.
+    progress: watch::Receiver<Progress>,
 }
 
 /// Runs the daemon until `shutdown` completes, then drains: every worker finishes (commits
@@ -819,6 +905,7 @@ pub async fn supervise(
             }
         },
     };
+    let mut polling: Option<(u64, tokio::time::Interval)> = None;
     let mut observing = tokio::time::interval(Duration::from_secs(1));
     observing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -845,19 +932,34 @@ pub async fn supervise(
             }
         };
         let report = tokio::time::sleep_until(report_due);
+        // The poll keeps its own clock across turns (a sleep made anew each turn would never
+        // finish while other timers turn the loop faster), remade when a reload changes it.
         let poll = daemon.config.plugin_dir_poll_ms;
+        if polling.as_ref().map(|(ms, _)| *ms) != Some(poll) {
+            polling = (poll > 0).then(|| {
+                let start = tokio::time::Instant::now() + Duration::from_millis(poll);
+                let mut clock = tokio::time::interval_at(start, Duration::from_millis(poll));
+                clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                (poll, clock)
+            });
+        }
         let tick = async {
-            if poll == 0 {
-                std::future::pending::<()>().await
+            match &mut polling {
+                Some((_, clock)) => clock.tick().await,
+                None => std::future::pending().await,
             }
-            tokio::time::sleep(Duration::from_millis(poll)).await
         };
         tokio::select! {
             _ = &mut shutdown => break,
             _ = hangup(&mut hangups) => {
                 let path = config_file.as_ref().expect("SIGHUP is only watched with a config file");
                 tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
-                match Config::load(path) {
+                let checked = Config::load(path).and_then(|config| {
+                    let pushed = daemon.pushed_names();
+                    check_plugin_sections(&config, daemon.registry.is_some(), &pushed)?;
+                    Ok(config)
+                });
+                match checked {
                     Ok(config) => daemon.reload(config).await,
                     Err(e) => tracing::error!(error = %format!("{e:#}"), "config not reloaded; the running one stays"),
                 }
@@ -889,6 +991,33 @@ pub async fn supervise(
         http.abort();
     }
     daemon.stop().await
+}
+
+/// A digest's first 12 hex digits, as people read it.
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// The digest of the component a plugin directory's manifest names (read without
+/// validating the manifest), or `""` if there is none to read.
+fn digest_in(dir: &std::path::Path) -> String {
+    let wasm = std::fs::read_to_string(dir.join(MANIFEST_FILE))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("wasm").and_then(|w| w.as_str()).map(|w| dir.join(w)));
+    wasm.and_then(|w| std::fs::read(w).ok())
+        .map(|bytes| crate::component::PluginDigest::of(&bytes).hex())
+        .unwrap_or_default()
+}
+
+/// The name a plugin directory's manifest gives (read without validating it), else the
+/// directory's name.
+fn name_in(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join(MANIFEST_FILE))
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .unwrap_or_else(|| dir.file_name().unwrap_or_default().to_string_lossy().into_owned())
 }
 
 /// Every file under the plugin directory's subdirectories, with its size and change time:
@@ -929,6 +1058,12 @@ impl Daemon {
             }
             false => None,
         };
+        let pushed = match &registry {
+            Some(registry) => registry.all().await?,
+            None => Vec::new(),
+        };
+        let names: Vec<String> = pushed.iter().map(|d| d.name.clone()).collect();
+        check_plugin_sections(&config, registry.is_some(), &names)?;
         let plugins = {
             let (config, loader) = (config.clone(), loader.clone());
             tokio::task::spawn_blocking(move || discover(&config, &loader)).await??
@@ -936,7 +1071,9 @@ impl Daemon {
         if plugins.is_empty() && registry.is_none() {
             bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display());
         }
-        Daemon::start_plugins(config, loader, client, registry, plugins).await
+        let mut daemon = Daemon::start_plugins(config, loader, client, registry, plugins).await?;
+        daemon.pushed = pushed;
+        Ok(daemon)
     }
 
     /// Starts the given plugins (the config's plugin directory is not read).
@@ -975,6 +1112,9 @@ impl Daemon {
             registry,
             running: BTreeMap::new(),
             refused: BTreeMap::new(),
+            pushed: Vec::new(),
+            stopped: BTreeMap::new(),
+            history: BTreeMap::new(),
         };
         for plugin in plugins {
             if let Err(e) = daemon.start_plugin(plugin).await {
@@ -1030,7 +1170,7 @@ impl Daemon {
         let name = plugin.manifest.name.clone();
         let query = self.query_instance(&plugin).await?;
         let service = query.map(|guest| self.query_service(&plugin, guest));
-        let report = report.unwrap_or_else(|| watch::channel(Progress::default()).0);
+        let report = report.unwrap_or_else(|| watch::channel(self.carried(&name)).0);
         let (swaps_tx, swaps_rx) = mpsc::channel();
         let worker = match self.spawn_worker(&plugin, report.clone(), swaps_rx, Role::Live).await {
             Ok(worker) => worker,
@@ -1043,6 +1183,7 @@ impl Daemon {
         };
         tracing::info!(plugin = %name, "plugin started");
         self.refused.remove(&name);
+        self.stopped.remove(&name);
         self.running.insert(
             name,
             Running {
@@ -1160,6 +1301,7 @@ impl Daemon {
     pub async fn reap(&mut self) {
         for name in self.running_where(|r| r.thread.is_finished()) {
             let running = self.running.remove(&name).expect("listed above");
+            self.remember(&name, &running);
             let digest = running.plugin.digest();
             let reason = running.progress.borrow().refused.clone().map(|r| r.reason);
             let outcome = running.stop(&name).await;
@@ -1167,7 +1309,38 @@ impl Daemon {
                 .or_else(|| outcome.err())
                 .unwrap_or_else(|| "the plugin's worker stopped".into());
             tracing::error!(plugin = %name, "plugin stopped: {reason}");
-            self.refused.insert(name, Refusal { version: digest, reason });
+            self.stopped.insert(name, Refusal { version: digest, reason });
+        }
+    }
+
+    /// Keeps what `running`'s workers left (kind, stream, checkpoint, counters) as it stops.
+    fn remember(&mut self, name: &str, running: &Running) {
+        let progress = running.progress.clone();
+        let (kind, stream) = (running.plugin.manifest.kind, running.plugin.stream.clone());
+        self.history.insert(name.to_string(), Past { kind, stream, progress });
+    }
+
+    /// The progress a plugin starts with: its counters so far (they count since the daemon
+    /// started), nothing of its last workers' state.
+    fn carried(&self, name: &str) -> Progress {
+        let Some(past) = self.history.get(name) else { return Progress::default() };
+        let p = &*past.progress.borrow();
+        Progress {
+            committed_seq: p.committed_seq,
+            events: p.events,
+            rejected: p.rejected,
+            batches: p.batches,
+            retries: p.retries,
+            fold_time: p.fold_time,
+            commit_time: p.commit_time,
+            swaps: p.swaps,
+            failures: p.failures.clone(),
+            effects: p.effects.clone(),
+            dead_letters: p.dead_letters,
+            fuel: p.fuel,
+            calls: p.calls.clone(),
+            recent_failures: p.recent_failures.clone(),
+            ..Progress::default()
         }
     }
 
@@ -1351,6 +1524,25 @@ impl Daemon {
     /// is logged and the running version stays. Settings other than the plugins' apply to
     /// plugins started from now on.
     pub async fn reload(&mut self, config: Config) {
+        self.forget_refusals();
+        self.apply(config).await;
+    }
+
+    /// Forgets the versions refused so far: each load finds its refusals afresh, so one
+    /// fixed (or rolled back) no longer shows. The registry's refusals of plugins not
+    /// running stay until the next sync finds them again.
+    fn forget_refusals(&mut self) {
+        for running in self.running.values() {
+            if running.report.borrow().refused.is_some() {
+                running.report.send_modify(|p| p.refused = None);
+            }
+        }
+        let pushed = self.pushed_names();
+        self.refused.retain(|name, _| pushed.contains(name));
+    }
+
+    /// [`Daemon::reload`] without forgetting refusals first.
+    async fn apply(&mut self, config: Config) {
         self.config = config;
         self.seen = plugin_dir_snapshot(&self.config);
         let found = {
@@ -1389,12 +1581,20 @@ impl Daemon {
                 }
                 Found::Broken(dir, e) => {
                     let reason = format!("{e:#}");
-                    tracing::error!(dir = %dir.display(), error = %reason, "plugin not loaded; the running version (if any) stays");
+                    let version = digest_in(&dir);
+                    tracing::error!(dir = %dir.display(), digest = %version, error = %reason, "plugin not loaded; the running version (if any) stays");
+                    let mut running_here = false;
                     for (name, running) in &self.running {
                         if running.plugin.manifest.dir == dir {
                             keep.insert(name.clone());
-                            running.refuse(dir.display().to_string(), reason.clone());
+                            running.refuse(version.clone(), reason.clone());
+                            running_here = true;
                         }
+                    }
+                    // A new plugin that cannot start is listed as refused, not left out.
+                    if !running_here {
+                        let name = name_in(&dir);
+                        self.refused.insert(name, Refusal { version, reason });
                     }
                 }
                 Found::Disabled | Found::Upcaster(_) | Found::Unwanted(_) => {}
@@ -1404,9 +1604,17 @@ impl Daemon {
             self.running.keys().filter(|name| !keep.contains(*name)).cloned().collect();
         for name in gone {
             let running = self.running.remove(&name).expect("listed above");
+            self.remember(&name, &running);
+            let why = if self.config.plugins.get(&name).is_some_and(|o| !o.enabled) {
+                "disabled in the config"
+            } else if self.pushed.iter().any(|d| d.name == name && d.paused) {
+                "paused"
+            } else {
+                "removed"
+            };
             match running.stop(&name).await {
                 Ok(()) => {
-                    tracing::info!(plugin = %name, "plugin removed: stopped (its consumer and checkpoint are kept)")
+                    tracing::info!(plugin = %name, "plugin {why}: stopped; its checkpoint stays in the sink")
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "plugin removed; its worker stopped with an error")
@@ -1417,10 +1625,14 @@ impl Daemon {
 
     /// Brings the registry's directory in step with the desired versions, then reloads.
     pub async fn sync_registry(&mut self) {
-        let Some(registry) = &self.registry else { return };
-        let dir = self.config.resolve(&self.config.registry.dir);
+        if self.registry.is_none() {
+            return;
+        }
         // Every sync checks every desired version again, so refusals are found afresh.
         self.refused.clear();
+        self.forget_refusals();
+        let Some(registry) = &self.registry else { return };
+        let dir = self.config.resolve(&self.config.registry.dir);
         match registry.sync(&dir, &self.config.registry.trusted_keys).await {
             Ok(refused) => {
                 for (name, digest, reason) in refused {
@@ -1433,76 +1645,116 @@ impl Daemon {
                 return;
             }
         }
-        self.reload(self.config.clone()).await;
+        let Some(registry) = &self.registry else { return };
+        match registry.all().await {
+            Ok(pushed) => self.pushed = pushed,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the registry"),
+        }
+        self.apply(self.config.clone()).await;
     }
 
-    /// This daemon's plugins as the registry lists them.
+    /// This daemon's plugins as the registry lists them: every plugin it runs, and every one
+    /// it ran, was refused or is paused, each with its kind, version, checkpoint and lag.
     pub async fn status(&self) -> crate::registry::DaemonStatus {
         use crate::registry::PluginStatus;
+        use crate::status::PluginState;
+        let mut names: std::collections::BTreeSet<&String> = self.running.keys().collect();
+        names.extend(self.stopped.keys());
+        names.extend(self.refused.keys());
+        names.extend(self.history.keys());
+        names.extend(self.pushed.iter().filter(|d| d.paused).map(|d| &d.name));
         let mut plugins = Vec::new();
-        for (name, running) in &self.running {
-            let p = running.progress.borrow().clone();
-            let consumer = source::consumer_name(&self.config.name, name);
-            let lag = match self.js.get_stream(&running.plugin.stream).await {
-                Ok(stream) => stream.consumer_info(&consumer).await.ok().map(|i| i.num_pending),
-                Err(_) => None,
+        for name in names {
+            let past = self.history.get(name);
+            let paused = self.pushed.iter().find(|d| &d.name == name && d.paused);
+            let (state, progress, kind, stream, digest, last_error, pending) =
+                if let Some(running) = self.running.get(name) {
+                    let p = running.progress.borrow().clone();
+                    let wanted = running.plugin.digest();
+                    // Until a version handed over for a later sequence folds, the one before
+                    // it does.
+                    let digest =
+                        if p.digest.is_empty() { wanted.clone() } else { p.digest.clone() };
+                    let pending =
+                        running.plugin.at_seq.filter(|_| digest != wanted).map(|at| (wanted, at));
+                    let state = match (&p.stalled, &p.rebuild) {
+                        (Some(_), _) => PluginState::Stalled,
+                        (None, Some(_)) => PluginState::Rebuilding,
+                        (None, None) => PluginState::Running,
+                    };
+                    let error = p.stalled.clone().or_else(|| {
+                        p.refused
+                            .as_ref()
+                            .map(|r| format!("{} refused: {}", short(&r.version), r.reason))
+                    });
+                    let (kind, stream) =
+                        (running.plugin.manifest.kind.to_string(), running.plugin.stream.clone());
+                    (state, p, kind, stream, digest, error, pending)
+                } else {
+                    let p = past.map(|p| p.progress.borrow().clone()).unwrap_or_default();
+                    let (kind, stream) = past.map_or((String::new(), String::new()), |p| {
+                        (p.kind.to_string(), p.stream.clone())
+                    });
+                    let refusal = self.refused.get(name).map(|r| (PluginState::Refused, r));
+                    let (state, refusal) = match (paused, self.stopped.get(name), refusal) {
+                        (Some(_), _, _) => (PluginState::Paused, None),
+                        (None, Some(r), _) => (PluginState::Stopped, Some(r)),
+                        (None, None, Some((state, r))) => (state, Some(r)),
+                        // Removed or disabled: no row.
+                        (None, None, None) => continue,
+                    };
+                    let digest = match (paused, refusal) {
+                        (Some(d), _) => d.digest.clone(),
+                        (None, Some(r)) => r.version.clone(),
+                        (None, None) => p.digest.clone(),
+                    };
+                    let error = refusal.map(|r| match state {
+                        PluginState::Stopped => r.reason.clone(),
+                        _ => format!("{} refused: {}", short(&r.version), r.reason),
+                    });
+                    (state, p, kind, stream, digest, error, None)
+                };
+            let lag = match stream.as_str() {
+                "" => None,
+                stream => self.lag(stream, name).await,
             };
+            let shadow = self.running.get(name).and_then(|r| r.plugin.shadow.as_ref()).map(|s| {
+                let d = s.digest();
+                match &progress.shadow {
+                    Some(s) if s.digest == d => (d, s.events, s.diffs),
+                    _ => (d, 0, 0),
+                }
+            });
             plugins.push(PluginStatus {
                 name: name.clone(),
-                kind: running.plugin.manifest.kind.to_string(),
-                digest: running.plugin.digest(),
-                status: match &p.rebuild {
-                    None => "running".into(),
-                    Some(r) => format!(
-                        "running; rebuilding {} (at {} of {})",
-                        &r.digest[..r.digest.len().min(12)],
-                        r.committed_seq,
-                        p.committed_seq
-                    ),
-                },
-                committed_seq: p.committed_seq,
+                kind,
+                digest,
+                status: state,
+                pending,
+                rebuild: progress.rebuild.as_ref().map(|r| (r.digest.clone(), r.committed_seq)),
+                committed_seq: progress.committed_seq,
                 lag,
-                last_error: p.refused.map(|r| format!("{} refused: {}", r.version, r.reason)),
-                shadow: running.plugin.shadow.as_ref().map(|s| s.digest()).map(|d| {
-                    match p.shadow {
-                        Some(s) if s.digest == d => (d, s.events, s.diffs),
-                        _ => (d, 0, 0),
-                    }
-                }),
+                last_error,
+                shadow,
             });
         }
-        for (name, r) in &self.refused {
-            if !self.running.contains_key(name) {
-                plugins.push(PluginStatus {
-                    name: name.clone(),
-                    kind: String::new(),
-                    digest: r.version.clone(),
-                    status: "refused".into(),
-                    committed_seq: 0,
-                    lag: None,
-                    last_error: Some(format!("{} refused: {}", r.version, r.reason)),
-                    shadow: None,
-                });
-            }
+        crate::registry::DaemonStatus {
+            daemon: self.config.name.clone(),
+            plugins,
+            reported_at: Some(chrono::Utc::now()),
+            report_interval_ms: self.config.registry.status_interval_ms,
+            stopped: false,
         }
-        if let Some(registry) = &self.registry {
-            for desired in registry.all().await.unwrap_or_default() {
-                if desired.paused && !self.running.contains_key(&desired.name) {
-                    plugins.push(PluginStatus {
-                        name: desired.name,
-                        kind: String::new(),
-                        digest: desired.digest,
-                        status: "paused".into(),
-                        committed_seq: 0,
-                        lag: None,
-                        last_error: None,
-                        shadow: None,
-                    });
-                }
-            }
-        }
-        plugins.sort_by(|a, b| a.name.cmp(&b.name));
-        crate::registry::DaemonStatus { daemon: self.config.name.clone(), plugins }
+    }
+
+    /// How far the plugin's durable consumer on `stream` is behind: events of its subjects not
+    /// delivered yet, and delivered but not acked (not committed yet). `None` if it cannot be
+    /// read (no stream, no consumer yet).
+    async fn lag(&self, stream: &str, plugin: &str) -> Option<u64> {
+        let consumer = source::consumer_name(&self.config.name, plugin);
+        let stream = self.js.get_stream(stream).await.ok()?;
+        let info = stream.consumer_info(&consumer).await.ok()?;
+        Some(info.num_pending + info.num_ack_pending as u64)
     }
 
     /// What the HTTP endpoint shows: every plugin's status and progress, and readiness;
@@ -1516,7 +1768,15 @@ impl Daemon {
             .into_iter()
             .map(|s| {
                 let running = self.running.get(&s.name);
-                let p = running.map(|r| r.progress.borrow().clone()).unwrap_or_default();
+                let past = self.history.get(&s.name);
+                let p = match running {
+                    Some(r) => r.progress.borrow().clone(),
+                    None => past.map(|p| p.progress.borrow().clone()).unwrap_or_default(),
+                };
+                let stream = match running {
+                    Some(r) => r.plugin.stream.clone(),
+                    None => past.map(|p| p.stream.clone()).unwrap_or_default(),
+                };
                 let before = previous.and_then(|o| {
                     o.plugins
                         .iter()
@@ -1531,13 +1791,16 @@ impl Daemon {
                     _ => 0.0,
                 };
                 // A paused plugin is paused on purpose: it does not hold readiness back.
-                let ready = match s.status.as_str() {
-                    "paused" => true,
-                    st if st.starts_with("running") => s.lag.is_some_and(|l| l <= max_lag),
+                use crate::status::PluginState;
+                let ready = match s.status {
+                    PluginState::Paused => true,
+                    PluginState::Running | PluginState::Rebuilding => {
+                        s.lag.is_some_and(|l| l <= max_lag)
+                    }
                     _ => false,
                 };
                 crate::http::PluginObserved {
-                    stream: running.map(|r| r.plugin.stream.clone()).unwrap_or_default(),
+                    stream,
                     ready,
                     events: p.events,
                     events_per_sec,
@@ -1659,6 +1922,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// The names of the plugins pushed to the registry (none without one).
+    fn pushed_names(&self) -> Vec<String> {
+        self.pushed.iter().map(|d| d.name.clone()).collect()
+    }
+
     /// What a plugin has done so far; `None` for a plugin this daemon does not run.
     pub fn progress(&self, plugin: &str) -> Option<watch::Receiver<Progress>> {
         self.running.get(plugin).map(|r| r.progress.clone())
@@ -1670,15 +1938,24 @@ impl Daemon {
     }
 
     /// Drains: every worker commits and acks the batches in hand, then stops.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
         tracing::info!("stopping: draining in-flight batches");
         for running in self.running.values() {
             let _ = running.stop.send(true);
         }
         let mut failed = Vec::new();
-        for (name, running) in self.running {
+        for (name, running) in std::mem::take(&mut self.running) {
+            self.remember(&name, &running);
             if let Err(e) = running.stop(&name).await {
                 failed.push(e);
+            }
+        }
+        // The last report says so, so `plugin list` shows this daemon stopped at once.
+        if let Some(registry) = &self.registry {
+            let mut status = self.status().await;
+            status.stopped = true;
+            if let Err(e) = registry.report(&status).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot report the stop to the registry");
             }
         }
         self.client.flush().await.ok();
@@ -1818,14 +2095,23 @@ fn retry<T>(
 ) -> Option<T> {
     let mut backoff = Backoff::new();
     loop {
-        match attempt() {
-            Ok(value) => return Some(value),
-            Err(e) if level == tracing::Level::ERROR => {
-                tracing::error!(plugin, error = %format!("{e:#}"), "{what}; retrying")
+        let error = match attempt() {
+            Ok(value) => {
+                if env.progress.borrow().stalled.is_some() {
+                    env.progress.send_modify(|p| p.stalled = None);
+                }
+                return Some(value);
             }
-            Err(e) => tracing::warn!(plugin, error = %format!("{e:#}"), "{what}; retrying"),
+            Err(e) => format!("{e:#}"),
+        };
+        match level {
+            tracing::Level::ERROR => tracing::error!(plugin, error = %error, "{what}; retrying"),
+            _ => tracing::warn!(plugin, error = %error, "{what}; retrying"),
         }
-        env.progress.send_modify(|p| p.retries += 1);
+        env.progress.send_modify(|p| {
+            p.retries += 1;
+            p.stalled = Some(format!("{what}: {error}; retrying"));
+        });
         backoff.wait(&env.stop);
         if stopping(&env.stop) {
             return None;
@@ -2082,8 +2368,12 @@ struct Folder {
     sign_key: Option<(String, Vec<u8>)>,
     /// Messages received past a rebuild's ceiling, to fold once the live version is past them.
     held: Vec<Message>,
-    /// Events that failed in a row (the circuit breaker's count).
+    /// Malfunctions in a row (the circuit breaker's count): traps, exhausted limits, refused
+    /// effects, unreadable messages; the plugin's own errors in between neither count nor reset.
     consecutive_failures: u64,
+    /// The plugin's own errors in a row, counted when its manifest sets
+    /// `max-consecutive-errors`.
+    consecutive_errors: u64,
     /// Why the circuit breaker stopped the plugin, once it has.
     tripped: Option<String>,
     /// How many messages of the last batch were folded (the rest, after a trip, are not).
@@ -2099,6 +2389,9 @@ struct Folder {
     new_tables: Option<Vec<String>>,
     /// When the old version finished its last event, until the new one starts its first.
     swapped_after: Option<Instant>,
+    /// A version took over at a batch boundary: the next commit (made at once if no event
+    /// waits) records its digest in the checkpoint.
+    announce: bool,
     last_step_end: Option<Instant>,
     /// The pause of a swap whose new version has folded its first event, and that event's
     /// sequence.
@@ -2185,6 +2478,7 @@ impl Folder {
                 .and_then(|id| keys.iter().find(|(k, _)| k == id).cloned()),
             held: Vec::new(),
             consecutive_failures: 0,
+            consecutive_errors: 0,
             tripped: None,
             consumed: 0,
             digest: plugin.digest(),
@@ -2194,6 +2488,7 @@ impl Folder {
             swaps,
             new_tables: None,
             swapped_after: None,
+            announce: false,
             last_step_end: None,
             pause: None,
             promotion: None,
@@ -2466,6 +2761,12 @@ impl Folder {
                             .send_modify(|p| p.refused = Some(Refusal { version, reason }));
                     }
                     Some(_) => self.promotion = Some(swap),
+                    None if same_live_version(&self.plugin, &swap.plugin) => {
+                        // Only the shadow beside it changed (`push --shadow`, `promote` of
+                        // another): the live version goes on as it is.
+                        self.shadow = swap.shadow;
+                        self.plugin = swap.plugin;
+                    }
                     None => {
                         self.promotion = None;
                         // The states the running version leaves are written before the next
@@ -2476,7 +2777,9 @@ impl Folder {
                         {
                             return;
                         }
-                        rebind |= self.take_over(swap);
+                        rebind |= self.take_over(swap, self.folded);
+                        // The checkpoint names the version now running, also before it folds.
+                        self.announce = true;
                     }
                 }
             }
@@ -2487,8 +2790,9 @@ impl Folder {
                 self.held.clear();
                 continue;
             }
-            // States converted by a takeover while idle are committed at once.
-            let converted = !self.rewrite.is_empty();
+            // States converted by a takeover while idle are committed at once, and so is the
+            // name of a version that took over.
+            let converted = !self.rewrite.is_empty() || std::mem::take(&mut self.announce);
             if (!messages.is_empty() || converted) && !self.fold_and_hand_on(messages, jobs) {
                 break;
             }
@@ -2579,7 +2883,7 @@ impl Folder {
     /// Replaces the running version with `swap`'s; true if the source changed. A version that
     /// declares another state version first converts every state; if that fails the swap is
     /// refused and the running version goes on.
-    fn take_over(&mut self, swap: Swap) -> bool {
+    fn take_over(&mut self, swap: Swap, after_seq: u64) -> bool {
         let Swap { plugin, mut step, shadow } = swap;
         let declared = plugin.manifest.state.version;
         if declared != self.state_version {
@@ -2611,7 +2915,7 @@ impl Folder {
             self.new_tables = Some(tables);
         }
         tracing::info!(
-            plugin = %self.name, from = %self.digest, to = %plugin.digest(), after_seq = self.folded,
+            plugin = %self.name, from = %self.digest, to = %plugin.digest(), after_seq,
             "new version takes over"
         );
         self.digest = plugin.digest();
@@ -2769,8 +3073,9 @@ impl Folder {
             if self.promotion.as_ref().is_some_and(|s| s.plugin.at_seq.is_some_and(|at| seq >= at))
             {
                 let swap = self.promotion.take().expect("checked above");
-                // Same source: checked before the version was handed over.
-                self.take_over(swap);
+                // Same source: checked before the version was handed over. The old version
+                // folded up to the event before this one.
+                self.take_over(swap, previous);
             }
             if let Some(after) = self.swapped_after.take() {
                 self.pause = Some((after.elapsed(), seq));
@@ -2805,6 +3110,7 @@ impl Folder {
                     self.states.insert(key.clone(), new_state);
                     dirty.insert(key);
                     self.consecutive_failures = 0;
+                    self.consecutive_errors = 0;
                 }
                 Err(StepError { kind, code, message: reason, .. }) => {
                     tracing::warn!(
@@ -2916,14 +3222,31 @@ impl Folder {
         ));
     }
 
-    /// Counts a failed event toward the circuit breaker; trips it at the manifest's
-    /// `max-consecutive-failures` in a row.
+    /// Counts a failed event toward the circuit breaker, which judges malfunctions (traps,
+    /// exhausted fuel, memory or limits, refused effects, unreadable messages): it trips at
+    /// `max-consecutive-failures` of them in a row. The plugin's own errors are outcomes it
+    /// chose (a business rejection), and the publisher's faults (a payload too large) are not
+    /// the version's: neither counts, unless the manifest sets `max-consecutive-errors` for a
+    /// run of the plugin's own errors.
     fn count_failure(&mut self, rejected: &Rejected) {
-        self.consecutive_failures += 1;
-        let limit = self.plugin.manifest.limits.max_consecutive_failures;
-        if limit > 0 && self.consecutive_failures >= limit && matches!(self.role, Role::Live) {
+        if !matches!(self.role, Role::Live) {
+            return;
+        }
+        let limits = &self.plugin.manifest.limits;
+        let (count, limit, what) = match rejected.kind.as_str() {
+            "payload-too-large" => return,
+            "error" => {
+                self.consecutive_errors += 1;
+                (self.consecutive_errors, limits.max_consecutive_errors, "returned an error")
+            }
+            _ => {
+                self.consecutive_failures += 1;
+                (self.consecutive_failures, limits.max_consecutive_failures, "malfunctioned")
+            }
+        };
+        if limit > 0 && count >= limit {
             self.tripped = Some(format!(
-                "circuit open: {limit} events in a row failed, the last at sequence {} ({}: {}); \
+                "circuit open: the plugin {what} on {limit} events in a row, the last at sequence {} ({}: {}); \
                  the plugin is stopped until `jetfold plugin resume`, SIGHUP or a change in its directory",
                 rejected.seq, rejected.kind, rejected.message
             ));

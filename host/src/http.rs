@@ -215,7 +215,7 @@ pub fn metrics(observed: &Observed) -> String {
                         label(&s.name),
                         label(&s.kind),
                         label(&s.digest),
-                        label(&s.status)
+                        s.status.as_str()
                     ),
                     "1".to_string(),
                 )

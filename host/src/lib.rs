@@ -19,6 +19,7 @@
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`query`]: read-model queries against a running daemon (NATS request/reply).
 //! - [`dlq`]: dead letters: listing them, replaying them after a fix.
+//! - [`status`]: what a plugin on a daemon is doing (running, stalled, stopped, …), as a type.
 //! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
 //! - [`builder`]: `jetfold build`, source to component.
@@ -45,6 +46,7 @@ pub mod registry;
 pub mod replay;
 pub mod scaffold;
 pub mod sink;
+pub mod status;
 pub mod transfer;
 pub mod upcast;
 pub mod wasi;

@@ -701,12 +701,26 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
                     let paused = if d.paused { "paused" } else { "" };
                     println!("  {:<24} {} {paused}", d.name, short(&d.digest));
                 }
+                let now = chrono::Utc::now();
+                let statuses = registry.statuses().await?;
+                println!("\ndaemons");
+                for status in &statuses {
+                    let seen = status.reported_at.map_or("-".to_string(), |at| {
+                        format!("{:.1} s ago", (now - at).num_milliseconds() as f64 / 1000.0)
+                    });
+                    let state = match (status.stopped, status.gone(now)) {
+                        (true, _) => "stopped",
+                        (false, true) => "not reporting",
+                        (false, false) => "up",
+                    };
+                    println!("  {:<24} {state}, last report {seen}", status.daemon);
+                }
                 println!(
                     "\n{:<12} {:<24} {:<11} {:<12} {:<8} {:>10} {:>8}  last error",
                     "daemon", "plugin", "kind", "digest", "status", "seq", "lag"
                 );
-                for status in registry.statuses().await? {
-                    for p in status.plugins {
+                for status in statuses {
+                    for p in status.plugins_at(now) {
                         let lag = p.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
                         println!(
                             "{:<12} {:<24} {:<11} {:<12} {:<8} {:>10} {:>8}  {}",
@@ -719,6 +733,21 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
                             lag,
                             p.last_error.unwrap_or_default()
                         );
+                        if let Some((digest, seq)) = &p.rebuild {
+                            println!(
+                                "{:<12}   rebuilding {} (at {seq} of {})",
+                                status.daemon,
+                                short(digest),
+                                p.committed_seq
+                            );
+                        }
+                        if let Some((digest, at)) = &p.pending {
+                            println!(
+                                "{:<12}   next {} takes over at sequence {at}",
+                                status.daemon,
+                                short(digest)
+                            );
+                        }
                         if let Some((digest, events, diffs)) = p.shadow {
                             println!(
                                 "{:<12}   shadow {}: {diffs} of {events} events differ",
@@ -753,11 +782,14 @@ async fn purge_consumers(
     let daemons: Vec<String> = registry.statuses().await?.into_iter().map(|s| s.daemon).collect();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
+        // A plugin rebuilding or retrying runs too; a daemon that stopped or went silent does
+        // not.
+        let now = chrono::Utc::now();
         let running: Vec<String> = registry
             .statuses()
             .await?
             .into_iter()
-            .filter(|s| s.plugins.iter().any(|p| &p.name == name && p.status == "running"))
+            .filter(|s| s.plugins_at(now).iter().any(|p| &p.name == name && p.status.is_started()))
             .map(|s| s.daemon)
             .collect();
         if running.is_empty() {

@@ -265,11 +265,16 @@ pub struct Limits {
     /// The most effects (or decisions) one event may produce.
     #[serde(default = "Limits::default_effects")]
     pub max_effects: usize,
-    /// The circuit breaker: after this many events in a row fail, the daemon stops the
-    /// plugin (until `jetfold plugin resume`, SIGHUP or a change in the plugin directory);
-    /// 0 never stops it.
+    /// The circuit breaker: after this many malfunctions in a row (traps, exhausted fuel,
+    /// memory or limits, refused effects, unreadable messages; the plugin's own errors in
+    /// between neither count nor reset), the daemon stops the plugin (until `jetfold plugin
+    /// resume`, SIGHUP or a change in the plugin directory); 0 never stops it.
     #[serde(default = "Limits::default_consecutive_failures")]
     pub max_consecutive_failures: u64,
+    /// The same for the plugin's own errors (business rejections): after this many in a row
+    /// the plugin is stopped; 0 (the default) never: an error is an outcome the plugin chose.
+    #[serde(default)]
+    pub max_consecutive_errors: u64,
 }
 
 impl Limits {
@@ -312,6 +317,7 @@ impl Default for Limits {
             max_state_bytes: Self::default_bytes(),
             max_effects: Self::default_effects(),
             max_consecutive_failures: Self::default_consecutive_failures(),
+            max_consecutive_errors: 0,
         }
     }
 }

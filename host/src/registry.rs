@@ -470,6 +470,39 @@ pub struct DaemonStatus {
     pub daemon: String,
     /// Its plugins.
     pub plugins: Vec<PluginStatus>,
+    /// When it reported this.
+    #[serde(default)]
+    pub reported_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How often it reports (`[registry] status-interval-ms`).
+    #[serde(default)]
+    pub report_interval_ms: u64,
+    /// True in the report a daemon makes as it stops.
+    #[serde(default)]
+    pub stopped: bool,
+}
+
+impl DaemonStatus {
+    /// Whether the daemon is gone at `now`: it said it stopped, or has not reported for
+    /// three of its intervals (a crash; its report would otherwise linger until it expires).
+    pub fn gone(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        let silent = self.reported_at.is_some_and(|at| {
+            let allowed = 3 * self.report_interval_ms.max(100) as i64;
+            (now - at).num_milliseconds() > allowed
+        });
+        self.stopped || silent
+    }
+
+    /// The plugins as they stand at `now`: each of a gone daemon's is `daemon-gone`.
+    pub fn plugins_at(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<PluginStatus> {
+        let gone = self.gone(now);
+        let mut plugins = self.plugins.clone();
+        if gone {
+            for p in &mut plugins {
+                p.status = crate::status::PluginState::DaemonGone;
+            }
+        }
+        plugins
+    }
 }
 
 /// One plugin on one daemon.
@@ -479,16 +512,24 @@ pub struct PluginStatus {
     pub name: String,
     /// `projection`, `policy`.
     pub kind: String,
-    /// The running version (empty when paused).
+    /// The version that folds (for a stopped or refused one: the version concerned).
     pub digest: String,
-    /// `running` or `paused`.
-    pub status: String,
+    /// What it is doing.
+    pub status: crate::status::PluginState,
+    /// A version handed over to take over at a sequence (`--at-seq`), not folding yet: its
+    /// digest and that sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<(String, u64)>,
     /// The last sequence committed.
     pub committed_seq: u64,
-    /// Events in the stream not yet delivered to the plugin's consumer.
+    /// Events of its stream (its subjects) after its checkpoint: not yet delivered to its
+    /// consumer or not yet acked.
     pub lag: Option<u64>,
     /// The last version refused, and why.
     pub last_error: Option<String>,
+    /// The version rebuilding beside it, and the sequence its rebuild has committed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<(String, u64)>,
     /// The shadow version beside it: digest, events folded, events that differed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<(String, u64, u64)>,

@@ -199,7 +199,7 @@ async fn hostile_events_go_to_the_dead_letter_subject_and_nothing_else_stops() {
     assert_eq!(after, total + 8, "each dead letter is an event again");
 }
 
-/// The circuit breaker: after `max-consecutive-failures` events in a row fail, the plugin
+/// The circuit breaker: after `max-consecutive-failures` malfunctions in a row, the plugin
 /// stops (nothing after the last failure is folded or acked) and is listed with the reason;
 /// a reload starts it again from its checkpoint and it folds the rest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +208,7 @@ async fn a_plugin_failing_again_and_again_is_stopped_until_resumed() {
     let nats = crate::support::NatsServer::start();
     let js = nats.jetstream().await;
     crate::support::create_stream(&js, "TEST", &["test.>"]).await;
-    for ty in ["Ok", "Fail", "Fail", "Fail", "Ok", "Ok"] {
+    for ty in ["Ok", "Panic", "Panic", "Panic", "Ok", "Ok"] {
         js.publish(format!("test.fault.a.{ty}"), "{}".into()).await.unwrap().await.unwrap();
     }
     let dir = crate::support::daemon_dir(&["faulty"]);
@@ -218,11 +218,17 @@ async fn a_plugin_failing_again_and_again_is_stopped_until_resumed() {
     let mut progress = daemon.progress("faulty").unwrap();
     let tripped = progress.wait_for(|p| p.refused.is_some()).await.unwrap().clone();
     let reason = tripped.refused.unwrap().reason;
-    assert!(reason.contains("circuit open: 3 events in a row failed"), "{reason}");
+    assert!(
+        reason.contains("circuit open: the plugin malfunctioned on 3 events in a row"),
+        "{reason}"
+    );
     // Its worker stops after committing up to the third failure, and the daemon lets it go.
     until_stopped(&mut daemon).await;
     let status = daemon.status().await;
-    assert_eq!(status.plugins[0].status, "refused", "{:?}", status.plugins);
+    use jetfold_host::status::PluginState;
+    assert_eq!(status.plugins[0].status, PluginState::Stopped, "{:?}", status.plugins);
+    assert_eq!(status.plugins[0].kind, "projection", "a stopped plugin keeps its kind");
+    assert_eq!(status.plugins[0].committed_seq, 4, "and its checkpoint");
     assert!(status.plugins[0].last_error.as_deref().unwrap().contains("circuit open"));
     let db = dir.path().join("jetfold.db");
     assert_eq!(crate::support::checkpoint(&db, "faulty"), 4);
@@ -411,4 +417,96 @@ async fn until_stopped(daemon: &mut jetfold_host::daemon::Daemon) {
         daemon.reap().await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The circuit breaker judges malfunctions, not outcomes, with the settings a user gets: 300
+/// business rejections in a row (a status set again: `invalid-transition`) leave
+/// compute-resource folding, while 100 traps in a row (the default `max-consecutive-failures`)
+/// stop faulty; with `max-consecutive-errors` a manifest asks to be stopped by its own errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_breaker_stops_malfunctions_and_not_business_rejections() {
+    let nats = crate::support::NatsServer::start();
+    let js = nats.jetstream().await;
+    crate::support::create_stream(&js, "INFRA", &["infra.>"]).await;
+    crate::support::create_stream(&js, "TEST", &["test.>"]).await;
+    let mut acks = Vec::new();
+    for round in ["ResourceRegistered", "Active", "Active"] {
+        for r in 0..300 {
+            let (ty, payload) = match round {
+                "ResourceRegistered" => (round, r#"{"name":"vm","kind":"vm","region":"eu"}"#),
+                _ => ("StatusChanged", r#"{"to":"Active"}"#),
+            };
+            let subject = format!("infra.resource.r-{r}.{ty}");
+            acks.push(js.publish(subject, payload.into()).await.unwrap());
+        }
+    }
+    for _ in 0..150 {
+        acks.push(js.publish("test.fault.a.Panic", "{}".into()).await.unwrap());
+    }
+    for _ in 0..5 {
+        acks.push(js.publish("test.fault.b.Fail", "{}".into()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let dir = crate::support::daemon_dir(&["compute-resource", "faulty"]);
+    // A plugin whose manifest asks to be stopped by its own errors: faulty under another name,
+    // with `max-consecutive-errors = 5`, on its Fail events.
+    let strict = dir.path().join("plugins/strict");
+    std::fs::create_dir(&strict).unwrap();
+    std::fs::copy(dir.path().join("plugins/faulty/faulty.wasm"), strict.join("faulty.wasm"))
+        .unwrap();
+    let manifest = std::fs::read_to_string(dir.path().join("plugins/faulty/plugin.toml")).unwrap();
+    let manifest = manifest
+        .replace("name = \"faulty\"", "name = \"strict\"")
+        .replace("[limits]", "[limits]\nmax-consecutive-errors = 5");
+    std::fs::write(strict.join("plugin.toml"), manifest).unwrap();
+    let config = dir.path().join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n[http]\nlisten = \"\"\n\
+         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.fault.a.>\"]\n\
+         [plugins.strict]\nstream = \"TEST\"\nsubjects = [\"test.fault.b.>\"]\n",
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("jetfold.db");
+    let daemon = crate::support::DaemonProcess::start(&config, &dir.path().join("daemon.log"));
+    daemon
+        .wait(120, "compute-resource past its 300 rejections", || {
+            crate::support::checkpoint(&db, "compute-resource") == 900
+        })
+        .await;
+    let stopped = |name: &str, what: &str| {
+        daemon.lines().iter().any(|l| {
+            l["fields"]["plugin"] == name
+                && l["fields"]["message"].as_str().is_some_and(|m| m.contains(what))
+        })
+    };
+    daemon.wait(60, "faulty's breaker", || stopped("faulty", "circuit open")).await;
+    daemon.wait(60, "strict's breaker", || stopped("strict", "circuit open")).await;
+    assert!(!stopped("compute-resource", "circuit open"), "business rejections tripped it");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let count = |plugin: &str| -> i64 {
+        conn.query_row("SELECT count(*) FROM jetfold_rejected WHERE plugin = ?1", [plugin], |r| {
+            r.get(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(count("compute-resource"), 300, "each repeated status rejected once");
+    // Stopped at the 100th trap (the default), the 5th error: nothing after it committed.
+    assert_eq!(crate::support::checkpoint(&db, "faulty"), 100);
+    assert_eq!(crate::support::checkpoint(&db, "strict"), 155);
+    assert_eq!(count("faulty"), 100);
+    assert_eq!(count("strict"), 5);
+    let reason = daemon
+        .lines()
+        .into_iter()
+        .find(|l| {
+            l["fields"]["plugin"] == "faulty"
+                && l["fields"]["message"].as_str().is_some_and(|m| m.contains("circuit open"))
+        })
+        .unwrap();
+    let reason = reason["fields"]["message"].as_str().unwrap().to_string();
+    assert!(reason.contains("malfunctioned on 100 events in a row"), "{reason}");
+    assert_eq!(daemon.stop(), Some(0));
 }

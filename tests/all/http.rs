@@ -165,7 +165,7 @@ async fn a_daemon_run_as_the_systemd_unit_says_serves_metrics_health_logs_and_it
     // Three ways to fail among four good events; never two failures in a row.
     publish(&["Ok", "Fail", "Ok", "Sneak", "Ok", "Panic", "Ok"], 0).await;
     let dir = daemon_dir(&["faulty", "event-counter"]);
-    // Two failures in a row stop `faulty` (its circuit breaker).
+    // Two malfunctions in a row stop `faulty` (its circuit breaker).
     let manifest = dir.path().join("plugins/faulty/plugin.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
     std::fs::write(&manifest, text.replace("[limits]", "[limits]\nmax-consecutive-failures = 2"))
@@ -251,11 +251,11 @@ async fn a_daemon_run_as_the_systemd_unit_says_serves_metrics_health_logs_and_it
         .expect("the page counts its refreshes");
     assert!(refreshes >= 2, "the page refreshed itself: {refreshes}");
 
-    // Two failures in a row trip faulty's circuit breaker: not ready, and the page says why.
-    publish(&["Fail", "Fail"], 7).await;
+    // Two malfunctions in a row trip faulty's circuit breaker: not ready, and the page says why.
+    publish(&["Panic", "Sneak"], 7).await;
     wait(30, "/readyz to name the stopped plugin", &log, || {
         let (code, body) = get(&address, "/readyz");
-        code == 503 && body.contains("faulty: refused")
+        code == 503 && body.contains("faulty: stopped")
     });
     let dom = status_page(&chromium, &address);
     assert_eq!(cell(&dom, "faulty", "ready"), "no");

@@ -215,3 +215,70 @@ pub fn write_config(dir: &Path, nats: &NatsServer) -> String {
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
+
+/// A `jetfold run --config CONFIG` process (JSON logs at `info` into a file), killed on drop.
+pub struct DaemonProcess {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts the daemon with `config`; its log goes to `log` (appended).
+    pub fn start(config: &Path, log: &Path) -> DaemonProcess {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_jetfold"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(config)
+            .env("JETFOLD_LOG", "info")
+            .env("JETFOLD_CACHE_DIR", cache_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        DaemonProcess { child, log: log.to_path_buf() }
+    }
+
+    /// The log lines written so far, as JSON.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits (20 ms apart) until `check` holds; panics after `secs` with the log.
+    pub async fn wait(&self, secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while !check() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends `signal` (`TERM`, `INT`, `HUP`, `KILL`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM, then its exit code once it exits.
+    pub fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

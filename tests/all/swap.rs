@@ -12,7 +12,10 @@ use std::{
 
 use jetfold_host::{config::Config, daemon::Daemon, event::Event, sink::sqlite::SqliteSink};
 
-use crate::support::{NatsServer, cache_dir, create_stream, daemon_dir, plugin};
+use crate::support::{
+    DaemonProcess, NatsServer, cache_dir, checkpoint, create_stream, daemon_dir, plugin,
+    plugin_copy,
+};
 
 const RESOURCES: u64 = 500;
 
@@ -368,4 +371,80 @@ async fn sighup_reloads_the_config_file_and_leaves_unchanged_plugins_alone() {
     signal("TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "SIGTERM drains and exits 0:\n{}", log_text());
+}
+
+/// With the settings a user gets (`plugin-dir-poll-ms` unset: every second), the running
+/// daemon sees a plugin directory moved in, a new component copied over a running one and an
+/// edited manifest, without a SIGHUP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_directory_is_polled_with_the_default_settings() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let dir = daemon_dir(&["event-counter"]);
+    let config = dir.path().join("jetfold.toml");
+    // Only what the README requires, and where NATS and the database are.
+    let text = format!(
+        "plugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n[http]\nlisten = \"\"\n",
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let db = dir.path().join("jetfold.db");
+    let daemon = DaemonProcess::start(&config, &dir.path().join("daemon.log"));
+    publish(&js, 0, 10).await;
+    daemon.wait(60, "event-counter folding", || checkpoint(&db, "event-counter") == 10).await;
+
+    // A new plugin directory, moved in whole.
+    let staged = tempfile::tempdir_in(dir.path()).unwrap();
+    let copy = plugin_copy("compute-resource");
+    for file in ["plugin.toml", "compute_resource.wasm"] {
+        std::fs::copy(copy.path().join(file), staged.path().join(file)).unwrap();
+    }
+    std::fs::rename(staged.path(), dir.path().join("plugins/compute-resource")).unwrap();
+    daemon.wait(30, "the new plugin folding", || checkpoint(&db, "compute-resource") == 10).await;
+
+    // A new build of a running plugin's component (another digest), copied over it.
+    let wasm = dir.path().join("plugins/event-counter/event_counter.wasm");
+    let new = other_version(&std::fs::read(&wasm).unwrap());
+    let digest = jetfold_host::component::PluginDigest::of(&new).hex();
+    let tmp = dir.path().join("plugins/event-counter/.new.wasm");
+    std::fs::write(&tmp, &new).unwrap();
+    std::fs::rename(&tmp, &wasm).unwrap();
+    daemon
+        .wait(30, "the new component taking over", || {
+            daemon.lines().iter().any(|l| {
+                l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("new version handed"))
+                    && l["fields"]["digest"] == digest.as_str()
+            })
+        })
+        .await;
+    publish(&js, 10, 20).await;
+    daemon
+        .wait(30, "a commit by the new component", || {
+            let mut sink = SqliteSink::open(&db).unwrap();
+            sink.checkpoint("event-counter").unwrap().is_some_and(|c| c.digest == digest)
+        })
+        .await;
+
+    // An edited manifest is a new version of the plugin too.
+    let manifest = dir.path().join("plugins/event-counter/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("description = ", "description = \"edited\"\n# "))
+        .unwrap();
+    daemon
+        .wait(30, "the edited manifest loaded", || {
+            daemon
+                .lines()
+                .iter()
+                .filter(|l| {
+                    l["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("new version handed"))
+                        && l["fields"]["plugin"] == "event-counter"
+                })
+                .count()
+                == 2
+        })
+        .await;
+    assert_eq!(daemon.stop(), Some(0));
 }

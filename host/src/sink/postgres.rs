@@ -33,7 +33,14 @@ impl PostgresSink {
     /// Connects to `url` and creates `schema` and jetfold's tables in it if needed.
     pub fn open(url: &str, schema: &str) -> Result<PostgresSink, postgres::Error> {
         assert!(is_identifier(schema), "config validation lets only identifiers through");
-        let mut client = Client::connect(url, NoTls)?;
+        // PostgreSQL's notices ("relation … already exists, skipping" on every start) are
+        // the server's chatter: debug lines, warnings as warnings.
+        let mut config: postgres::Config = url.parse()?;
+        config.notice_callback(|notice| match notice.severity() {
+            "WARNING" => tracing::warn!(target: "jetfold::postgres", "{}", notice.message()),
+            _ => tracing::debug!(target: "jetfold::postgres", "{}", notice.message()),
+        });
+        let mut client = config.connect(NoTls)?;
         client.batch_execute(&format!(
             "BEGIN; {DDL_LOCK}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\"; {SCHEMA}; COMMIT;"
         ))?;
