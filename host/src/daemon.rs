@@ -842,6 +842,8 @@ pub struct Daemon {
     /// restarted plugin still shows its kind, checkpoint and lag, and its counters go on from
     /// there (they count since the daemon started).
     history: BTreeMap<String, Past>,
+    /// Set by [`Daemon::stop`]: the status lists what it ran as stopped.
+    stopping: bool,
 }
 
 /// A plugin as its last workers left it.
@@ -966,7 +968,15 @@ pub async fn supervise(
             }
             _ = tick => daemon.poll_plugin_dir().await,
             change = change => match change {
-                Some(Ok(_)) => daemon.sync_registry().await,
+                Some(Ok(_)) => {
+                    // Changes already waiting (the watch's first entries, a burst of pushes)
+                    // are applied by one sync.
+                    if let Some(watch) = &mut changes {
+                        use futures::FutureExt as _;
+                        while let Some(Some(Ok(_))) = watch.next().now_or_never() {}
+                    }
+                    daemon.sync_registry().await
+                }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "registry watch failed; watching again");
                     changes = None;
@@ -1115,6 +1125,7 @@ impl Daemon {
             pushed: Vec::new(),
             stopped: BTreeMap::new(),
             history: BTreeMap::new(),
+            stopping: false,
         };
         for plugin in plugins {
             if let Err(e) = daemon.start_plugin(plugin).await {
@@ -1700,6 +1711,8 @@ impl Daemon {
                         (Some(_), _, _) => (PluginState::Paused, None),
                         (None, Some(r), _) => (PluginState::Stopped, Some(r)),
                         (None, None, Some((state, r))) => (state, Some(r)),
+                        // The daemon stopping: every plugin it ran is stopped with it.
+                        (None, None, None) if self.stopping => (PluginState::Stopped, None),
                         // Removed or disabled: no row.
                         (None, None, None) => continue,
                     };
@@ -1951,6 +1964,7 @@ impl Daemon {
             }
         }
         // The last report says so, so `plugin list` shows this daemon stopped at once.
+        self.stopping = true;
         if let Some(registry) = &self.registry {
             let mut status = self.status().await;
             status.stopped = true;

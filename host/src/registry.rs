@@ -436,9 +436,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Watches the desired versions: the stream yields on every change.
+    /// Watches the desired versions: the stream yields each one as it is now, then on every
+    /// change, so a push made between a daemon's start and its watch is not missed.
     pub async fn watch(&self) -> anyhow::Result<kv::Watch> {
-        Ok(self.plugins.watch_all().await?)
+        Ok(self.plugins.watch_with_history(">").await?)
     }
 
     /// Publishes a daemon's status (listed until [`STATUS_TTL`] after the last report).

@@ -624,3 +624,59 @@ async fn health_maintenance_asks_once_per_incident_with_correlation_and_causatio
     assert_eq!(correlation.as_deref(), Some("infra.resource.r-3.HealthCheckFailed:10"));
     assert_eq!(causation.as_deref(), Some("infra.resource.r-3.HealthCheckFailed:10"));
 }
+
+/// A `[plugins.<name>]` section that names no plugin (a typo) is refused with the closest
+/// name, at start (exit 2, nothing folded) and on SIGHUP (the running config stays, so the
+/// plugin the typo meant to disable keeps running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_in_a_plugin_section_is_refused_not_ignored() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let dir = daemon_dir(&["compute-resource"]);
+    let config = dir.path().join("jetfold.toml");
+    let base = format!(
+        "plugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n[http]\nlisten = \"\"\n",
+        nats.url()
+    );
+    let typo = format!("{base}[plugins.compute-resourse]\nenabled = false\n");
+    std::fs::write(&config, &typo).unwrap();
+    let run = crate::support::jetfold(["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("[plugins.compute-resourse] names no plugin"), "{}", run.all());
+    assert!(run.stderr.contains("did you mean `compute-resource`?"), "{}", run.all());
+    let db = dir.path().join("jetfold.db");
+    assert_eq!(checkpoint(&db, "compute-resource"), 0);
+
+    std::fs::write(&config, &base).unwrap();
+    let daemon = crate::support::DaemonProcess::start(&config, &dir.path().join("daemon.log"));
+    js.publish(
+        "infra.resource.r-1.ResourceRegistered",
+        "{\"name\":\"a\",\"kind\":\"vm\",\"region\":\"eu\"}".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    daemon.wait(60, "the first event folded", || checkpoint(&db, "compute-resource") == 1).await;
+    std::fs::write(&config, &typo).unwrap();
+    daemon.signal("HUP");
+    let said = |text: &str| {
+        daemon.lines().iter().any(|l| {
+            l["fields"]["message"].as_str().is_some_and(|m| m.contains(text))
+                || l["fields"]["error"].as_str().is_some_and(|m| m.contains(text))
+        })
+    };
+    daemon.wait(30, "the reload refused", || said("config not reloaded")).await;
+    assert!(said("did you mean `compute-resource`?"));
+    js.publish(
+        "infra.resource.r-2.ResourceRegistered",
+        "{\"name\":\"b\",\"kind\":\"vm\",\"region\":\"eu\"}".into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    daemon.wait(30, "the plugin still folding", || checkpoint(&db, "compute-resource") == 2).await;
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -400,3 +400,61 @@ async fn a_shadow_version_runs_beside_the_live_one_and_its_differences_are_recor
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+/// Registry daemons on the settings a user gets: idle, they do not pile up consumers on the
+/// registry's KV stream (its state comes from the watch, not a listing per status report); a
+/// daemon that stops says so in its last report, and one killed is shown as not reporting
+/// after three report intervals instead of "running" until its report expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_registry_daemons_keep_no_consumers_and_a_stopped_one_is_shown_stopped() {
+    let Fleet { built, nats, root, cli, js } = Fleet::start().await;
+    let mut daemons = Vec::new();
+    for name in ["daemon-a", "daemon-b"] {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(dir.join("plugins")).unwrap();
+        let config = dir.join("jetfold.toml");
+        let text = format!(
+            "name = \"{name}\"\nplugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{name}.db\"\n[http]\nlisten = \"\"\n[registry]\nenabled = true\n",
+            nats.url()
+        );
+        std::fs::write(&config, text).unwrap();
+        daemons.push((crate::support::DaemonProcess::start(&config, &dir.join("log")), dir));
+    }
+    plugin_cli(&cli, &["push", built.to_str().unwrap()]);
+    for (daemon, dir) in &daemons {
+        let db = dir.join(format!("{}.db", dir.file_name().unwrap().to_str().unwrap()));
+        daemon.wait(60, "the pushed plugin folded", || checkpoint(&db).0 == 100).await;
+    }
+    // Twelve seconds idle: six status reports and twelve observations each.
+    let kv = js.get_stream("KV_jetfold-plugins").await.unwrap();
+    let before = kv.get_info().await.unwrap().state.consumer_count;
+    let mut most = before;
+    for _ in 0..24 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        most = most.max(kv.get_info().await.unwrap().state.consumer_count);
+    }
+    assert!(most <= before, "idle daemons made consumers on the registry's KV: {before} -> {most}");
+
+    let lines = |daemon: &str| -> Vec<String> {
+        let out = plugin_cli(&cli, &["list"]);
+        out.lines().filter(|l| l.trim_start().starts_with(daemon)).map(str::to_string).collect()
+    };
+    let (b, _) = daemons.pop().unwrap();
+    assert_eq!(b.stop(), Some(0));
+    let listed = lines("daemon-b");
+    assert!(listed.iter().any(|l| l.contains("stopped, last report")), "{listed:?}");
+    assert!(
+        listed.iter().any(|l| l.contains("compute-resource") && l.contains("daemon-gone")),
+        "{listed:?}"
+    );
+    let (a, _) = daemons.pop().unwrap();
+    a.signal("KILL");
+    eventually(30, "the killed daemon shown as not reporting", || {
+        let listed = lines("daemon-a");
+        listed.iter().any(|l| l.contains("not reporting"))
+            && listed.iter().any(|l| l.contains("daemon-gone"))
+    })
+    .await;
+    let out = plugin_cli(&cli, &["remove", "compute-resource", "--purge"]);
+    assert!(out.contains("purged consumer daemon-a-compute-resource"), "{out}");
+}

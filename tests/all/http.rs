@@ -296,3 +296,135 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
 }
+
+/// The address a daemon's log says it serves HTTP on.
+async fn served_at(daemon: &crate::support::DaemonProcess) -> String {
+    let mut address = String::new();
+    daemon
+        .wait(60, "the HTTP address in the log", || {
+            let found = daemon
+                .lines()
+                .iter()
+                .find_map(|l| l["fields"]["address"].as_str().map(str::to_string));
+            found.map(|a| address = a).is_some()
+        })
+        .await;
+    address
+}
+
+/// One plugin's row of `/plugins`, if it has one.
+fn row(address: &str, plugin: &str) -> Option<serde_json::Value> {
+    let (_, body) = get(address, "/plugins");
+    let all: serde_json::Value = serde_json::from_str(&body).unwrap();
+    all["plugins"].as_array().unwrap().iter().find(|p| p["name"] == plugin).cloned()
+}
+
+/// What an operator sees is true for plugins that are not simply running, with the settings a
+/// user gets: one stopped by its circuit breaker keeps its kind, checkpoint and lag, and its
+/// counters go on after a resume; one whose stream is missing is `stalled` with the reason; a
+/// new plugin whose component is not one is listed as refused with its digest, until it is
+/// fixed; `/readyz` names each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_of_stopped_stalled_and_refused_plugins_is_true() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "TEST", &["test.>"]).await;
+    let publish = |types: Vec<&'static str>| {
+        let js = js.clone();
+        async move {
+            for ty in types {
+                let subject = format!("test.fault.a.{ty}");
+                js.publish(subject, "{}".into()).await.unwrap().await.unwrap();
+            }
+        }
+    };
+    publish([vec!["Ok"; 3], vec!["Panic"; 100], vec!["Ok"; 20]].concat()).await;
+    // event-counter reads INFRA, which does not exist yet.
+    let dir = daemon_dir(&["faulty", "event-counter"]);
+    let config = dir.path().join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+         [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let daemon = crate::support::DaemonProcess::start(&config, &dir.path().join("daemon.log"));
+    let address = served_at(&daemon).await;
+
+    // Stopped by its breaker at the 100th trap (sequence 103): 20 events behind.
+    daemon
+        .wait(60, "faulty stopped", || {
+            row(&address, "faulty").is_some_and(|r| r["status"] == "stopped")
+        })
+        .await;
+    let faulty = row(&address, "faulty").unwrap();
+    assert_eq!(faulty["kind"], "projection", "{faulty}");
+    assert_eq!(faulty["committed_seq"], 103, "{faulty}");
+    assert_eq!(faulty["lag"], 20, "{faulty}");
+    assert_eq!(faulty["events"], 103, "{faulty}");
+    assert!(faulty["last_error"].as_str().unwrap().contains("circuit open"), "{faulty}");
+    assert_eq!(faulty["digest"].as_str().unwrap().len(), 64, "{faulty}");
+    let (_, metrics) = get(&address, "/metrics");
+    assert_eq!(sample(&metrics, "jetfold_committed_sequence{plugin=\"faulty\"}"), 103.0);
+    assert_eq!(sample(&metrics, "jetfold_consumer_lag{plugin=\"faulty\"}"), 20.0);
+    assert!(metrics.contains("kind=\"projection\""), "{metrics}");
+
+    // Its stream missing: stalled, saying so.
+    daemon
+        .wait(30, "event-counter stalled", || {
+            row(&address, "event-counter").is_some_and(|r| r["status"] == "stalled")
+        })
+        .await;
+    let counter = row(&address, "event-counter").unwrap();
+    assert!(counter["last_error"].as_str().unwrap().contains("INFRA"), "{counter}");
+    let (code, body) = get(&address, "/readyz");
+    assert_eq!(code, 503);
+    assert!(body.contains("faulty: stopped") && body.contains("event-counter: stalled"), "{body}");
+
+    // A new plugin whose component is not one: listed, refused, with its digest.
+    let broken = dir.path().join("staged");
+    std::fs::create_dir(&broken).unwrap();
+    let garbage: Vec<u8> =
+        (0..1000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(broken.join("broken.wasm"), &garbage).unwrap();
+    std::fs::write(
+        broken.join("plugin.toml"),
+        "name = \"broken\"\nkind = \"projection\"\nwasm = \"broken.wasm\"\n[source]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n[allow]\ntables = [\"b\"]\n",
+    )
+    .unwrap();
+    std::fs::rename(&broken, dir.path().join("plugins/broken")).unwrap();
+    daemon
+        .wait(30, "the broken plugin listed", || {
+            row(&address, "broken").is_some_and(|r| r["status"] == "refused")
+        })
+        .await;
+    let refused = row(&address, "broken").unwrap();
+    let digest = jetfold_host::component::PluginDigest::of(&garbage).hex();
+    assert_eq!(refused["digest"], digest.as_str(), "{refused}");
+    assert!(refused["last_error"].as_str().unwrap().starts_with(&digest[..12]), "{refused}");
+    assert!(get(&address, "/readyz").1.contains("broken: refused"));
+    std::fs::remove_dir_all(dir.path().join("plugins/broken")).unwrap();
+    daemon.wait(30, "the removed plugin gone", || row(&address, "broken").is_none()).await;
+
+    // The stream appears: event-counter folds. Resumed (SIGHUP), faulty goes on from its
+    // checkpoint, and its counters from where they were.
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    daemon
+        .wait(30, "event-counter running", || {
+            row(&address, "event-counter")
+                .is_some_and(|r| r["status"] == "running" && r["last_error"].is_null())
+        })
+        .await;
+    daemon.signal("HUP");
+    daemon
+        .wait(30, "faulty caught up", || {
+            row(&address, "faulty")
+                .is_some_and(|r| r["status"] == "running" && r["committed_seq"] == 123)
+        })
+        .await;
+    let faulty = row(&address, "faulty").unwrap();
+    assert_eq!(faulty["events"], 123, "counted since the daemon started: {faulty}");
+    assert_eq!(faulty["failures"]["trap"], 100, "{faulty}");
+    daemon.wait(10, "ready", || get(&address, "/readyz").0 == 200).await;
+    assert_eq!(daemon.stop(), Some(0));
+}
