@@ -2160,6 +2160,8 @@ struct Committer {
     checkpoint: u64,
     /// The state version of the states committed.
     state_version: Option<u32>,
+    /// The version the checkpoint names.
+    digest: Option<String>,
 }
 
 impl Committer {
@@ -2176,8 +2178,9 @@ impl Committer {
         let stored = sink.checkpoint(&checkpoint_name)?;
         let checkpoint = stored.as_ref().map_or(0, |c| c.last_seq);
         let state_version = stored.as_ref().map(|c| c.state_version);
+        let digest = stored.as_ref().map(|c| c.digest.clone());
         env.progress.send_modify(|p| p.committed_seq = checkpoint);
-        Ok((Committer { name, sink, env, checkpoint, state_version }, stored))
+        Ok((Committer { name, sink, env, checkpoint, state_version, digest }, stored))
     }
 
     fn run(mut self, jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
@@ -2257,10 +2260,13 @@ impl Committer {
     fn handle(&mut self, job: &Job) -> bool {
         let commit = &job.commit;
         // A batch of events already committed (redelivered) commits nothing, unless it carries
-        // states (a snapshot, or the plugin's states converted to a new state version).
+        // states (a snapshot, or the plugin's states converted to a new state version) or
+        // names a version that took over.
         if commit.last_seq > self.checkpoint
             || self.state_version != Some(commit.state_version)
             || !commit.states.is_empty()
+            || (commit.last_seq == self.checkpoint
+                && self.digest.as_deref() != Some(commit.digest.as_str()))
         {
             let what = "commit failed (nothing acked)";
             let committed =
@@ -2270,6 +2276,7 @@ impl Committer {
             }
             self.checkpoint = self.checkpoint.max(commit.last_seq);
             self.state_version = Some(commit.state_version);
+            self.digest = Some(commit.digest.clone());
             if !commit.outbox.is_empty() && !self.publish(&commit.outbox) {
                 return false;
             }

@@ -680,3 +680,37 @@ async fn a_typo_in_a_plugin_section_is_refused_not_ignored() {
     daemon.wait(30, "the plugin still folding", || checkpoint(&db, "compute-resource") == 2).await;
     assert_eq!(daemon.stop(), Some(0));
 }
+
+/// On PostgreSQL, a restart with every table already there logs nothing about them: the
+/// server's "already exists, skipping" notices are debug lines, not INFO noise per start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notices_do_not_reach_the_info_log() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let schema = format!("jetfold_notices_{}", std::process::id());
+    let dir = daemon_dir(&["compute-resource"]);
+    let config = dir.path().join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\npostgres = \"{}\"\nschema = \"{schema}\"\n[http]\nlisten = \"\"\n",
+        nats.url(),
+        postgres_url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("daemon.log");
+    for _ in 0..2 {
+        let daemon = crate::support::DaemonProcess::start(&config, &log);
+        daemon
+            .wait(60, "the plugin started", || {
+                daemon.lines().iter().filter(|l| l["fields"]["message"] == "plugin started").count()
+                    > 0
+            })
+            .await;
+        assert_eq!(daemon.stop(), Some(0));
+        std::fs::rename(&log, dir.path().join("first.log")).ok();
+    }
+    let second = std::fs::read_to_string(dir.path().join("first.log")).unwrap();
+    assert!(second.contains("plugin started"), "{second}");
+    assert!(!second.contains("already exists"), "{second}");
+    postgres_outcome(&schema).await;
+}

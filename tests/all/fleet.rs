@@ -352,6 +352,7 @@ async fn a_shadow_version_runs_beside_the_live_one_and_its_differences_are_recor
     publish(&js, 100, 150).await;
     let p = progress.wait_for(|p| p.committed_seq == 150).await.unwrap().clone();
     assert_eq!(p.digest, live, "a shadow never replaces the live version");
+    assert_eq!(p.swaps, 0, "adding a shadow swaps nothing: the live version goes on");
     let shadow = p.shadow.unwrap();
     assert_eq!(
         (shadow.digest.as_str(), shadow.events, shadow.diffs),
@@ -393,9 +394,16 @@ async fn a_shadow_version_runs_beside_the_live_one_and_its_differences_are_recor
             && !out.contains("  shadow ")
     })
     .await;
+    // Idle, the checkpoint names the version now running at once (`verify` reads it).
+    let db = dir.join("shadowed.db");
+    eventually(30, "the checkpoint naming the promoted version", || {
+        checkpoint(&db) == (200, same_digest.clone())
+    })
+    .await;
     publish(&js, 200, 210).await;
     let p = progress.wait_for(|p| p.committed_seq == 210).await.unwrap().clone();
     assert_eq!((p.digest.as_str(), p.shadow.is_none()), (same_digest.as_str(), true));
+    assert_eq!(p.swaps, 1, "the promotion is the one swap");
 
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
@@ -435,6 +443,23 @@ async fn idle_registry_daemons_keep_no_consumers_and_a_stopped_one_is_shown_stop
     }
     assert!(most <= before, "idle daemons made consumers on the registry's KV: {before} -> {most}");
 
+    // A pause is logged as one.
+    plugin_cli(&cli, &["pause", "compute-resource"]);
+    for (daemon, _) in &daemons {
+        daemon
+            .wait(30, "the pause logged", || {
+                daemon.lines().iter().any(|l| {
+                    l["fields"]["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("plugin paused: stopped"))
+                })
+            })
+            .await;
+        assert!(!daemon.lines().iter().any(|l| {
+            l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("plugin removed"))
+        }));
+    }
+    plugin_cli(&cli, &["resume", "compute-resource"]);
     let lines = |daemon: &str| -> Vec<String> {
         let out = plugin_cli(&cli, &["list"]);
         out.lines().filter(|l| l.trim_start().starts_with(daemon)).map(str::to_string).collect()
