@@ -1119,7 +1119,11 @@ impl Daemon {
         // The database must answer (else exit 2, and systemd retries); then a plugin that
         // cannot start is refused on its own and the others run.
         let target = daemon.config.sink_target();
-        if let Err(e) = tokio::task::spawn_blocking(move || Sink::open(&target)).await? {
+        // On a thread of its own: a database client may run a runtime of its own.
+        let opened = std::thread::spawn(move || Sink::open(&target).map(drop));
+        let opened = tokio::task::spawn_blocking(move || opened.join()).await?;
+        let opened = opened.unwrap_or_else(|_| Err(anyhow::anyhow!("opening the sink panicked")));
+        if let Err(e) = opened {
             daemon.stop().await.ok();
             return Err(e);
         }
