@@ -97,6 +97,7 @@ async fn daemon_rate(
             start: Default::default(),
             at_seq: None,
             shadow: None,
+            previous: None,
             upcasters: Vec::new(),
             manifest,
             implementation: Implementation::Native {

@@ -129,6 +129,10 @@ pub struct DaemonPlugin {
     /// A version run beside this one on the same events with its effects suppressed, its
     /// outcomes compared (read from a `shadow/` directory beside the manifest).
     pub shadow: Option<Box<DaemonPlugin>>,
+    /// With `at_seq`: the version this one replaces, which folds the events before that
+    /// sequence when a worker starts before it (read from a `previous/` directory beside the
+    /// manifest; it may have an `at_seq` and a `previous` of its own).
+    pub previous: Option<Box<DaemonPlugin>>,
     /// The upcasters of its stream, which raise old events' schema versions before it sees
     /// them (see [`crate::upcast`]).
     pub upcasters: Vec<UpcasterSpec>,
@@ -162,6 +166,9 @@ impl Role {
 
 /// The directory beside a manifest that holds a shadow version.
 pub const SHADOW_DIR: &str = "shadow";
+
+/// The directory beside a manifest that holds the version a promoted one replaces.
+pub const PREVIOUS_DIR: &str = "previous";
 
 /// The file beside a manifest that holds a version's promotion sequence.
 pub const AT_SEQ_FILE: &str = "promote-at-seq";
@@ -266,15 +273,55 @@ impl Step for Upcasting {
 
 /// Loads every plugin under the config's plugin directory; errors name the file at fault.
 pub fn discover(config: &Config, loader: &ComponentLoader) -> anyhow::Result<Vec<DaemonPlugin>> {
-    let mut plugins = Vec::new();
+    let (plugins, broken) = discover_runnable(config, loader)?;
+    match broken.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(plugins),
+    }
+}
+
+/// Plugin directories that cannot be loaded, with why.
+type BrokenDirs = Vec<(PathBuf, anyhow::Error)>;
+
+/// Loads every plugin under the config's plugin directories: those ready to run, and the
+/// directories of those that cannot be loaded.
+fn discover_runnable(
+    config: &Config,
+    loader: &ComponentLoader,
+) -> anyhow::Result<(Vec<DaemonPlugin>, BrokenDirs)> {
+    let (mut plugins, mut broken) = (Vec::new(), Vec::new());
     for found in discover_all(config, loader, Wanted::All)? {
         match found {
             Found::Plugin(p) => plugins.push(*p),
             Found::Disabled | Found::Upcaster(_) | Found::Unwanted(_) => {}
-            Found::Broken(_, e) => return Err(e),
+            Found::Broken(dir, e) => broken.push((dir, e)),
         }
     }
-    Ok(plugins)
+    Ok((plugins, broken))
+}
+
+/// Checks a plugin the registry staged in `staging` (see [`crate::registry::Registry::sync`])
+/// as the daemon would run it: loaded with the config's settings and instantiated, with its
+/// shadow and the versions it replaces before its `at_seq`.
+pub(crate) fn check_staged(
+    config: &Config,
+    loader: &ComponentLoader,
+    staging: &std::path::Path,
+) -> anyhow::Result<()> {
+    for found in discover_in(config, loader, Wanted::All, vec![staging.to_path_buf()])? {
+        match found {
+            Found::Plugin(plugin) => {
+                let mut version = Some(&*plugin);
+                while let Some(v) = version {
+                    v.prepare(loader)?;
+                    version = v.previous.as_deref();
+                }
+            }
+            Found::Broken(_, e) => return Err(e),
+            Found::Disabled | Found::Upcaster(_) | Found::Unwanted(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The `[plugins.<name>]` sections of `config` that name no plugin in its plugin directories
@@ -394,8 +441,18 @@ fn discover_all(
     loader: &ComponentLoader,
     wanted: Wanted,
 ) -> anyhow::Result<Vec<Found>> {
+    discover_in(config, loader, wanted, plugin_dirs(config))
+}
+
+/// [`discover_all`] over `dirs`, a later one's plugins replacing same-named ones of an earlier.
+fn discover_in(
+    config: &Config,
+    loader: &ComponentLoader,
+    wanted: Wanted,
+    dirs: Vec<PathBuf>,
+) -> anyhow::Result<Vec<Found>> {
     let mut manifests: Vec<PathBuf> = Vec::new();
-    for (i, dir) in plugin_dirs(config).into_iter().enumerate() {
+    for (i, dir) in dirs.into_iter().enumerate() {
         let entries = match std::fs::read_dir(&dir) {
             Ok(entries) => entries,
             // The registry's directory appears with the first push.
@@ -464,19 +521,26 @@ fn discover_all(
                     start: StartPosition::default(),
                     at_seq: None,
                     shadow: None,
+                    previous: None,
                     upcasters: Vec::new(),
                 }))
             }
             false => None,
+        };
+        let start = overrides.start.unwrap_or_default();
+        let previous = match at_seq {
+            Some(_) => load_previous(config, loader, &manifest, (&stream, &subjects, start))?,
+            None => None,
         };
         Ok(Found::Plugin(Box::new(DaemonPlugin {
             manifest,
             implementation: Implementation::Component(component),
             stream,
             subjects,
-            start: overrides.start.unwrap_or_default(),
+            start,
             at_seq,
             shadow,
+            previous,
             upcasters: Vec::new(),
         })))
     };
@@ -515,10 +579,60 @@ fn discover_all(
             if let Some(shadow) = &mut p.shadow {
                 shadow.upcasters.clone_from(&mine);
             }
+            let mut previous = p.previous.as_deref_mut();
+            while let Some(v) = previous {
+                v.upcasters.clone_from(&mine);
+                previous = v.previous.as_deref_mut();
+            }
             p.upcasters = mine;
         }
     }
     Ok(all)
+}
+
+/// The version in the `previous/` directory beside `current`'s manifest (which has an
+/// `at_seq`), if there is one: the same plugin, read from the same source, with the version
+/// it replaced in turn when it has an `at_seq` of its own.
+fn load_previous(
+    config: &Config,
+    loader: &ComponentLoader,
+    current: &Manifest,
+    (stream, subjects, start): (&str, &[String], StartPosition),
+) -> anyhow::Result<Option<Box<DaemonPlugin>>> {
+    let path = current.dir.join(PREVIOUS_DIR).join(MANIFEST_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let mut manifest = Manifest::load(&path)?;
+    manifest.limits = crate::manifest::Limits::merged(&config.limits, &manifest.limits_set)
+        .map_err(|e| anyhow::anyhow!("{}: [limits]: {e}", manifest.dir.display()))?;
+    if (manifest.name.as_str(), manifest.kind) != (current.name.as_str(), current.kind) {
+        bail!(
+            "{}: the version a promoted one replaces must be the same plugin ({} {}), not {} {}",
+            path.display(),
+            current.kind,
+            current.name,
+            manifest.kind,
+            manifest.name
+        );
+    }
+    let component = loader.load(manifest.kind, &manifest.wasm_path())?;
+    let at_seq = read_at_seq(&manifest.dir)?;
+    let previous = match at_seq {
+        Some(_) => load_previous(config, loader, &manifest, (stream, subjects, start))?,
+        None => None,
+    };
+    Ok(Some(Box::new(DaemonPlugin {
+        manifest,
+        implementation: Implementation::Component(component),
+        stream: stream.to_string(),
+        subjects: subjects.to_vec(),
+        start,
+        at_seq,
+        shadow: None,
+        previous,
+        upcasters: Vec::new(),
+    })))
 }
 
 /// What a plugin has done since the daemon started, updated after every commit.
@@ -1054,15 +1168,18 @@ impl Daemon {
         let loader = loader(&config)?;
         let client = nats::connect(&config).await?;
         let js = jetstream::new(client.clone());
+        let mut refused = BTreeMap::new();
         let registry = match config.registry.enabled {
             true => {
                 let buckets = crate::registry::Buckets::named(&config.registry.bucket_prefix);
                 let registry = crate::registry::Registry::open(&js, &buckets).await?;
                 let dir = config.resolve(&config.registry.dir);
+                let check = staged_check(&config, &loader);
                 for (name, digest, reason) in
-                    registry.sync(&dir, &config.registry.trusted_keys).await?
+                    registry.sync(&dir, &config.registry.trusted_keys, check).await?
                 {
-                    tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused");
+                    tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused; the last version that loaded (if any) runs");
+                    refused.insert(name, Refusal { version: digest, reason });
                 }
                 Some(registry)
             }
@@ -1074,15 +1191,36 @@ impl Daemon {
         };
         let names: Vec<String> = pushed.iter().map(|d| d.name.clone()).collect();
         check_plugin_sections(&config, registry.is_some(), &names)?;
-        let plugins = {
+        let (plugins, broken) = {
             let (config, loader) = (config.clone(), loader.clone());
-            tokio::task::spawn_blocking(move || discover(&config, &loader)).await??
+            tokio::task::spawn_blocking(move || discover_runnable(&config, &loader)).await??
         };
+        // One plugin that cannot be loaded does not keep the others from running.
+        for (dir, e) in broken {
+            let (name, version) = (name_in(&dir), digest_in(&dir));
+            let reason = format!("{e:#}");
+            tracing::error!(dir = %dir.display(), digest = %version, error = %reason, "plugin not loaded; the others start");
+            refused.insert(name, Refusal { version, reason });
+        }
         if plugins.is_empty() && registry.is_none() {
-            bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display());
+            match refused.pop_first() {
+                Some((_, r)) => bail!("no plugin could be loaded: {}: {}", r.version, r.reason),
+                None => {
+                    bail!("no plugins to run in {}", config.resolve(&config.plugin_dir).display())
+                }
+            }
         }
         let mut daemon = Daemon::start_plugins(config, loader, client, registry, plugins).await?;
         daemon.pushed = pushed;
+        if daemon.running.is_empty() && daemon.registry.is_none() {
+            let reasons: Vec<String> =
+                daemon.refused.iter().map(|(name, r)| format!("{name}: {}", r.reason)).collect();
+            daemon.stop().await.ok();
+            bail!("no plugin could start: {}", reasons.join("; "));
+        }
+        for (name, Refusal { version, reason }) in refused {
+            daemon.refuse(name, version, reason);
+        }
         Ok(daemon)
     }
 
@@ -1127,10 +1265,23 @@ impl Daemon {
             history: BTreeMap::new(),
             stopping: false,
         };
+        // The database must answer (else exit 2, and systemd retries); then a plugin that
+        // cannot start is refused on its own and the others run.
+        let target = daemon.config.sink_target();
+        // On a thread of its own: a database client may run a runtime of its own.
+        let opened = std::thread::spawn(move || Sink::open(&target).map(drop));
+        let opened = tokio::task::spawn_blocking(move || opened.join()).await?;
+        let opened = opened.unwrap_or_else(|_| Err(anyhow::anyhow!("opening the sink panicked")));
+        if let Err(e) = opened {
+            daemon.stop().await.ok();
+            return Err(e);
+        }
         for plugin in plugins {
+            let (name, digest) = (plugin.manifest.name.clone(), plugin.digest());
             if let Err(e) = daemon.start_plugin(plugin).await {
-                daemon.stop().await.ok();
-                return Err(e);
+                let reason = format!("{e:#}");
+                tracing::error!(plugin = %name, digest = %digest, error = %reason, "plugin not started; the others run");
+                daemon.refused.insert(name, Refusal { version: digest, reason });
             }
         }
         Ok(daemon)
@@ -1644,7 +1795,8 @@ impl Daemon {
         self.forget_refusals();
         let Some(registry) = &self.registry else { return };
         let dir = self.config.resolve(&self.config.registry.dir);
-        match registry.sync(&dir, &self.config.registry.trusted_keys).await {
+        let check = staged_check(&self.config, &self.loader);
+        match registry.sync(&dir, &self.config.registry.trusted_keys, check).await {
             Ok(refused) => {
                 for (name, digest, reason) in refused {
                     tracing::error!(plugin = %name, digest = %digest, error = %reason, "pushed version refused; the running version (if any) stays");
@@ -1977,6 +2129,20 @@ impl Daemon {
             bail!("plugins stopped with errors: {}", failed.join("; "));
         }
         Ok(())
+    }
+}
+
+/// What the registry's sync runs on a staged plugin before it installs it: [`check_staged`],
+/// off the async threads.
+fn staged_check(
+    config: &Config,
+    loader: &ComponentLoader,
+) -> impl Fn(PathBuf) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Sync {
+    let (config, loader) = (config.clone(), loader.clone());
+    move |staging: PathBuf| {
+        let (config, loader) = (config.clone(), loader.clone());
+        let check = tokio::task::spawn_blocking(move || check_staged(&config, &loader, &staging));
+        async move { check.await? }.boxed()
     }
 }
 
@@ -2369,6 +2535,64 @@ fn migrate_states(
     Ok(migrated)
 }
 
+/// The versions of `plugin` (and those it replaces, [`DaemonPlugin::previous`]) a live worker
+/// runs when it starts after `checkpoint`: the one it starts with, those that take over later at
+/// their promotion sequences (oldest first), and refusals of those whose sequence is already
+/// past. This is what a worker that never stopped runs: a version with an `at_seq` N takes
+/// over at N exactly (it did, if it committed the checkpoint), and one whose N was already
+/// committed when it came was refused and stays refused.
+fn versions_at_start(
+    plugin: DaemonPlugin,
+    checkpoint: Option<&Checkpoint>,
+) -> (DaemonPlugin, Vec<DaemonPlugin>, Vec<Refusal>) {
+    let (folded, committed_by) = checkpoint.map_or((0, ""), |c| (c.last_seq, c.digest.as_str()));
+    let mut newer = Vec::new(); // newest first
+    let mut next = Some(Box::new(plugin));
+    while let Some(mut version) = next {
+        next = version.previous.take();
+        newer.push(*version);
+    }
+    let first = newer
+        .iter()
+        .position(|v| match v.at_seq {
+            None => true,
+            Some(at) => at <= folded && v.digest() == committed_by,
+        })
+        .unwrap_or(newer.len() - 1);
+    let first = newer.drain(first..).next().expect("the position is in range");
+    if newer.is_empty()
+        && let Some(at) = first.at_seq.filter(|at| *at > folded + 1)
+    {
+        tracing::warn!(
+            plugin = %first.manifest.name, digest = %first.digest(), at_seq = at,
+            "a version waiting for its promotion sequence, without the version it replaces beside it ({PREVIOUS_DIR}/): it folds the events before {at} too"
+        );
+    }
+    let (mut later, mut refused) = (Vec::new(), Vec::new());
+    for version in newer.into_iter().rev() {
+        let at = version.at_seq.expect("only versions with a promotion sequence wait");
+        let before = later.last().unwrap_or(&first);
+        let reason = if at <= folded {
+            Some(format!(
+                "promotion at sequence {at} is already past (committed up to {folded}): refused"
+            ))
+        } else if (&before.stream, &before.subjects) != (&version.stream, &version.subjects) {
+            Some("a version promoted at a sequence must read the same stream and subjects as the running one".into())
+        } else if before.manifest.state.version != version.manifest.state.version
+            && !version.migrates()
+        {
+            Some("a version that changes the state version without `migrate` is rebuilt from the stream and takes over when caught up, not at a given sequence".into())
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => refused.push(Refusal { version: version.digest(), reason }),
+            None => later.push(version),
+        }
+    }
+    (first, later, refused)
+}
+
 /// The fold stage: the plugin's source, its step and the states of the keys it folded.
 struct Folder {
     /// The daemon's name (its consumers are `<daemon>-<plugin>`).
@@ -2417,8 +2641,8 @@ struct Folder {
     /// The pause of a swap whose new version has folded its first event, and that event's
     /// sequence.
     pause: Option<(Duration, u64)>,
-    /// A version waiting for its promotion sequence.
-    promotion: Option<Swap>,
+    /// Versions waiting for their promotion sequences, in the order they take over.
+    promotions: Vec<Swap>,
     /// A version folding beside the live one, effects suppressed, outcomes compared.
     shadow: Option<Shadow>,
     /// Events the shadow folded in the last batch.
@@ -2468,6 +2692,10 @@ impl Folder {
         checkpoint: Option<&Checkpoint>,
         role: Role,
     ) -> anyhow::Result<Folder> {
+        let (plugin, later, refused) = match role {
+            Role::Live => versions_at_start(plugin, checkpoint),
+            Role::Rebuild { .. } => (plugin, Vec::new(), Vec::new()),
+        };
         let (step, shadow) = plugin.prepare(loader)?;
         let name = match &role {
             Role::Live => plugin.manifest.name.clone(),
@@ -2512,7 +2740,7 @@ impl Folder {
             announce: false,
             last_step_end: None,
             pause: None,
-            promotion: None,
+            promotions: Vec::new(),
             shadow,
             shadow_events: 0,
             stats: BatchStats::default(),
@@ -2536,6 +2764,18 @@ impl Folder {
             pull_expiry: config.fetch_wait(),
             plugin,
         };
+        for version in later {
+            let (step, shadow) = version.prepare(loader)?;
+            tracing::info!(
+                plugin = %folder.name, digest = %version.digest(), at_seq = version.at_seq, folding = %folder.digest,
+                "version waiting for its promotion sequence; the version it replaces folds until then"
+            );
+            folder.promote_later(Swap { plugin: version, step, shadow });
+        }
+        for refusal in refused {
+            tracing::error!(plugin = %folder.name, digest = %refusal.version, "{}", refusal.reason);
+            folder.env.progress.send_modify(|p| p.refused = Some(refusal));
+        }
         // States stored by a version with another state version are converted before the
         // first event (committed at once, see `run`); without `migrate` the plugin cannot start.
         if folder.state_version != declared {
@@ -2781,15 +3021,17 @@ impl Folder {
                             .progress
                             .send_modify(|p| p.refused = Some(Refusal { version, reason }));
                     }
-                    Some(_) => self.promotion = Some(swap),
+                    Some(_) => self.promote_later(swap),
                     None if same_live_version(&self.plugin, &swap.plugin) => {
-                        // Only the shadow beside it changed (`push --shadow`, `promote` of
-                        // another): the live version goes on as it is.
+                        // The running version is wanted (again) and only the shadow beside it
+                        // may have changed (`push --shadow`, a rollback of a version pending
+                        // at a sequence): it goes on as it is.
+                        self.promotions.clear();
                         self.shadow = swap.shadow;
                         self.plugin = swap.plugin;
                     }
                     None => {
-                        self.promotion = None;
+                        self.promotions.clear();
                         // The states the running version leaves are written before the next
                         // one folds (a restart would fold the events since with the new one).
                         if self.snapshot_seq < self.folded
@@ -2853,6 +3095,14 @@ impl Folder {
             return false; // the worker drains what it handed on and stops
         }
         true
+    }
+
+    /// Queues `swap` to take over at its promotion sequence. Versions queued for that sequence
+    /// or a later one are dropped: the newest push decides from its sequence on.
+    fn promote_later(&mut self, swap: Swap) {
+        let at = swap.plugin.at_seq;
+        self.promotions.retain(|queued| queued.plugin.at_seq < at);
+        self.promotions.push(swap);
     }
 
     /// A rebuild's ceiling: the live version's committed sequence (none for a live worker).
@@ -3091,9 +3341,12 @@ impl Folder {
             let Ok(state) = self.state_of(&key) else {
                 return None; // stopping: nothing of this batch is committed or acked
             };
-            if self.promotion.as_ref().is_some_and(|s| s.plugin.at_seq.is_some_and(|at| seq >= at))
+            while self
+                .promotions
+                .first()
+                .is_some_and(|s| s.plugin.at_seq.is_some_and(|at| seq >= at))
             {
-                let swap = self.promotion.take().expect("checked above");
+                let swap = self.promotions.remove(0);
                 // Same source: checked before the version was handed over. The old version
                 // folded up to the event before this one.
                 self.take_over(swap, previous);

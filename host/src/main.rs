@@ -213,7 +213,8 @@ enum PluginCommand {
         /// The plugin: its directory or its plugin.toml.
         plugin: PathBuf,
         /// Take over exactly at this stream sequence (the running version folds the events
-        /// before it) instead of at each daemon's next batch.
+        /// before it, also on a daemon that restarts meanwhile) instead of at each daemon's
+        /// next batch. A sequence a daemon has already committed is refused there for good.
         #[arg(long, value_name = "SEQ")]
         at_seq: Option<u64>,
         /// Sign the version with this private key (from `jetfold plugin keygen`).
@@ -238,11 +239,14 @@ enum PluginCommand {
         #[command(flatten)]
         at: RegistryArgs,
     },
-    /// Make an earlier version desired again: the previous one, or --to a digest (prefix).
+    /// Go back one version: to the one the current version replaced (each rollback goes one
+    /// further back, dropping the version it leaves; a push after it starts from there), or
+    /// --to a digest (prefix).
     Rollback {
         /// The plugin's name.
         name: String,
-        /// The digest (or a prefix of it) to return to.
+        /// The digest (or a prefix of it) to return to: from the history, else from the
+        /// registry's revisions of the plugin's record.
         #[arg(long, value_name = "DIGEST")]
         to: Option<String>,
         #[command(flatten)]

@@ -19,8 +19,15 @@ use tokio::io::AsyncReadExt as _;
 use crate::component::{PluginDigest, write_atomically};
 use crate::manifest::{MANIFEST_FILE, Manifest};
 
-/// How many versions of each plugin the KV bucket remembers (for rollback).
+/// How many revisions of each plugin's record the KV bucket keeps (`rollback --to` looks
+/// there for a version no longer in a record's history).
 const HISTORY: i64 = 64;
+/// How many earlier versions a plugin's record keeps, newest last: what `plugin rollback`
+/// goes back through, one per rollback.
+pub const VERSIONS_KEPT: usize = 32;
+/// How many earlier versions a daemon keeps on disk for versions waiting for their `--at-seq`
+/// (each runs before the next one's sequence).
+const PREVIOUS_DEPTH: usize = 8;
 /// How long a daemon's status stays listed after its last report.
 const STATUS_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -61,6 +68,38 @@ pub struct Desired {
     /// A version run beside this one, effects suppressed, its differences recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<Box<Desired>>,
+    /// The versions this one replaced, oldest first (at most [`VERSIONS_KEPT`]): a rollback
+    /// returns to the last and drops it; a push or a promotion appends the version it
+    /// replaces. With an `at_seq`, the last is also what runs before that sequence. `None` in
+    /// records written before jetfold kept a history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<Desired>>,
+}
+
+impl Desired {
+    /// This version as a later one's history keeps it: no pause, shadow or history of its own.
+    fn as_earlier(&self) -> Desired {
+        Desired { paused: false, shadow: None, history: None, ..self.clone() }
+    }
+
+    /// The history of a version that replaces this one: this one's, then this one.
+    fn history_after(&self) -> Vec<Desired> {
+        let mut history = self.history.clone().unwrap_or_default();
+        history.push(self.as_earlier());
+        let excess = history.len().saturating_sub(VERSIONS_KEPT);
+        history.drain(..excess);
+        history
+    }
+
+    /// The version that runs before this one takes over at its `at_seq`: the one it replaced
+    /// (with the versions before that as its history). None without an `at_seq`.
+    pub fn before_at_seq(&self) -> Option<Desired> {
+        self.at_seq?;
+        let mut history = self.history.clone()?;
+        let mut previous = history.pop()?;
+        previous.history = Some(history);
+        Some(previous)
+    }
 }
 
 /// An ed25519 signature of a pushed version: of its name, component digest and manifest.
@@ -208,6 +247,14 @@ impl Registry {
         }
         let current = self.desired(&manifest.name).await?;
         let paused = current.as_ref().is_some_and(|d| d.paused);
+        // The same version pushed again (another `--at-seq`, a signature) replaces nothing.
+        let history = match &current {
+            Some(c) if (c.digest.as_str(), c.manifest.as_str()) == (&digest, &text) => {
+                c.history.clone().unwrap_or_default()
+            }
+            Some(c) => c.history_after(),
+            None => Vec::new(),
+        };
         let mut desired = Desired {
             name: manifest.name,
             digest,
@@ -216,6 +263,7 @@ impl Registry {
             at_seq,
             signature: None,
             shadow: None,
+            history: (!shadow).then_some(history),
         };
         if let Some(key) = sign_with {
             sign(&mut desired, key)?;
@@ -266,33 +314,81 @@ impl Registry {
     }
 
     /// Makes an earlier version desired again: `to` (a digest, or a prefix of one), or else
-    /// the newest earlier version with another digest.
+    /// the version the current one replaced. Each rollback goes one version further back
+    /// through the record's history and drops the version it leaves; `to` a version no
+    /// longer in the history (one rolled back from, or older) finds it among the KV bucket's
+    /// revisions and returns to it as a push would.
     pub async fn rollback(&self, name: &str, to: Option<&str>) -> anyhow::Result<Desired> {
         let current =
             self.desired(name).await?.with_context(|| format!("no plugin `{name}` was pushed"))?;
-        let mut history = self.plugins.history(name).await?;
-        let mut earlier = Vec::new();
-        while let Some(entry) = history.next().await {
-            let entry = entry?;
-            if let Ok(d) = serde_json::from_slice::<Desired>(&entry.value) {
-                earlier.push(d);
-            }
+        let short = |d: &str| d.chars().take(12).collect::<String>();
+        if let Some(prefix) = to
+            && current.digest.starts_with(prefix)
+        {
+            bail!("`{name}` is at {} already", short(&current.digest));
         }
-        let target = earlier.into_iter().rev().find(|d| match to {
-            Some(prefix) => d.digest.starts_with(prefix),
-            None => d.digest != current.digest,
-        });
-        let Some(mut target) = target else {
-            match to {
-                Some(prefix) => bail!("`{name}` never had a version {prefix}"),
-                None => bail!("`{name}` has no earlier version to roll back to"),
+        let mut history = match current.history.clone() {
+            Some(history) => history,
+            // A record from before histories were kept: the newest earlier revision with
+            // another digest, once; its history starts empty.
+            None => self
+                .revisions(name)
+                .await?
+                .into_iter()
+                .rev()
+                .filter(|d| d.digest != current.digest)
+                .take(1)
+                .collect(),
+        };
+        let in_history = match to {
+            Some(prefix) => history.iter().rposition(|d| d.digest.starts_with(prefix)),
+            None => history.len().checked_sub(1),
+        };
+        let mut target = match (in_history, to) {
+            (Some(i), _) => {
+                let target = history.remove(i);
+                history.truncate(i);
+                target
+            }
+            (None, None) => bail!(
+                "`{name}` has no earlier version to roll back to: {} is the oldest version its history holds (each push keeps the version it replaces, up to {VERSIONS_KEPT}; each rollback drops the one it leaves); `plugin rollback {name} --to DIGEST` finds older ones among the registry's revisions",
+                short(&current.digest)
+            ),
+            (None, Some(prefix)) => {
+                let found = self
+                    .revisions(name)
+                    .await?
+                    .into_iter()
+                    .rev()
+                    .find(|d| d.digest.starts_with(prefix));
+                let Some(target) = found else {
+                    bail!(
+                        "`{name}` never had a version {prefix} (among the last {HISTORY} revisions of its record)"
+                    );
+                };
+                history = current.history_after();
+                target
             }
         };
         target.paused = current.paused;
         target.at_seq = None;
         target.shadow = None;
+        target.history = Some(history);
         self.put(&target).await?;
         Ok(target)
+    }
+
+    /// Every revision of `name`'s record the KV bucket keeps, oldest first.
+    async fn revisions(&self, name: &str) -> anyhow::Result<Vec<Desired>> {
+        let mut history = self.plugins.history(name).await?;
+        let mut revisions = Vec::new();
+        while let Some(entry) = history.next().await {
+            let entry = entry?;
+            if let Ok(d) = serde_json::from_slice::<Desired>(&entry.value) {
+                revisions.push(d);
+            }
+        }
+        Ok(revisions)
     }
 
     /// Forgets a plugin: every daemon following the registry stops it. Returns what was
@@ -314,8 +410,10 @@ impl Registry {
             self.desired(name).await?.with_context(|| format!("no plugin `{name}` was pushed"))?;
         let mut promoted = *current
             .shadow
+            .clone()
             .with_context(|| format!("`{name}` has no shadow version to promote"))?;
         promoted.paused = current.paused;
+        promoted.history = Some(current.history_after());
         self.put(&promoted).await?;
         Ok(promoted)
     }
@@ -347,17 +445,26 @@ impl Registry {
         Ok(bytes)
     }
 
-    /// Writes the desired, unpaused versions into `dir` (one subdirectory per plugin) and
-    /// removes the others. A version whose signature is missing or wrong (when `trusted` keys
-    /// are given), or whose component cannot be fetched or does not match its digest, is not
-    /// written (the one there stays): its name, digest and reason are returned.
+    /// Brings `dir` (one subdirectory per plugin) in step with the desired, unpaused versions
+    /// and removes the others. A plugin whose version changed is written into a staging
+    /// directory first ([`STAGING_DIR`]`/<name>`: its component and manifest, and while it
+    /// waits for its `--at-seq` the version it replaces in `previous/`; then its shadow in
+    /// `shadow/`) and moved into place only once `check` accepts the staging directory (the
+    /// daemon loads and instantiates what it holds, as it would run it). So `dir` holds only
+    /// versions that loaded, and a daemon's next start runs the last of them. A version
+    /// refused (its signature missing or wrong when `trusted` keys are given, its component
+    /// missing or not matching its digest, or `check` failing) leaves the one there in place;
+    /// a shadow refused leaves the live version installed without one. Each refusal's name,
+    /// digest and reason are returned.
     pub async fn sync(
         &self,
         dir: &Path,
         trusted: &[String],
+        check: impl Fn(PathBuf) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Sync,
     ) -> anyhow::Result<Vec<(String, String, String)>> {
         std::fs::create_dir_all(dir)?;
         let desired = self.all().await?;
+        let staging = dir.join(STAGING_DIR);
         let mut refused = Vec::new();
         for d in &desired {
             let plugin_dir = dir.join(&d.name);
@@ -367,27 +474,40 @@ impl Registry {
                 }
                 continue;
             }
-            let outcome = match verify(d, trusted) {
-                Ok(()) => self.materialise(d, &plugin_dir).await,
-                Err(e) => Err(e),
-            };
             let shadow_dir = plugin_dir.join(crate::daemon::SHADOW_DIR);
-            let shadow = match (&outcome, &d.shadow) {
-                (Ok(()), Some(shadow)) => match verify(shadow, trusted) {
-                    Ok(()) => self.materialise(shadow, &shadow_dir).await,
-                    Err(e) => Err(e),
-                },
-                (Ok(()), None) if shadow_dir.exists() => {
-                    std::fs::remove_dir_all(&shadow_dir).map_err(anyhow::Error::from)
-                }
-                _ => Ok(()),
+            let shadow_installed = match &d.shadow {
+                Some(shadow) => installed(shadow, &shadow_dir, PREVIOUS_DEPTH),
+                None => !shadow_dir.exists(),
             };
-            if let (Err(e), Some(s)) = (shadow, &d.shadow) {
-                refused.push((d.name.clone(), s.digest.clone(), format!("shadow: {e:#}")));
+            if installed(d, &plugin_dir, 0) && shadow_installed {
+                continue;
             }
-            if let Err(e) = outcome {
+            if staging.exists() {
+                std::fs::remove_dir_all(&staging)?;
+            }
+            let staged = staging.join(&d.name);
+            let live = async {
+                self.materialise(d, &staged, trusted, 0).await?;
+                check(staging.clone()).await
+            };
+            if let Err(e) = live.await {
                 refused.push((d.name.clone(), d.digest.clone(), format!("{e:#}")));
+                continue;
             }
+            if let Some(shadow) = &d.shadow {
+                let staged_shadow = staged.join(crate::daemon::SHADOW_DIR);
+                let outcome = async {
+                    self.materialise(shadow, &staged_shadow, trusted, PREVIOUS_DEPTH).await?;
+                    check(staging.clone()).await
+                };
+                if let Err(e) = outcome.await {
+                    if staged_shadow.exists() {
+                        std::fs::remove_dir_all(&staged_shadow)?;
+                    }
+                    refused.push((d.name.clone(), shadow.digest.clone(), format!("shadow: {e:#}")));
+                }
+            }
+            replace_dir(&staged, &plugin_dir)?;
         }
         for entry in std::fs::read_dir(dir)? {
             let path = entry?.path();
@@ -399,39 +519,35 @@ impl Registry {
         Ok(refused)
     }
 
-    async fn materialise(&self, d: &Desired, plugin_dir: &Path) -> anyhow::Result<()> {
-        let manifest = Manifest::parse(
-            &d.manifest,
-            &plugin_dir.join(MANIFEST_FILE),
-            plugin_dir.to_path_buf(),
-        )?;
-        let file = PathBuf::from(
-            manifest.wasm.file_name().context("the manifest names no component file")?,
-        );
-        let wasm_path = plugin_dir.join(&file);
-        let present = std::fs::read(&wasm_path).ok().map(|b| PluginDigest::of(&b).hex());
-        let manifest_now = std::fs::read_to_string(plugin_dir.join(MANIFEST_FILE)).ok();
-        let at_seq_now = crate::daemon::read_at_seq(plugin_dir).ok().flatten();
-        if present.as_deref() == Some(d.digest.as_str())
-            && manifest_now.as_deref() == Some(&d.manifest)
-            && at_seq_now == d.at_seq
-        {
-            return Ok(());
+    /// Writes `d`, checked against `trusted` keys, into a new directory `plugin_dir`: the
+    /// version it replaces first (in `previous/`, when `d` waits for an `--at-seq`; and so on,
+    /// `depth` counting down to [`PREVIOUS_DEPTH`]), then the promotion sequence and the
+    /// component, the manifest last.
+    async fn materialise(
+        &self,
+        d: &Desired,
+        plugin_dir: &Path,
+        trusted: &[String],
+        depth: usize,
+    ) -> anyhow::Result<()> {
+        verify(d, trusted)?;
+        let (text, file) = installed_manifest(d, plugin_dir)?;
+        std::fs::create_dir_all(plugin_dir)?;
+        if let Some(previous) = d.before_at_seq().filter(|_| depth < PREVIOUS_DEPTH) {
+            let at = d.at_seq.unwrap_or_default();
+            let previous_dir = plugin_dir.join(crate::daemon::PREVIOUS_DIR);
+            Box::pin(self.materialise(&previous, &previous_dir, trusted, depth + 1))
+                .await
+                .with_context(|| {
+                    format!("{}, the version it replaces before sequence {at}", previous.digest)
+                })?;
         }
         let bytes = self.component(&d.digest).await?;
-        // The promotion sequence and the component first, the manifest last: a reader sees a
-        // whole plugin or the old one.
-        let at_seq_file = plugin_dir.join(crate::daemon::AT_SEQ_FILE);
-        match d.at_seq {
-            Some(seq) => write_atomically(&at_seq_file, format!("{seq}\n").as_bytes())?,
-            None if at_seq_file.exists() => std::fs::remove_file(&at_seq_file)?,
-            None => {}
+        if let Some(seq) = d.at_seq {
+            let at_seq_file = plugin_dir.join(crate::daemon::AT_SEQ_FILE);
+            write_atomically(&at_seq_file, format!("{seq}\n").as_bytes())?;
         }
-        write_atomically(&wasm_path, &bytes)?;
-        let mut text = d.manifest.clone();
-        if manifest.wasm != file {
-            text = text.replace(&manifest.wasm.display().to_string(), &file.display().to_string());
-        }
+        write_atomically(&plugin_dir.join(file), &bytes)?;
         write_atomically(&plugin_dir.join(MANIFEST_FILE), text.as_bytes())?;
         Ok(())
     }
@@ -462,6 +578,57 @@ impl Registry {
         out.sort_by(|a: &DaemonStatus, b| a.daemon.cmp(&b.daemon));
         Ok(out)
     }
+}
+
+/// Where [`Registry::sync`] writes a changed plugin before it is checked, inside the registry
+/// directory (plugin names never start with a dot).
+pub const STAGING_DIR: &str = ".incoming";
+
+/// The manifest as a daemon's registry directory holds it (its component beside it, under the
+/// file name the manifest gives), and that file name.
+fn installed_manifest(d: &Desired, plugin_dir: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let manifest =
+        Manifest::parse(&d.manifest, &plugin_dir.join(MANIFEST_FILE), plugin_dir.to_path_buf())?;
+    let file =
+        PathBuf::from(manifest.wasm.file_name().context("the manifest names no component file")?);
+    let mut text = d.manifest.clone();
+    if manifest.wasm != file {
+        text = text.replace(&manifest.wasm.display().to_string(), &file.display().to_string());
+    }
+    Ok((text, file))
+}
+
+/// Whether `plugin_dir` holds `d` as [`Registry::sync`] writes it (with the versions before
+/// its `at_seq`, from `depth` on).
+fn installed(d: &Desired, plugin_dir: &Path, depth: usize) -> bool {
+    let Ok((text, file)) = installed_manifest(d, plugin_dir) else { return false };
+    let present = std::fs::read(plugin_dir.join(file)).ok().map(|b| PluginDigest::of(&b).hex());
+    let manifest_now = std::fs::read_to_string(plugin_dir.join(MANIFEST_FILE)).ok();
+    let at_seq_now = crate::daemon::read_at_seq(plugin_dir).ok().flatten();
+    let previous_dir = plugin_dir.join(crate::daemon::PREVIOUS_DIR);
+    let previous = match d.before_at_seq().filter(|_| depth < PREVIOUS_DEPTH) {
+        Some(previous) => installed(&previous, &previous_dir, depth + 1),
+        None => !previous_dir.exists(),
+    };
+    present.as_deref() == Some(d.digest.as_str())
+        && manifest_now.as_deref() == Some(text.as_str())
+        && at_seq_now == d.at_seq
+        && previous
+}
+
+/// Moves the directory `staged` to `target`, replacing what is there. A crash in between
+/// leaves no `target`: the next sync writes it again.
+fn replace_dir(staged: &Path, target: &Path) -> std::io::Result<()> {
+    if target.exists() {
+        let aside = target.with_file_name(".replaced");
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside)?;
+        }
+        std::fs::rename(target, &aside)?;
+        std::fs::rename(staged, target)?;
+        return std::fs::remove_dir_all(&aside);
+    }
+    std::fs::rename(staged, target)
 }
 
 /// What a daemon reports about itself.

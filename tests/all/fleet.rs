@@ -483,3 +483,240 @@ async fn idle_registry_daemons_keep_no_consumers_and_a_stopped_one_is_shown_stop
     let out = plugin_cli(&cli, &["remove", "compute-resource", "--purge"]);
     assert!(out.contains("purged consumer daemon-a-compute-resource"), "{out}");
 }
+
+/// A `jetfold run` process following the registry with default settings (only the HTTP
+/// endpoint on a port of its own), in `dir`, its log in `dir/<name>-<n>.log`; killed on drop.
+struct DaemonProcess {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl DaemonProcess {
+    fn start(dir: &Path, name: &str, nats: &NatsServer) -> DaemonProcess {
+        std::fs::create_dir_all(dir.join("plugins")).unwrap();
+        let config = dir.join("jetfold.toml");
+        let text = format!(
+            "name = \"{name}\"\nplugin-dir = \"plugins\"\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{name}.db\"\n[registry]\nenabled = true\n[http]\nlisten = \"127.0.0.1:0\"\n",
+            cache_dir().display(),
+            nats.url()
+        );
+        std::fs::write(&config, text).unwrap();
+        let runs = std::fs::read_dir(dir).unwrap().flatten();
+        let n = runs.filter(|e| e.path().extension().is_some_and(|x| x == "log")).count();
+        let log = dir.join(format!("{name}-{n}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_jetfold"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("JETFOLD_CACHE_DIR", cache_dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        DaemonProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics if the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the daemon exited ({status}); log:\n{}", self.log());
+        }
+    }
+
+    /// SIGTERM, and the exit status must be 0.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "stopped cleanly; log:\n{}", self.log());
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A copy of the built compute-resource plugin in `root/<dir>` whose component is `wasm`.
+fn version(root: &Path, dir: &str, wasm: &[u8]) -> PathBuf {
+    let built = plugin("compute-resource");
+    let out = root.join(dir);
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(built.join("plugin.toml"), out.join("plugin.toml")).unwrap();
+    std::fs::write(out.join("compute_resource.wasm"), wasm).unwrap();
+    out
+}
+
+/// The digest `jetfold plugin push` printed (`pushed <name> <digest>`).
+fn pushed(out: &str) -> String {
+    out.split_whitespace().nth(2).unwrap().to_string()
+}
+
+/// Whether `plugin list` has a line for `daemon`'s `plugin` containing every one of `what`.
+fn lists(cli: &Path, daemon: &str, plugin: &str, what: &[&str]) -> bool {
+    plugin_cli(cli, &["list"]).lines().any(|l| {
+        l.split_whitespace().take(2).eq([daemon, plugin]) && what.iter().all(|w| l.contains(w))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_restarted_before_an_at_seq_takes_over_there_as_the_others_do_and_a_refused_one_stays_refused()
+ {
+    let Fleet { built, nats, js, root, cli } = Fleet::start().await;
+    let wasm = std::fs::read(built.join("compute_resource.wasm")).unwrap();
+    let a = pushed(&plugin_cli(&cli, &["push", built.to_str().unwrap()]));
+    let (alpha_dir, beta_dir) = (root.path().join("alpha"), root.path().join("beta"));
+    let alpha = DaemonProcess::start(&alpha_dir, "alpha", &nats);
+    let mut beta = DaemonProcess::start(&beta_dir, "beta", &nats);
+    let dbs = [alpha_dir.join("alpha.db"), beta_dir.join("beta.db")];
+    let both_at = |seq: u64, digest: &str| {
+        let (dbs, digest) = (dbs.clone(), digest.to_string());
+        move || dbs.iter().all(|db| checkpoint(db) == (seq, digest.clone()))
+    };
+    eventually(60, "both daemons folded the stream with A", both_at(100, &a)).await;
+
+    // B takes over at 150. Beta holds it; alpha restarts before 150.
+    let v2 = version(root.path(), "v2", &other_version(&wasm));
+    let b = pushed(&plugin_cli(&cli, &["push", v2.to_str().unwrap(), "--at-seq", "150"]));
+    eventually(30, "beta holds B", || beta.log().contains("new version handed to the worker"))
+        .await;
+    alpha.stop();
+    let alpha = DaemonProcess::start(&alpha_dir, "alpha", &nats);
+    publish(&js, 100, 149).await;
+    eventually(60, "both daemons folded 101..149 with A", both_at(149, &a)).await;
+    publish(&js, 149, 200).await;
+    eventually(60, "both daemons folded 150.. with B", both_at(200, &b)).await;
+    assert!(alpha.log().contains("new version takes over"), "{}", alpha.log());
+
+    // C at 180, already past on both: refused, and still refused after a restart.
+    let v3 = version(root.path(), "v3", &other_version(&other_version(&wasm)));
+    let c = pushed(&plugin_cli(&cli, &["push", v3.to_str().unwrap(), "--at-seq", "180"]));
+    eventually(30, "both daemons refuse C", || {
+        ["alpha", "beta"].iter().all(|d| lists(&cli, d, "compute-resource", &["already past"]))
+    })
+    .await;
+    alpha.stop();
+    let mut alpha = DaemonProcess::start(&alpha_dir, "alpha", &nats);
+    publish(&js, 200, 220).await;
+    eventually(60, "both daemons go on with B", both_at(220, &b)).await;
+    assert_ne!(checkpoint(&dbs[0]).1, c);
+    alpha.assert_running();
+    beta.assert_running();
+    alpha.stop();
+    beta.stop();
+    let rows: Vec<_> = dbs
+        .iter()
+        .map(|db| SqliteSink::open(db).unwrap().rows("compute_resources").unwrap())
+        .collect();
+    assert_eq!(rows[0], rows[1], "both daemons hold the same read model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_version_the_daemons_refuse_never_stops_their_next_start() {
+    let Fleet { built, nats, js, root, cli } = Fleet::start().await;
+    let a = pushed(&plugin_cli(&cli, &["push", built.to_str().unwrap()]));
+    plugin_cli(&cli, &["push", plugin("event-counter").to_str().unwrap()]);
+    let dir = root.path().join("daemon");
+    let daemon = DaemonProcess::start(&dir, "solo", &nats);
+    let db = dir.join("solo.db");
+    eventually(60, "both plugins folded the stream", || {
+        checkpoint(&db) == (100, a.clone())
+            && crate::support::checkpoint(&db, "event-counter") == 100
+    })
+    .await;
+
+    // 1000 random bytes as the component of a new version, and of a plugin never pushed.
+    let mut x: u64 = 0x0BAD_B17E5;
+    let noise: Vec<u8> = (0..1000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let broken = version(root.path(), "broken", &noise);
+    let fresh = root.path().join("fresh");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let manifest = std::fs::read_to_string(broken.join("plugin.toml")).unwrap();
+    let manifest = manifest.replace("name = \"compute-resource\"", "name = \"fresh\"");
+    std::fs::write(fresh.join("plugin.toml"), manifest).unwrap();
+    std::fs::write(fresh.join("compute_resource.wasm"), &noise).unwrap();
+    let bad = pushed(&plugin_cli(&cli, &["push", broken.to_str().unwrap()]));
+    plugin_cli(&cli, &["push", fresh.to_str().unwrap()]);
+    let not_a_component = "is not a WebAssembly component";
+    eventually(30, "the new version refused, the running one listed", || {
+        lists(&cli, "solo", "compute-resource", &[&a[..12], not_a_component])
+    })
+    .await;
+
+    // The next start runs the version that loaded last, and everything else.
+    daemon.stop();
+    let mut daemon = DaemonProcess::start(&dir, "solo", &nats);
+    publish(&js, 100, 150).await;
+    eventually(60, "both plugins fold on after the restart", || {
+        checkpoint(&db) == (150, a.clone())
+            && crate::support::checkpoint(&db, "event-counter") == 150
+    })
+    .await;
+    eventually(30, "the refusals listed", || {
+        lists(&cli, "solo", "compute-resource", &[&a[..12], &bad[..12], not_a_component])
+            && lists(&cli, "solo", "fresh", &["refused", not_a_component])
+    })
+    .await;
+    daemon.assert_running();
+    daemon.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rollback_goes_one_version_further_back_until_the_history_runs_out() {
+    let Fleet { built, nats: _nats, js: _js, root, cli } = Fleet::start().await;
+    let wasm = std::fs::read(built.join("compute_resource.wasm")).unwrap();
+    let mut versions = Vec::new();
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        let mut component = wasm.clone();
+        for _ in 0..i {
+            component = other_version(&component);
+        }
+        versions.push(version(root.path(), name, &component));
+    }
+    let push = |v: &Path| pushed(&plugin_cli(&cli, &["push", v.to_str().unwrap()]));
+    let rollback = |args: &[&str]| {
+        let mut all = vec!["rollback", "compute-resource"];
+        all.extend(args);
+        let out = plugin_cli(&cli, &all);
+        out.trim().rsplit(' ').next().unwrap().to_string()
+    };
+    let (a, b, c) = (push(&versions[0]), push(&versions[1]), push(&versions[2]));
+    assert_eq!(rollback(&[]), b);
+    assert_eq!(rollback(&[]), a, "a second rollback goes one further back");
+    let run =
+        jetfold(["plugin", "rollback", "compute-resource", "--config", cli.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("no earlier version to roll back to"), "{}", run.all());
+    assert!(run.stderr.contains(&a[..12]), "names the oldest version: {}", run.all());
+
+    // A push after rollbacks goes on from the version rolled back to.
+    let d = push(&versions[3]);
+    assert_eq!(rollback(&[]), a, "the versions rolled back from left the history");
+    // --to finds a version rolled back from among the record's revisions.
+    assert_eq!(rollback(&["--to", &c[..12]]), c);
+    assert_eq!(rollback(&[]), a, "--to is a step forward: a rollback returns from it");
+    assert_eq!(rollback(&["--to", &d[..8]]), d);
+    let run = jetfold([
+        "plugin",
+        "rollback",
+        "compute-resource",
+        "--to",
+        "ffff",
+        "--config",
+        cli.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("never had a version ffff"), "{}", run.all());
+}

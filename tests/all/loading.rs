@@ -131,3 +131,56 @@ fn compiled_components_are_cached_by_digest_and_engine() {
     assert!(!again.from_cache);
     assert!(std::fs::read(&cached).unwrap().len() > 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_plugin_at_start_is_refused_alone_and_the_others_run() {
+    use crate::support::{NatsServer, cache_dir, create_stream, daemon_dir, eventually};
+    plugin("event-counter");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    crate::swap::publish(&js, 0, 20).await;
+    let dir = daemon_dir(&["event-counter"]);
+    let broken = dir.path().join("plugins/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    let manifest = std::fs::read_to_string(dir.path().join("plugins/event-counter/plugin.toml"))
+        .unwrap()
+        .replace("name = \"event-counter\"", "name = \"broken\"");
+    std::fs::write(broken.join("plugin.toml"), manifest).unwrap();
+    std::fs::write(broken.join("event_counter.wasm"), b"definitely not wasm").unwrap();
+    let config = dir.path().join("jetfold.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin-dir = \"plugins\"\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n[http]\nlisten = \"\"\n",
+            cache_dir().display(),
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("jetfold.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jetfold"))
+        .args([Path::new("run"), Path::new("--config"), &config])
+        .env("JETFOLD_CACHE_DIR", cache_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let db = dir.path().join("jetfold.db");
+    eventually(60, "the other plugin folded the stream", || {
+        crate::support::checkpoint(&db, "event-counter") == 20
+    })
+    .await;
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the daemon runs: {said}");
+    assert!(said.contains("event_counter.wasm is not a WebAssembly component"), "{said}");
+    std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // Nothing that could run: the start fails, naming why.
+    std::fs::remove_dir_all(dir.path().join("plugins/event-counter")).unwrap();
+    let run = jetfold([Path::new("run"), Path::new("--config"), &config]);
+    assert_eq!(run.code, 2, "{}", run.all());
+    assert!(run.stderr.contains("no plugin could be loaded"), "{}", run.all());
+    assert!(run.stderr.contains("is not a WebAssembly component"), "{}", run.all());
+}

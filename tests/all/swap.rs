@@ -347,7 +347,9 @@ async fn sighup_reloads_the_config_file_and_leaves_unchanged_plugins_alone() {
     write_config(false);
     signal("HUP");
     crate::support::eventually(60, "the disabled plugin stopped", || {
-        log_text().lines().any(|l| l.contains("plugin removed") && l.contains("event-counter"))
+        log_text().lines().any(|l| {
+            l.contains("plugin disabled in the config: stopped") && l.contains("event-counter")
+        })
     })
     .await;
     publish(&js, 100, 150).await;
