@@ -244,12 +244,22 @@ fn spawn_daemon(dir: &Path, log: &Path) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
     // A small state cache: committed states are forgotten and read back all along.
-    kill_and_compare(0x5EED_F00D, "state-cache-keys = 50\n", 22).await;
+    kill_and_compare(0x5EED_F00D, &format!("{QUICK}state-cache-keys = 50\n"), 22).await;
 }
+
+/// The same with the settings a user gets (batches of 500, 200 ms fetches, a 30 s ack wait):
+/// a restart does not wait for JetStream to redeliver what the killed daemon had in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_the_default_settings_loses_nothing_and_repeats_nothing() {
+    kill_and_compare(0xDEFA_017, "", 6).await;
+}
+
+/// Small batches, quick fetches and a short ack wait: more kills land mid-batch.
+const QUICK: &str = "batch-size = 200\nfetch-wait-ms = 50\nack-wait-secs = 2\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_between_snapshots_folds_the_events_since_again_and_repeats_no_effect() {
-    let gaps = kill_and_compare(0xC0FFEE, "snapshot-interval = 4000\n", 12).await;
+    let gaps = kill_and_compare(0xC0FFEE, &format!("{QUICK}snapshot-interval = 4000\n"), 12).await;
     // Most kills left committed events after the last snapshot, for the restart to fold again.
     assert!(gaps >= 6, "only {gaps} kills landed between snapshots");
 }
@@ -287,7 +297,7 @@ async fn kill_and_compare(default_seed: u64, settings: &str, kills_wanted: usize
     std::fs::write(
         dir.path().join("jetfold.toml"),
         format!(
-            "plugin-dir = \"plugins\"\nbatch-size = 200\nfetch-wait-ms = 50\nack-wait-secs = 2\n{settings}cache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n",
+            "plugin-dir = \"plugins\"\n{settings}cache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"jetfold.db\"\n[http]\nlisten = \"\"\n",
             cache_dir().display(),
             nats.url()
         ),

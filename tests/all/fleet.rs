@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use jetfold_host::{config::Config, daemon::Daemon, sink::sqlite::SqliteSink};
 
-use crate::support::{NatsServer, cache_dir, create_stream, eventually, jetfold, plugin};
+use crate::support::{
+    DaemonProcess, NatsServer, cache_dir, create_stream, eventually, jetfold, plugin,
+};
 use crate::swap::{other_version, publish};
 
 /// A nats-server whose INFRA stream holds 100 compute-resource events, the built plugin, a
@@ -419,14 +421,7 @@ async fn idle_registry_daemons_keep_no_consumers_and_a_stopped_one_is_shown_stop
     let mut daemons = Vec::new();
     for name in ["daemon-a", "daemon-b"] {
         let dir = root.path().join(name);
-        std::fs::create_dir_all(dir.join("plugins")).unwrap();
-        let config = dir.join("jetfold.toml");
-        let text = format!(
-            "name = \"{name}\"\nplugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{name}.db\"\n[http]\nlisten = \"\"\n[registry]\nenabled = true\n",
-            nats.url()
-        );
-        std::fs::write(&config, text).unwrap();
-        daemons.push((crate::support::DaemonProcess::start(&config, &dir.join("log")), dir));
+        daemons.push((registry_daemon(&dir, name, &nats), dir));
     }
     plugin_cli(&cli, &["push", built.to_str().unwrap()]);
     for (daemon, dir) in &daemons {
@@ -485,61 +480,18 @@ async fn idle_registry_daemons_keep_no_consumers_and_a_stopped_one_is_shown_stop
 }
 
 /// A `jetfold run` process following the registry with default settings (only the HTTP
-/// endpoint on a port of its own), in `dir`, its log in `dir/<name>-<n>.log`; killed on drop.
-struct DaemonProcess {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl DaemonProcess {
-    fn start(dir: &Path, name: &str, nats: &NatsServer) -> DaemonProcess {
-        std::fs::create_dir_all(dir.join("plugins")).unwrap();
-        let config = dir.join("jetfold.toml");
-        let text = format!(
-            "name = \"{name}\"\nplugin-dir = \"plugins\"\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{name}.db\"\n[registry]\nenabled = true\n[http]\nlisten = \"127.0.0.1:0\"\n",
-            cache_dir().display(),
-            nats.url()
-        );
-        std::fs::write(&config, text).unwrap();
-        let runs = std::fs::read_dir(dir).unwrap().flatten();
-        let n = runs.filter(|e| e.path().extension().is_some_and(|x| x == "log")).count();
-        let log = dir.join(format!("{name}-{n}.log"));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_jetfold"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("JETFOLD_CACHE_DIR", cache_dir())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        DaemonProcess { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics if the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("the daemon exited ({status}); log:\n{}", self.log());
-        }
-    }
-
-    /// SIGTERM, and the exit status must be 0.
-    fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), Some(0), "stopped cleanly; log:\n{}", self.log());
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// endpoint on a port of its own), in `dir`, its log in `dir/<name>-<n>.log`.
+fn registry_daemon(dir: &Path, name: &str, nats: &NatsServer) -> DaemonProcess {
+    std::fs::create_dir_all(dir.join("plugins")).unwrap();
+    let config = dir.join("jetfold.toml");
+    let text = format!(
+        "name = \"{name}\"\nplugin-dir = \"plugins\"\n[nats]\nurl = \"{}\"\n[sink]\nsqlite = \"{name}.db\"\n[registry]\nenabled = true\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let runs = std::fs::read_dir(dir).unwrap().flatten();
+    let n = runs.filter(|e| e.path().extension().is_some_and(|x| x == "log")).count();
+    DaemonProcess::start(&config, &dir.join(format!("{name}-{n}.log")))
 }
 
 /// A copy of the built compute-resource plugin in `root/<dir>` whose component is `wasm`.
@@ -571,8 +523,8 @@ async fn a_daemon_restarted_before_an_at_seq_takes_over_there_as_the_others_do_a
     let wasm = std::fs::read(built.join("compute_resource.wasm")).unwrap();
     let a = pushed(&plugin_cli(&cli, &["push", built.to_str().unwrap()]));
     let (alpha_dir, beta_dir) = (root.path().join("alpha"), root.path().join("beta"));
-    let alpha = DaemonProcess::start(&alpha_dir, "alpha", &nats);
-    let mut beta = DaemonProcess::start(&beta_dir, "beta", &nats);
+    let alpha = registry_daemon(&alpha_dir, "alpha", &nats);
+    let mut beta = registry_daemon(&beta_dir, "beta", &nats);
     let dbs = [alpha_dir.join("alpha.db"), beta_dir.join("beta.db")];
     let both_at = |seq: u64, digest: &str| {
         let (dbs, digest) = (dbs.clone(), digest.to_string());
@@ -585,13 +537,25 @@ async fn a_daemon_restarted_before_an_at_seq_takes_over_there_as_the_others_do_a
     let b = pushed(&plugin_cli(&cli, &["push", v2.to_str().unwrap(), "--at-seq", "150"]));
     eventually(30, "beta holds B", || beta.log().contains("new version handed to the worker"))
         .await;
-    alpha.stop();
-    let alpha = DaemonProcess::start(&alpha_dir, "alpha", &nats);
+    // Listed as it is: A folds, B waits for its sequence.
+    eventually(30, "beta lists A running and B pending", || {
+        let pending = format!("next {} takes over at sequence 150", &b[..12]);
+        lists(&cli, "beta", "compute-resource", &[&a[..12], "running"])
+            && plugin_cli(&cli, &["list"]).contains(&pending)
+    })
+    .await;
+    assert_eq!(alpha.stop(), Some(0));
+    let alpha = registry_daemon(&alpha_dir, "alpha", &nats);
     publish(&js, 100, 149).await;
     eventually(60, "both daemons folded 101..149 with A", both_at(149, &a)).await;
     publish(&js, 149, 200).await;
     eventually(60, "both daemons folded 150.. with B", both_at(200, &b)).await;
-    assert!(alpha.log().contains("new version takes over"), "{}", alpha.log());
+    // The takeover names the last sequence the old version folded, as swaps do.
+    let takeover = |log: String| {
+        log.lines().any(|l| l.contains("new version takes over") && l.contains("\"after_seq\":149"))
+    };
+    assert!(takeover(alpha.log()), "{}", alpha.log());
+    assert!(takeover(beta.log()), "{}", beta.log());
 
     // C at 180, already past on both: refused, and still refused after a restart.
     let v3 = version(root.path(), "v3", &other_version(&other_version(&wasm)));
@@ -600,15 +564,15 @@ async fn a_daemon_restarted_before_an_at_seq_takes_over_there_as_the_others_do_a
         ["alpha", "beta"].iter().all(|d| lists(&cli, d, "compute-resource", &["already past"]))
     })
     .await;
-    alpha.stop();
-    let mut alpha = DaemonProcess::start(&alpha_dir, "alpha", &nats);
+    assert_eq!(alpha.stop(), Some(0));
+    let mut alpha = registry_daemon(&alpha_dir, "alpha", &nats);
     publish(&js, 200, 220).await;
     eventually(60, "both daemons go on with B", both_at(220, &b)).await;
     assert_ne!(checkpoint(&dbs[0]).1, c);
     alpha.assert_running();
     beta.assert_running();
-    alpha.stop();
-    beta.stop();
+    assert_eq!(alpha.stop(), Some(0));
+    assert_eq!(beta.stop(), Some(0));
     let rows: Vec<_> = dbs
         .iter()
         .map(|db| SqliteSink::open(db).unwrap().rows("compute_resources").unwrap())
@@ -622,7 +586,7 @@ async fn a_pushed_version_the_daemons_refuse_never_stops_their_next_start() {
     let a = pushed(&plugin_cli(&cli, &["push", built.to_str().unwrap()]));
     plugin_cli(&cli, &["push", plugin("event-counter").to_str().unwrap()]);
     let dir = root.path().join("daemon");
-    let daemon = DaemonProcess::start(&dir, "solo", &nats);
+    let daemon = registry_daemon(&dir, "solo", &nats);
     let db = dir.join("solo.db");
     eventually(60, "both plugins folded the stream", || {
         checkpoint(&db) == (100, a.clone())
@@ -656,8 +620,8 @@ async fn a_pushed_version_the_daemons_refuse_never_stops_their_next_start() {
     .await;
 
     // The next start runs the version that loaded last, and everything else.
-    daemon.stop();
-    let mut daemon = DaemonProcess::start(&dir, "solo", &nats);
+    assert_eq!(daemon.stop(), Some(0));
+    let mut daemon = registry_daemon(&dir, "solo", &nats);
     publish(&js, 100, 150).await;
     eventually(60, "both plugins fold on after the restart", || {
         checkpoint(&db) == (150, a.clone())
@@ -669,8 +633,15 @@ async fn a_pushed_version_the_daemons_refuse_never_stops_their_next_start() {
             && lists(&cli, "solo", "fresh", &["refused", not_a_component])
     })
     .await;
+    // Rolled back to the version that runs: the refusal is no longer shown.
+    plugin_cli(&cli, &["rollback", "compute-resource"]);
+    eventually(30, "the refusal gone after the rollback", || {
+        lists(&cli, "solo", "compute-resource", &[&a[..12], "running"])
+            && !lists(&cli, "solo", "compute-resource", &[not_a_component])
+    })
+    .await;
     daemon.assert_running();
-    daemon.stop();
+    assert_eq!(daemon.stop(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

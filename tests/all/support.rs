@@ -260,6 +260,18 @@ impl DaemonProcess {
         }
     }
 
+    /// The log as written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics if the process has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!("the daemon exited ({status}); log:\n{}", self.log());
+        }
+    }
+
     /// Sends `signal` (`TERM`, `INT`, `HUP`, `KILL`).
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
