@@ -251,7 +251,7 @@ async fn sigkill_at_random_moments_loses_nothing_and_repeats_nothing() {
 /// a restart does not wait for JetStream to redeliver what the killed daemon had in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_with_the_default_settings_loses_nothing_and_repeats_nothing() {
-    kill_and_compare(0xDEFA_017, "", 6).await;
+    kill_and_compare(0x0DEF_A017, "", 6).await;
 }
 
 /// Small batches, quick fetches and a short ack wait: more kills land mid-batch.
