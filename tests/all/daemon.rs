@@ -650,14 +650,14 @@ async fn a_typo_in_a_plugin_section_is_refused_not_ignored() {
 
     std::fs::write(&config, &base).unwrap();
     let daemon = crate::support::DaemonProcess::start(&config, &dir.path().join("daemon.log"));
-    js.publish(
-        "infra.resource.r-1.ResourceRegistered",
-        "{\"name\":\"a\",\"kind\":\"vm\",\"region\":\"eu\"}".into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let register = |r: &str| {
+        let (js, subject) = (js.clone(), format!("infra.resource.{r}.ResourceRegistered"));
+        async move {
+            let payload = r#"{"name":"vm","kind":"vm","region":"eu"}"#;
+            js.publish(subject, payload.into()).await.unwrap().await.unwrap();
+        }
+    };
+    register("r-1").await;
     daemon.wait(60, "the first event folded", || checkpoint(&db, "compute-resource") == 1).await;
     std::fs::write(&config, &typo).unwrap();
     daemon.signal("HUP");
@@ -669,14 +669,7 @@ async fn a_typo_in_a_plugin_section_is_refused_not_ignored() {
     };
     daemon.wait(30, "the reload refused", || said("config not reloaded")).await;
     assert!(said("did you mean `compute-resource`?"));
-    js.publish(
-        "infra.resource.r-2.ResourceRegistered",
-        "{\"name\":\"b\",\"kind\":\"vm\",\"region\":\"eu\"}".into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    register("r-2").await;
     daemon.wait(30, "the plugin still folding", || checkpoint(&db, "compute-resource") == 2).await;
     assert_eq!(daemon.stop(), Some(0));
 }
