@@ -1691,6 +1691,8 @@ impl Daemon {
         let timeout = self.drain.timeout;
         let deadline = Instant::now() + timeout;
         let _ = self.drain.deadline.set(deadline);
+        // What plugins stopped before left was logged then; this stop reports its own.
+        self.drain.left.lock().unwrap_or_else(|e| e.into_inner()).clear();
         // The workers give up at the deadline; a moment after it, they are left behind.
         let deadline = tokio::time::Instant::from_std(deadline) + DRAIN_GRACE;
         tracing::info!(
@@ -1779,6 +1781,7 @@ impl Drain {
     }
 
     fn leave(&self, what: String) {
+        tracing::warn!("stopping: left for the next start: {what}");
         self.left.lock().unwrap_or_else(|e| e.into_inner()).push(what);
     }
 }

@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use jetfold_host::sink::sqlite::SqliteSink;
+
 use crate::crash::{Rng, Workload, assert_commands_once, assert_sink_matches, workload};
 use crate::support::{
     NatsServer, cache_dir, checkpoint, create_stream, daemon_dir, eventually, publish_fixture,
@@ -93,6 +95,13 @@ async fn sigterm_with_nats_down_exits_at_the_drain_bound_and_the_next_start_fini
     );
     assert!(!text.contains("exiting now"), "the daemon ended its drain itself:\n{text}");
     let left = text.lines().find(|l| l.contains("the drain did not finish")).unwrap().to_string();
+    // The drain committed what was folded after NATS went away: its dead letters wait in the
+    // outbox.
+    let waiting = SqliteSink::open(&db).unwrap().outbox("compute-resource").unwrap().len();
+    assert!(waiting > 0, "{left}");
+    assert!(
+        left.contains(&format!("compute-resource: {waiting} committed messages not published"))
+    );
 
     // NATS and the daemon again: the next start finishes what the drain left.
     nats.resume();
@@ -107,6 +116,10 @@ async fn sigterm_with_nats_down_exits_at_the_drain_bound_and_the_next_start_fini
     assert_sink_matches(&db, &expected_infra, &expected_people);
     let js = nats.jetstream().await;
     assert_commands_once(&js, &expected_people).await;
+    // Every dead letter published, those the drain left too, each once.
+    assert!(SqliteSink::open(&db).unwrap().outbox("compute-resource").unwrap().is_empty());
+    let dlq = js.get_stream("JETFOLD_DLQ").await.unwrap().get_info().await.unwrap();
+    assert_eq!(dlq.state.messages as usize, expected_infra.rejected);
     eprintln!("stopped at {stopped_at} of 20000 committed events: {left}");
 }
 
