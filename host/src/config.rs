@@ -68,6 +68,11 @@ pub struct Config {
     /// milliseconds; 0: only on SIGHUP.
     #[serde(default = "defaults::plugin_dir_poll_ms")]
     pub plugin_dir_poll_ms: u64,
+    /// How long a stop (SIGTERM, SIGINT) may take, in milliseconds: the workers commit what
+    /// they folded and retry publishing and acking until then; whatever is left is safe (the
+    /// outbox is published at the next start, unacked events are redelivered and skipped).
+    #[serde(default = "defaults::drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
     /// Directory of precompiled components (default: the user cache).
     #[serde(default)]
     pub cache_dir: Option<PathBuf>,
@@ -397,6 +402,9 @@ mod defaults {
     pub fn plugin_dir_poll_ms() -> u64 {
         1000
     }
+    pub fn drain_timeout_ms() -> u64 {
+        10_000
+    }
     pub fn fetch_wait_ms() -> u64 {
         200
     }
@@ -512,6 +520,11 @@ impl Config {
     /// The ack wait as a duration.
     pub fn ack_wait(&self) -> Duration {
         Duration::from_secs(self.ack_wait_secs.max(1))
+    }
+
+    /// The drain timeout as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
     }
 
     /// The fetch wait as a duration.

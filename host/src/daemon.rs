@@ -37,7 +37,7 @@ use crate::event::Event;
 use crate::fold::{StepError, checked_step};
 use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, OnError, PluginKind};
-use crate::nats::{self, source, source::headers};
+use crate::nats::{self, emit, source, source::headers};
 use crate::sink::{Checkpoint, Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
 use crate::upcast::{UpcastChain, UpcasterSpec};
 
@@ -958,6 +958,8 @@ pub struct Daemon {
     history: BTreeMap<String, Past>,
     /// Set by [`Daemon::stop`]: the status lists what it ran as stopped.
     stopping: bool,
+    /// How its workers drain when it stops.
+    drain: Drain,
 }
 
 /// A plugin as its last workers left it.
@@ -1036,7 +1038,12 @@ pub async fn supervise(
                 }
             }
             if tokio::time::Instant::now() >= report_due {
-                daemon.report_status().await;
+                // Reporting and observing only read: a stop does not wait for them (with NATS
+                // unreachable, each of their requests waits out its timeout).
+                tokio::select! {
+                    _ = daemon.report_status() => {}
+                    _ = &mut shutdown => break,
+                }
                 report_due = tokio::time::Instant::now()
                     + Duration::from_millis(daemon.config.registry.status_interval_ms.max(100));
             }
@@ -1107,7 +1114,10 @@ pub async fn supervise(
             }
             _ = observing.tick() => {
                 let previous = observed.borrow().clone();
-                observed.send_replace(Arc::new(daemon.observe(Some(&previous)).await));
+                tokio::select! {
+                    now = daemon.observe(Some(&previous)) => { observed.send_replace(Arc::new(now)); }
+                    _ = &mut shutdown => break,
+                }
             }
         }
     }
@@ -1251,6 +1261,7 @@ impl Daemon {
             anyhow::anyhow!("cannot open or create the dead-letter stream `{}`: {e}", dlq.stream)
         })?;
         let seen = plugin_dir_snapshot(&config);
+        let drain = Drain::new(config.drain_timeout());
         let mut daemon = Daemon {
             config,
             seen,
@@ -1264,6 +1275,7 @@ impl Daemon {
             stopped: BTreeMap::new(),
             history: BTreeMap::new(),
             stopping: false,
+            drain,
         };
         // The database must answer (else exit 2, and systemd retries); then a plugin that
         // cannot start is refused on its own and the others run.
@@ -1331,6 +1343,7 @@ impl Daemon {
     ) -> anyhow::Result<()> {
         let name = plugin.manifest.name.clone();
         let query = self.query_instance(&plugin).await?;
+        emit::ensure_streams(&self.js, &plugin.manifest).await;
         let service = query.map(|guest| self.query_service(&plugin, guest));
         let report = report.unwrap_or_else(|| watch::channel(self.carried(&name)).0);
         let (swaps_tx, swaps_rx) = mpsc::channel();
@@ -1381,6 +1394,7 @@ impl Daemon {
             js: self.js.clone(),
             target: self.config.sink_target(),
             progress,
+            drain: self.drain.clone(),
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let (loader, config, p) = (self.loader.clone(), self.config.clone(), plugin.clone());
@@ -1917,8 +1931,12 @@ impl Daemon {
     /// read (no stream, no consumer yet).
     async fn lag(&self, stream: &str, plugin: &str) -> Option<u64> {
         let consumer = source::consumer_name(&self.config.name, plugin);
-        let stream = self.js.get_stream(stream).await.ok()?;
-        let info = stream.consumer_info(&consumer).await.ok()?;
+        // A status never waits long on NATS (it may be down): no answer, no lag.
+        let info = tokio::time::timeout(Duration::from_secs(1), async {
+            let stream = self.js.get_stream(stream).await.ok()?;
+            stream.consumer_info(&consumer).await.ok()
+        });
+        let info = info.await.ok()??;
         Some(info.num_pending + info.num_ack_pending as u64)
     }
 
@@ -2068,6 +2086,7 @@ impl Daemon {
                 .map_err(|e| anyhow::anyhow!("the new version failed to start: {e:#}"))?
         };
         let query = self.query_instance(&plugin).await?;
+        emit::ensure_streams(&self.js, &plugin.manifest).await;
         let digest = plugin.digest();
         let service = query.map(|guest| self.query_service(&plugin, guest));
         let plugin_copy = plugin.clone();
@@ -2102,31 +2121,65 @@ impl Daemon {
         self.running.keys().cloned().collect()
     }
 
-    /// Drains: every worker commits and acks the batches in hand, then stops.
+    /// Drains: every worker commits the batches in hand, publishes their messages and acks
+    /// them, then stops; after `drain-timeout-ms` whatever is left stays for the next start
+    /// ([`DrainCutShort`]).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        tracing::info!("stopping: draining in-flight batches");
+        let timeout = self.drain.timeout;
+        let deadline = Instant::now() + timeout;
+        let _ = self.drain.deadline.set(deadline);
+        // What plugins stopped before left was logged then; this stop reports its own.
+        self.drain.left.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // The workers give up at the deadline; a moment after it, they are left behind.
+        let deadline = tokio::time::Instant::from_std(deadline) + DRAIN_GRACE;
+        tracing::info!(
+            drain_timeout_ms = timeout.as_millis() as u64,
+            "stopping: draining in-flight batches"
+        );
         for running in self.running.values() {
             let _ = running.stop.send(true);
         }
         let mut failed = Vec::new();
+        let mut left = Vec::new();
         for (name, running) in std::mem::take(&mut self.running) {
             self.remember(&name, &running);
-            if let Err(e) = running.stop(&name).await {
-                failed.push(e);
+            match tokio::time::timeout_at(deadline, running.stop(&name)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed.push(e),
+                // Its thread goes on until the process exits; what it had not committed is
+                // folded again at the next start.
+                Err(_) => left.push(format!("{name}: still draining")),
             }
         }
         // The last report says so, so `plugin list` shows this daemon stopped at once.
         self.stopping = true;
         if let Some(registry) = &self.registry {
-            let mut status = self.status().await;
-            status.stopped = true;
-            if let Err(e) = registry.report(&status).await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot report the stop to the registry");
+            let report = async {
+                let mut status = self.status().await;
+                status.stopped = true;
+                registry.report(&status).await
+            };
+            match tokio::time::timeout_at(deadline, report).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot report the stop to the registry")
+                }
+                Err(_) => {
+                    left.push("the stop not reported to the registry (NATS unreachable)".into())
+                }
             }
         }
-        self.client.flush().await.ok();
+        // Acks are published without confirmation: this sends them, if NATS is there.
+        if tokio::time::timeout_at(deadline, self.client.flush()).await.is_err() {
+            left.push("acks not sent (NATS unreachable)".into());
+        }
+        let mut left_by_workers = self.drain.left.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        left_by_workers.append(&mut left);
         if !failed.is_empty() {
             bail!("plugins stopped with errors: {}", failed.join("; "));
+        }
+        if !left_by_workers.is_empty() {
+            return Err(DrainCutShort { timeout, left: left_by_workers }.into());
         }
         Ok(())
     }
@@ -2155,6 +2208,54 @@ fn loader(config: &Config) -> anyhow::Result<ComponentLoader> {
     ComponentLoader::new(cache)
 }
 
+/// A stop that could not finish its drain within `drain-timeout-ms` (NATS or the database
+/// unreachable): nothing is lost, and the next start finishes it. What was committed stays
+/// committed; committed messages not yet published stay in the outbox, published first at the
+/// next start; events not acked are delivered again and skipped by the checkpoint; events
+/// folded but not committed are folded again.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the drain did not finish within drain-timeout-ms ({} ms); left for the next start: {}",
+    timeout.as_millis(),
+    left.join("; ")
+)]
+pub struct DrainCutShort {
+    /// The bound.
+    pub timeout: Duration,
+    /// What was left, a line each.
+    pub left: Vec<String>,
+}
+
+/// How long stopping workers have after the drain's deadline to give up and end.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// How a stopping worker drains: until when it goes on retrying its commits and publishes,
+/// and where it notes what it had to leave. Shared by the daemon's workers.
+#[derive(Clone)]
+struct Drain {
+    timeout: Duration,
+    /// Set when the daemon stops; a worker stopped alone gives itself `timeout`.
+    deadline: Arc<std::sync::OnceLock<Instant>>,
+    /// What stopping workers left unfinished, a line each.
+    left: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Drain {
+    fn new(timeout: Duration) -> Drain {
+        Drain { timeout, deadline: Default::default(), left: Default::default() }
+    }
+
+    /// When a worker that began draining at `since` gives up.
+    fn until(&self, since: Instant) -> Instant {
+        self.deadline.get().copied().unwrap_or(since + self.timeout)
+    }
+
+    fn leave(&self, what: String) {
+        tracing::warn!("stopping: left for the next start: {what}");
+        self.left.lock().unwrap_or_else(|e| e.into_inner()).push(what);
+    }
+}
+
 /// What both of a plugin's threads share.
 #[derive(Clone)]
 struct WorkerEnv {
@@ -2163,6 +2264,7 @@ struct WorkerEnv {
     js: jetstream::Context,
     target: SinkTarget,
     progress: watch::Sender<Progress>,
+    drain: Drain,
 }
 
 /// Runs on the plugin's fold thread: starts the commit thread, reports readiness, folds until
@@ -2255,25 +2357,45 @@ impl Backoff {
     fn new() -> Self {
         Backoff(Duration::from_millis(100))
     }
+    /// Waits out the pause (cut short by a stop); the next pause is twice as long.
     fn wait(&mut self, stop: &watch::Receiver<bool>) {
         let deadline = Instant::now() + self.0;
         while Instant::now() < deadline && !stopping(stop) {
             std::thread::sleep(Duration::from_millis(20).min(self.0));
         }
+        self.next();
+    }
+    /// The pause, doubled for next time.
+    fn next(&mut self) -> Duration {
+        let pause = self.0;
         self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        pause
     }
 }
 
+/// What a retry loop does once the daemon is stopping.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnStop {
+    /// Give up after the attempt under way.
+    GiveUp,
+    /// Go on retrying for `drain-timeout-ms`: a commit, or the messages of committed batches,
+    /// which the drain finishes if it can.
+    Drain,
+}
+
 /// Runs `attempt` until it succeeds, backing off after each failure (logged at `level` with
-/// `what`, counted in the plugin's progress); `None` if the daemon is stopping first.
+/// `what`, counted in the plugin's progress); `None` if the daemon stops first (with
+/// [`OnStop::Drain`], once the drain's time is over).
 fn retry<T>(
     plugin: &str,
     what: &str,
     level: tracing::Level,
     env: &WorkerEnv,
+    on_stop: OnStop,
     mut attempt: impl FnMut() -> anyhow::Result<T>,
 ) -> Option<T> {
     let mut backoff = Backoff::new();
+    let mut drain_since = None;
     loop {
         let error = match attempt() {
             Ok(value) => {
@@ -2292,10 +2414,23 @@ fn retry<T>(
             p.retries += 1;
             p.stalled = Some(format!("{what}: {error}; retrying"));
         });
-        backoff.wait(&env.stop);
-        if stopping(&env.stop) {
+        if !stopping(&env.stop) {
+            // A stop cuts the pause short: the next attempt is the drain's first.
+            backoff.wait(&env.stop);
+            if !stopping(&env.stop) || on_stop == OnStop::Drain {
+                continue;
+            }
+        }
+        if on_stop == OnStop::GiveUp {
             return None;
         }
+        let until = env.drain.until(*drain_since.get_or_insert_with(Instant::now));
+        let now = Instant::now();
+        if now >= until {
+            tracing::warn!(plugin, "{what}: no more retries, the drain's time is over");
+            return None;
+        }
+        std::thread::sleep(backoff.next().min(until - now));
     }
 }
 
@@ -2305,6 +2440,7 @@ fn retry_sink<T>(
     plugin: &str,
     what: &str,
     env: &WorkerEnv,
+    on_stop: OnStop,
     sink: &mut Sink,
     mut op: impl FnMut(&mut Sink) -> anyhow::Result<T>,
 ) -> Option<T> {
@@ -2315,7 +2451,7 @@ fn retry_sink<T>(
         }
         op(sink).inspect_err(|_| failed = true)
     };
-    retry(plugin, what, tracing::Level::WARN, env, attempt)
+    retry(plugin, what, tracing::Level::WARN, env, on_stop, attempt)
 }
 
 /// The commit stage: the only writer of the plugin's tables and checkpoint.
@@ -2328,6 +2464,11 @@ struct Committer {
     state_version: Option<u32>,
     /// The version the checkpoint names.
     digest: Option<String>,
+    /// Publishing was given up as the daemon stops: the batches still queued are committed
+    /// without publishing or acking, and the outbox is published once at the end of the drain.
+    deferred: bool,
+    /// The last message of the batches committed since, acked once their messages are out.
+    unacked: Option<Message>,
 }
 
 impl Committer {
@@ -2346,28 +2487,42 @@ impl Committer {
         let state_version = stored.as_ref().map(|c| c.state_version);
         let digest = stored.as_ref().map(|c| c.digest.clone());
         env.progress.send_modify(|p| p.committed_seq = checkpoint);
-        Ok((Committer { name, sink, env, checkpoint, state_version, digest }, stored))
+        let committer = Committer {
+            name,
+            sink,
+            env,
+            checkpoint,
+            state_version,
+            digest,
+            deferred: false,
+            unacked: None,
+        };
+        Ok((committer, stored))
     }
 
     fn run(mut self, jobs: mpsc::Receiver<Job>) -> anyhow::Result<()> {
         // Messages committed before a crash but not confirmed published go out first.
         let pending = self.sink.outbox(&self.name)?;
-        if !pending.is_empty() && !self.publish(&pending) {
-            return Ok(());
+        if !pending.is_empty() && !self.publish(&pending, OnStop::GiveUp) {
+            self.deferred = true;
         }
         // Jobs still queued when the daemon stops are committed too: that is the drain.
         for job in jobs {
             let started = Instant::now();
             if let Some(tables) = &job.tables {
                 let what = "cannot create the new version's tables";
-                let sink = &mut self.sink;
-                if retry_sink(&self.name, what, &self.env, sink, |s| s.ensure_tables(tables))
-                    .is_none()
+                let (sink, on_stop) = (&mut self.sink, OnStop::Drain);
+                if retry_sink(&self.name, what, &self.env, on_stop, sink, |s| {
+                    s.ensure_tables(tables)
+                })
+                .is_none()
                 {
+                    self.leave_uncommitted();
                     break;
                 }
             }
             if !self.handle(&job) {
+                self.leave_uncommitted();
                 break;
             }
             self.env.progress.send_modify(|p| {
@@ -2419,7 +2574,40 @@ impl Committer {
                 }
             });
         }
+        if self.deferred {
+            self.publish_at_drain_end();
+        }
         Ok(())
+    }
+
+    /// Notes, as the drain gives up, that the batches still queued were not committed.
+    fn leave_uncommitted(&self) {
+        self.env.drain.leave(format!(
+            "{}: events after sequence {} not committed (folded again at the next start)",
+            self.name, self.checkpoint
+        ));
+    }
+
+    /// The drain's last step after publishing was put off: the whole outbox, retried for
+    /// what is left of `drain-timeout-ms`; what does not go out stays for the next start.
+    fn publish_at_drain_end(&mut self) {
+        let what = "cannot read the outbox";
+        let (sink, name) = (&mut self.sink, self.name.clone());
+        let outbox = retry_sink(&name, what, &self.env, OnStop::Drain, sink, |s| s.outbox(&name));
+        let left = match outbox {
+            Some(outbox) if outbox.is_empty() || self.publish(&outbox, OnStop::Drain) => {
+                if let Some(message) = self.unacked.take() {
+                    self.ack(&message);
+                }
+                return;
+            }
+            Some(outbox) => outbox.len(),
+            None => 0,
+        };
+        self.env.drain.leave(format!(
+            "{}: {left} committed messages not published (they stay in the outbox, published first at the next start)",
+            self.name
+        ));
     }
 
     /// Commits, publishes and acks one batch; false if stopped before the commit.
@@ -2435,50 +2623,86 @@ impl Committer {
                 && self.digest.as_deref() != Some(commit.digest.as_str()))
         {
             let what = "commit failed (nothing acked)";
+            let (sink, on_stop) = (&mut self.sink, OnStop::Drain);
             let committed =
-                retry_sink(&self.name, what, &self.env, &mut self.sink, |s| s.commit(commit));
+                retry_sink(&self.name, what, &self.env, on_stop, sink, |s| s.commit(commit));
             if committed.is_none() {
                 return false;
             }
             self.checkpoint = self.checkpoint.max(commit.last_seq);
             self.state_version = Some(commit.state_version);
             self.digest = Some(commit.digest.clone());
-            if !commit.outbox.is_empty() && !self.publish(&commit.outbox) {
-                return false;
+            // While stopping, a publish that fails is put off to the drain's end, so that the
+            // batches still queued are committed first.
+            if !commit.outbox.is_empty()
+                && (self.deferred || !self.publish(&commit.outbox, OnStop::GiveUp))
+            {
+                self.deferred = true;
             }
         }
-        if let Some(message) = &job.ack
-            && let Err(e) = self.env.rt.block_on(message.ack())
-        {
-            tracing::warn!(plugin = %self.name, error = %e, "ack failed; the events will be redelivered and skipped");
+        match &job.ack {
+            // Acked once the messages before are out (acking one acks all before it).
+            Some(message) if self.deferred => self.unacked = Some(message.clone()),
+            Some(message) => self.ack(message),
+            None => {}
         }
         true
     }
 
+    fn ack(&self, message: &Message) {
+        if let Err(e) = self.env.rt.block_on(message.ack()) {
+            tracing::warn!(plugin = %self.name, error = %e, "ack failed; the events will be redelivered and skipped");
+        }
+    }
+
     /// Publishes outbox messages and waits for JetStream to confirm each; then forgets them.
-    fn publish(&mut self, outbox: &[OutboxMessage]) -> bool {
-        let (js, rt) = (&self.env.js, &self.env.rt);
+    /// False if the daemon stops first: with [`OnStop::GiveUp`], after the attempt under way
+    /// (cut short) or, when already stopping, after one; with [`OnStop::Drain`], once the
+    /// drain's time is over.
+    fn publish(&mut self, outbox: &[OutboxMessage], on_stop: OnStop) -> bool {
+        let (js, rt, drain) = (&self.env.js, &self.env.rt, &self.env.drain);
+        let mut first = true;
         let publish_all = || {
+            // Once an attempt failed, a subject no stream captures is reported as the cause
+            // and not published again until one does: its core subscribers would get a copy
+            // per attempt.
+            let check_first = !std::mem::replace(&mut first, false);
+            let mut stop = self.env.stop.clone();
+            // A stop that comes during the attempt puts it off; once stopping, one attempt.
+            let put_off = on_stop == OnStop::GiveUp && !stopping(&stop);
+            // A drain's attempt ends with the drain.
+            let now = Instant::now();
+            let bound = match on_stop == OnStop::Drain && stopping(&stop) {
+                true => PUBLISH_ATTEMPT.min(drain.until(now).saturating_duration_since(now)),
+                false => PUBLISH_ATTEMPT,
+            };
+            let subjects = || outbox.iter().map(|m| m.subject.as_str());
+            let attempt = async {
+                if check_first && let Some(subject) = emit::uncaptured(js, subjects()).await {
+                    return Err(emit::no_stream_error(&subject));
+                }
+                match publish_outbox(js, outbox).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => match emit::uncaptured(js, subjects()).await {
+                        Some(subject) => Err(emit::no_stream_error(&subject)),
+                        None => Err(e),
+                    },
+                }
+            };
             rt.block_on(async {
-                let mut acks = Vec::with_capacity(outbox.len());
-                for m in outbox {
-                    let h = crate::nats::header_map(
-                        m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-                    )?;
-                    acks.push(
-                        js.publish_with_headers(m.subject.clone(), h, m.payload.clone().into())
-                            .await?,
-                    );
+                tokio::select! {
+                    outcome = tokio::time::timeout(bound, attempt) => outcome
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("JetStream confirmed nothing within {bound:?}"))),
+                    // A stop puts off the publish, so that the drain commits what is queued first.
+                    _ = stop.wait_for(|stopping| *stopping), if put_off => {
+                        Err(anyhow::anyhow!("put off to the end of the drain: the daemon is stopping"))
+                    }
                 }
-                for ack in acks {
-                    ack.await?;
-                }
-                anyhow::Ok(())
             })
         };
         let what = "publishing emitted messages failed (nothing acked)";
         let level = tracing::Level::WARN;
-        if retry(&self.name, what, level, &self.env, publish_all).is_none() {
+        if retry(&self.name, what, level, &self.env, on_stop, publish_all).is_none() {
             return false;
         }
         let ids: Vec<String> = outbox.iter().map(|m| m.msg_id.clone()).collect();
@@ -2492,6 +2716,23 @@ impl Committer {
 
 /// How often an idle worker looks for a new version to take over.
 const IDLE_CHECK: Duration = Duration::from_millis(100);
+
+/// The longest one attempt to publish a batch's messages may take (JetStream confirms each
+/// within 5 s, or fails it).
+const PUBLISH_ATTEMPT: Duration = Duration::from_secs(15);
+
+/// Publishes `outbox` to JetStream and waits until it confirms every message.
+async fn publish_outbox(js: &jetstream::Context, outbox: &[OutboxMessage]) -> anyhow::Result<()> {
+    let mut acks = Vec::with_capacity(outbox.len());
+    for m in outbox {
+        let h = crate::nats::header_map(m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        acks.push(js.publish_with_headers(m.subject.clone(), h, m.payload.clone().into()).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
 
 /// A message's `Correlation-Id` header, for log lines about a message not decoded (empty if
 /// it has none).
@@ -2801,9 +3042,15 @@ impl Folder {
     /// Every state of the plugin: those committed, overlaid with those folded since.
     fn all_states(&mut self) -> Result<HashMap<String, Vec<u8>>, String> {
         let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
-        let stored =
-            retry_sink(name, "cannot read the states to convert", env, reader, |r| r.states(name))
-                .ok_or_else(|| "the daemon is stopping".to_string())?;
+        let stored = retry_sink(
+            name,
+            "cannot read the states to convert",
+            env,
+            OnStop::GiveUp,
+            reader,
+            |r| r.states(name),
+        )
+        .ok_or_else(|| "the daemon is stopping".to_string())?;
         // Another partition's states are another daemon's to convert.
         let partition = self.partition;
         let mut all: HashMap<String, Vec<u8>> =
@@ -2984,7 +3231,8 @@ impl Folder {
                 None => {
                     let what = "cannot bind the source";
                     let level = tracing::Level::ERROR;
-                    let Some(stream) = retry(&self.name, what, level, &self.env, || self.bind())
+                    let Some(stream) =
+                        retry(&self.name, what, level, &self.env, OnStop::GiveUp, || self.bind())
                     else {
                         break;
                     };
@@ -3236,8 +3484,10 @@ impl Folder {
             return Ok(Some(s.clone()));
         }
         let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
-        let state = retry_sink(name, "cannot read a state", env, reader, |r| r.state(name, key))
-            .ok_or(Stopping)?;
+        let state = retry_sink(name, "cannot read a state", env, OnStop::GiveUp, reader, |r| {
+            r.state(name, key)
+        })
+        .ok_or(Stopping)?;
         if let Some(s) = &state {
             self.states.insert(key.to_string(), s.clone());
         }

@@ -8,7 +8,8 @@
 //! - [`daemon`]: `jetfold run`, one worker per plugin along the path below.
 //! - [`demo`]: `jetfold demo`, a local nats-server, a burst of events, the read model.
 //! - [`manifest`]: `plugin.toml`, what a plugin is and what it may do.
-//! - [`nats`]: connecting, the JetStream source (consumer, event from message).
+//! - [`nats`]: connecting, the JetStream source (consumer, event from message), the streams
+//!   that keep what plugins emit.
 //! - [`event`]: the event record and its JSON form (fixtures, exports).
 //! - [`component`]: loading a component: digest, precompiled cache, sandbox and world checks.
 //! - [`bindings`]: the generated WIT bindings (the only `bindgen!`).

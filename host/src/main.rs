@@ -19,6 +19,9 @@ use jetfold_host::{
 const EXIT_CHECK_FAILED: u8 = 1;
 /// Exit code: the command could not run (bad arguments, manifest, component or fixture).
 const EXIT_ERROR: u8 = 2;
+/// Exit code of `run`: stopped before the drain finished (`drain-timeout-ms` passed, or a
+/// second signal); nothing is lost, the next start finishes it.
+const EXIT_DRAIN_CUT_SHORT: u8 = 3;
 
 #[derive(Parser)]
 #[command(
@@ -57,7 +60,9 @@ enum Command {
     ///
     /// The plugin directory is watched (`plugin-dir-poll-ms`): a new plugin starts, a changed
     /// one swaps versions at its next batch, a removed one stops. SIGHUP re-reads the config
-    /// file and applies it the same way. SIGTERM or SIGINT drain and exit 0; exit 2 if it
+    /// file and applies it the same way. SIGTERM or SIGINT drain (commit, publish, ack) and
+    /// exit 0; exit 3 if the drain did not finish within `drain-timeout-ms` (default 10 s) or
+    /// a second signal came first: nothing is lost, the next start finishes it; exit 2 if it
     /// cannot start. HTTP on `[http] listen` (default 127.0.0.1:9477): the status page at /,
     /// /metrics (Prometheus), /healthz, /readyz, /plugins (JSON).
     Run(RunArgs),
@@ -624,11 +629,23 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = jetfold_host::config::Config::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let config_file = Some(args.config.clone());
-    runtime.block_on(async {
+    let drain_timeout = config.drain_timeout();
+    let outcome = runtime.block_on(async {
         let daemon = jetfold_host::daemon::Daemon::start(config).await?;
-        jetfold_host::daemon::supervise(daemon, config_file, shutdown_signal()).await
-    })?;
-    Ok(ExitCode::SUCCESS)
+        jetfold_host::daemon::supervise(daemon, config_file, shutdown_signal(drain_timeout)).await
+    });
+    // Threads a drain left behind end with the process; the runtime does not wait for them.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => match e.downcast_ref::<jetfold_host::daemon::DrainCutShort>() {
+            Some(cut) => {
+                tracing::warn!("{cut}");
+                Ok(ExitCode::from(EXIT_DRAIN_CUT_SHORT))
+            }
+            None => Err(e),
+        },
+    }
 }
 
 fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
@@ -1232,8 +1249,10 @@ fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM or SIGINT, which starts the drain. From then on a second signal, or
+/// the drain still going a second past `drain_timeout` (a call hanging on NATS or the
+/// database), exits at once with [`EXIT_DRAIN_CUT_SHORT`]: as after a crash, nothing is lost.
+async fn shutdown_signal(drain_timeout: std::time::Duration) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
@@ -1241,6 +1260,19 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+    tokio::spawn(async move {
+        let why = tokio::select! {
+            _ = term.recv() => "SIGTERM received again",
+            _ = int.recv() => "SIGINT received again",
+            _ = tokio::time::sleep(drain_timeout + std::time::Duration::from_secs(1)) => {
+                "the drain is still going past drain-timeout-ms"
+            }
+        };
+        tracing::warn!(
+            "{why}: exiting now; what was committed stays, the rest is done again at the next start"
+        );
+        std::process::exit(EXIT_DRAIN_CUT_SHORT.into());
+    });
 }
 
 fn run_build(args: &BuildArgs) -> anyhow::Result<ExitCode> {

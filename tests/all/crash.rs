@@ -182,6 +182,44 @@ pub(crate) async fn assert_commands_once(
     count
 }
 
+/// Checks every row, state and rejection the daemon committed to `db`, and its empty outbox,
+/// against the clean run; returns how many rows.
+pub(crate) fn assert_sink_matches(
+    db: &Path,
+    expected_infra: &Expected,
+    expected_people: &Expected,
+) -> usize {
+    let mut sink = SqliteSink::open(db).unwrap();
+    let rows: BTreeMap<String, serde_json::Value> = sink
+        .rows("compute_resources")
+        .unwrap()
+        .into_iter()
+        .map(|(k, doc)| (k, serde_json::from_str(&doc).unwrap()))
+        .collect();
+    assert_eq!(rows.len(), expected_infra.rows.len());
+    assert!(rows == expected_infra.rows, "read model differs from the clean run");
+    for (name, expected) in
+        [("compute-resource", expected_infra), ("person-archive", expected_people)]
+    {
+        let states: BTreeMap<String, serde_json::Value> = sink
+            .states(name)
+            .unwrap()
+            .into_iter()
+            .map(|(k, s)| (k, serde_json::from_slice(&s).unwrap()))
+            .collect();
+        assert!(states == expected.states, "{name}: states differ from the clean run");
+        let conn = rusqlite::Connection::open(db).unwrap();
+        let rejected: i64 = conn
+            .query_row("SELECT COUNT(*) FROM jetfold_rejected WHERE plugin = ?1", [name], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(rejected as usize, expected.rejected, "{name}: rejections");
+    }
+    assert!(sink.outbox("person-archive").unwrap().is_empty());
+    rows.len()
+}
+
 /// The clean run: the same events folded offline through the same components.
 pub(crate) struct Expected {
     pub rows: BTreeMap<String, serde_json::Value>,
@@ -190,7 +228,7 @@ pub(crate) struct Expected {
     pub commands: BTreeMap<String, (String, serde_json::Value)>,
 }
 
-fn fold_offline(name: &str, fixture: &Path) -> Expected {
+pub(crate) fn fold_offline(name: &str, fixture: &Path) -> Expected {
     let loader = ComponentLoader::new(Some(cache_dir())).unwrap();
     let mut fold = Fold::new(Plugin::open(&plugin(name), &loader).unwrap());
     for (line, entry) in read_fixture(fixture).unwrap() {
@@ -381,41 +419,12 @@ async fn kill_and_compare(default_seed: u64, settings: &str, kills_wanted: usize
     // A graceful stop writes every state: nothing is left to fold again.
     assert_eq!(snapshot_gap(&db), 0, "states written at the stop");
 
-    // Every row and state as in the clean run.
-    let mut sink = SqliteSink::open(&db).unwrap();
-    let rows: BTreeMap<String, serde_json::Value> = sink
-        .rows("compute_resources")
-        .unwrap()
-        .into_iter()
-        .map(|(k, doc)| (k, serde_json::from_str(&doc).unwrap()))
-        .collect();
-    assert_eq!(rows.len(), expected_infra.rows.len());
-    assert!(rows == expected_infra.rows, "read model differs from the clean run");
-    for (name, expected) in
-        [("compute-resource", &expected_infra), ("person-archive", &expected_people)]
-    {
-        let states: BTreeMap<String, serde_json::Value> = sink
-            .states(name)
-            .unwrap()
-            .into_iter()
-            .map(|(k, s)| (k, serde_json::from_slice(&s).unwrap()))
-            .collect();
-        assert!(states == expected.states, "{name}: states differ from the clean run");
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        let rejected: i64 = conn
-            .query_row("SELECT COUNT(*) FROM jetfold_rejected WHERE plugin = ?1", [name], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        assert_eq!(rejected as usize, expected.rejected, "{name}: rejections");
-    }
-    assert!(sink.outbox("person-archive").unwrap().is_empty());
+    let rows = assert_sink_matches(&db, &expected_infra, &expected_people);
 
     // Every command published exactly once, as the clean run emitted it.
     let count = assert_commands_once(&js, &expected_people).await;
     eprintln!(
-        "seed {seed:#x}: {kills} kills at committed totals {progress:?} ({gaps} between snapshots); {} rows, {count} commands",
-        rows.len()
+        "seed {seed:#x}: {kills} kills at committed totals {progress:?} ({gaps} between snapshots); {rows} rows, {count} commands"
     );
     // The kills landed while events were flowing, not all before or after.
     let during = progress.iter().filter(|&&p| p > 0 && p < 20_000).count();

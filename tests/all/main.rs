@@ -6,6 +6,7 @@
 mod auth;
 mod crash;
 mod daemon;
+mod emit;
 mod events;
 mod faults;
 mod fleet;
@@ -18,6 +19,7 @@ mod replay;
 mod runner;
 mod scaffold;
 mod scale;
+mod stop;
 mod support;
 mod swap;
 mod upcast;

@@ -7,7 +7,7 @@ use std::{path::Path, process::Command};
 use crate::support::{jetfold, target_dir};
 
 /// Runs the scaffold's `build.sh` as its author would, with this build's `jetfold` on PATH.
-fn build_script(dir: &Path) -> (bool, String) {
+pub(crate) fn build_script(dir: &Path) -> (bool, String) {
     let bin = Path::new(env!("CARGO_BIN_EXE_jetfold")).parent().unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let out = Command::new(dir.join("build.sh"))

@@ -117,6 +117,16 @@ impl NatsServer {
         self.0.restart().expect("restart nats-server");
     }
 
+    /// Kills the server (clients see it unreachable); [`NatsServer::resume`] starts it again.
+    pub fn stop(&mut self) {
+        self.0.stop();
+    }
+
+    /// Starts a stopped server again on the same port and store.
+    pub fn resume(&mut self) {
+        self.0.resume().expect("start nats-server again");
+    }
+
     /// A client with JetStream.
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
         async_nats::jetstream::new(async_nats::connect(self.url()).await.unwrap())

@@ -92,8 +92,18 @@ impl LocalNats {
 
     /// Kills the server and starts it again on the same port and store.
     pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.resume()
+    }
+
+    /// Kills the server; [`LocalNats::resume`] starts it again.
+    pub fn stop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
+    }
+
+    /// Starts a stopped server again on the same port and store.
+    pub fn resume(&mut self) -> anyhow::Result<()> {
         self.child = spawn(self.port, &self.store, self.config.as_deref())?;
         self.wait_ready()
     }

@@ -1,6 +1,7 @@
 //! NATS: connecting with any of its authentication methods, the JetStream source of events,
 //! and publishing emitted messages.
 
+pub mod emit;
 pub mod local;
 pub mod reader;
 pub mod source;
