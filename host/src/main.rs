@@ -238,8 +238,10 @@ enum PluginCommand {
         /// Where to write the private key (created; not overwritten).
         file: PathBuf,
     },
-    /// Show the desired versions, then every daemon's plugins: kind, digest, status, lag,
-    /// last error.
+    /// Show the desired versions, every daemon (up, stopped, or not reporting, with its last
+    /// report's age), then every daemon's plugins: kind, digest, status (running, rebuilding,
+    /// stalled, paused, refused, stopped, daemon-gone), checkpoint, lag, last error, and a
+    /// version pending `--at-seq` or rebuilding.
     List {
         #[command(flatten)]
         at: RegistryArgs,
