@@ -64,7 +64,7 @@ fn main() {
             jetfold_host::component::ComponentLoader::new(Some(cache.path().to_path_buf())).unwrap();
         let mut replayer = Replayer::new(Plugin::open(&plugin_dir, &loader).unwrap());
         let started = Instant::now();
-        read_events(&js, "INFRA", &[], &Range::default(), &[], |_, event, _| {
+        read_events(&js, "INFRA", &[], &Range::default(), "compute-resource", &[], |_, event, _| {
             replayer.step(&event);
         })
         .await

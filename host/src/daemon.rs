@@ -796,15 +796,17 @@ pub struct ShadowProgress {
     pub diffs: u64,
 }
 
-/// An outcome as a shadow comparison sees it: the new state and the effects, or the error.
+/// An outcome as a shadow comparison sees it, as JSON: `{"state", "effects"}` or
+/// `{"error": {"kind", "code", "message"}}`.
 fn describe(outcome: &Result<(Vec<u8>, Vec<Effect>), StepError>) -> String {
-    match outcome {
-        Ok((state, effects)) => {
-            let effects: Vec<String> = effects.iter().map(|e| format!("{e:?}")).collect();
-            format!("state {} effects {effects:?}", crate::fold::state_document(state))
-        }
-        Err(e) => format!("{} {}: {}", e.kind, e.code.as_deref().unwrap_or(""), e.message),
-    }
+    let doc = match outcome {
+        Ok((state, effects)) => serde_json::json!({
+            "state": crate::fold::state_document(state),
+            "effects": effects,
+        }),
+        Err(e) => serde_json::json!({ "error": e }),
+    };
+    doc.to_string()
 }
 
 /// A version of a plugin that was not loaded; the running version stayed.
@@ -3530,23 +3532,32 @@ impl Folder {
             commit.last_seq = seq;
             events += 1;
             read += 1;
-            if let Err(reason) = self.verify(message) {
+            if source::replayed_for_another(message, &self.name) {
+                events -= 1;
+                continue; // a dead letter replayed for another plugin
+            }
+            if let Err(bad) = self.verify(message) {
                 if !self.partition.owns_seq(seq) {
                     events -= 1;
                     continue; // another daemon's to record
                 }
                 tracing::warn!(
                     plugin = %self.name, digest = %self.short_digest(), seq,
-                    correlation_id = correlation_of(message), reason = %reason,
+                    correlation_id = correlation_of(message), reason = %bad,
                     "event rejected: bad signature"
                 );
+                // The key and type as far as the message says them (not to be trusted).
+                let event = source::event_from_message(message).ok();
                 let rejected = Rejected {
                     seq,
-                    key: String::new(),
-                    event_type: String::new(),
+                    key: event
+                        .as_ref()
+                        .map(|e| self.plugin.manifest.state_key(e))
+                        .unwrap_or_default(),
+                    event_type: event.map(|e| e.event_type).unwrap_or_default(),
                     kind: "bad-signature".into(),
-                    code: None,
-                    message: reason,
+                    code: Some(bad.code.into()),
+                    message: bad.message,
                 };
                 // A bad signature is the publisher's fault: it does not count toward the
                 // plugin's circuit breaker.
@@ -3697,7 +3708,7 @@ impl Folder {
     }
 
     /// With `[event-signing] verify`, checks the message's signature.
-    fn verify(&self, message: &Message) -> Result<(), String> {
+    fn verify(&self, message: &Message) -> Result<(), crate::integrity::BadSignature> {
         if self.verify_keys.is_empty() {
             return Ok(());
         }

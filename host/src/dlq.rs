@@ -2,6 +2,11 @@
 //! `<dead-letter subject-prefix>.<plugin>` (payload and headers as they came, plus why).
 //! `jetfold dlq list` shows them; `jetfold dlq replay` publishes them again to the subjects
 //! they came from, once the plugin is fixed, and removes them from the dead-letter stream.
+//!
+//! A replayed dead letter is for its plugin alone: it carries `Jetfold-Replay-For: <plugin>`,
+//! and every other plugin reading the subject passes it by (the daemon and `replay` alike).
+//! Copies of one dead letter (two daemons of the plugin failed on the same event, further
+//! apart than the dead-letter stream's duplicate window) are published once.
 
 use anyhow::Context as _;
 use async_nats::jetstream;
@@ -19,10 +24,15 @@ pub struct DeadLetter {
     pub source_seq: u64,
     /// The subject it was published on.
     pub source_subject: String,
-    /// Its event type, if it had one.
+    /// The stream it was read from.
+    pub source_stream: String,
+    /// Its event type: the `Event-Type` header, else the payload's `type`, else the last
+    /// subject token (as the daemon read it).
     pub event_type: String,
     /// How the plugin failed: `error`, `trap`, `fuel`, `memory`, `rejected-effect`, …
     pub kind: String,
+    /// The plugin's error code, when it returned one.
+    pub code: Option<String>,
     /// Why.
     pub reason: String,
     /// Every header it carries.
@@ -69,19 +79,30 @@ pub async fn list(
                 }
             }
         }
-        let get = |name: &str| {
-            all.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
+        let find = |name: &str| {
+            all.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
         };
+        let get = |name: &str| find(name).unwrap_or_default();
+        let source_subject = get(headers::DLQ_SOURCE_SUBJECT);
+        let event_type = find(headers::EVENT_TYPE)
+            .or_else(|| {
+                #[derive(serde::Deserialize)]
+                struct Typed {
+                    #[serde(rename = "type")]
+                    event_type: String,
+                }
+                serde_json::from_slice::<Typed>(&message.payload).ok().map(|t| t.event_type)
+            })
+            .unwrap_or_else(|| crate::event::subject_event_type(&source_subject).to_string());
         letters.push(DeadLetter {
             seq: info.stream_sequence,
             source_seq: get(headers::SOURCE_SEQ).parse().unwrap_or(0),
-            source_subject: get(headers::DLQ_SOURCE_SUBJECT),
-            event_type: get(headers::EVENT_TYPE),
+            source_stream: get(headers::DLQ_SOURCE_STREAM),
+            event_type,
             kind: get(headers::DLQ_KIND),
+            code: find(headers::DLQ_CODE),
             reason: get(headers::DLQ_REASON),
+            source_subject,
             payload: message.payload.to_vec(),
             headers: all,
         });
@@ -89,17 +110,39 @@ pub async fn list(
     Ok(letters)
 }
 
-/// Publishes every dead letter of `plugin` again to the subject it came from, with its
-/// original headers (a new message id, so the stream stores it), and removes it from the
-/// dead-letter stream; how many were replayed.
+/// What a replay did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Events published again.
+    pub events: usize,
+    /// Dead letters removed (copies of one event included).
+    pub letters: usize,
+}
+
+/// Publishes every dead letter of `plugin` again to the subject it came from, for `plugin`
+/// alone, and removes it from the dead-letter stream. Each event is published once however
+/// many copies of its dead letter there are, with its original headers, a message id of its
+/// own (`<original id>:replay:<plugin>`, so the stream stores it and a replay interrupted and
+/// run again within the stream's duplicate window stores it once) and `Jetfold-Replay-For`.
 pub async fn replay(
     js: &jetstream::Context,
     config: &DeadLetterConfig,
     plugin: &str,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Replayed> {
     let letters = list(js, config, plugin).await?;
     let stream = js.get_stream(&config.stream).await?;
+    let mut done = Replayed::default();
+    // The copies of one event's dead letter, in the order of the first.
+    let mut events: Vec<(String, u64, Vec<&DeadLetter>)> = Vec::new();
     for letter in &letters {
+        let at = (letter.source_stream.clone(), letter.source_seq);
+        match events.iter_mut().find(|(s, q, _)| (s, q) == (&at.0, &at.1) && at.1 > 0) {
+            Some((_, _, copies)) => copies.push(letter),
+            None => events.push((at.0, at.1, vec![letter])),
+        }
+    }
+    for (source_stream, source_seq, copies) in events {
+        let letter = copies[0];
         let mut h = async_nats::HeaderMap::new();
         let mut original_id = None;
         for (k, v) in &letter.headers {
@@ -109,15 +152,23 @@ pub async fn replay(
                 h.append(k.as_str(), v.as_str());
             }
         }
-        let id = original_id.unwrap_or_else(|| format!("dead-letter-{}", letter.seq));
-        h.insert(headers::MSG_ID, format!("{id}:replay:{}", letter.seq).as_str());
+        let id = original_id.unwrap_or_else(|| match source_seq {
+            0 => format!("dead-letter-{}", letter.seq),
+            seq => format!("{source_stream}:{seq}"),
+        });
+        h.insert(headers::MSG_ID, format!("{id}:replay:{plugin}").as_str());
+        h.insert(headers::REPLAY_FOR, plugin);
         js.publish_with_headers(letter.source_subject.clone(), h, letter.payload.clone().into())
             .await?
             .await
             .with_context(|| format!("cannot publish to {}", letter.source_subject))?;
-        stream.delete_message(letter.seq).await.map_err(|e| {
-            anyhow::anyhow!("replayed, but cannot remove dead letter {}: {e}", letter.seq)
-        })?;
+        done.events += 1;
+        for copy in copies {
+            stream.delete_message(copy.seq).await.map_err(|e| {
+                anyhow::anyhow!("replayed, but cannot remove dead letter {}: {e}", copy.seq)
+            })?;
+            done.letters += 1;
+        }
     }
-    Ok(letters.len())
+    Ok(done)
 }

@@ -75,6 +75,11 @@ pub struct EventRecord {
     /// Other headers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, String)>,
+    /// Every header exactly as the stream stored it, names and values, documented ones
+    /// included (what `events export` writes, instead of `headers`): `events import` publishes
+    /// these and no other. The fields above are what was read from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_headers: Option<Vec<(String, String)>>,
     /// Defaults to `application/json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
@@ -118,6 +123,21 @@ impl EventRecord {
                 .map_err(|e| format!("`payload_base64` is not base64: {e}"))?,
             (None, None) => Vec::new(),
         };
+        let headers = match self.stored_headers {
+            Some(_) if !self.headers.is_empty() => {
+                return Err("give `headers` or `stored_headers`, not both".into());
+            }
+            // The event's other headers: those jetfold does not read into a field.
+            Some(stored) => {
+                let mut other: Vec<_> = stored
+                    .into_iter()
+                    .filter(|(name, _)| !crate::nats::source::is_event_header(name))
+                    .collect();
+                other.sort(); // as the daemon reads them
+                other
+            }
+            None => self.headers,
+        };
         Ok(Event {
             sequence,
             message_id: self.message_id.unwrap_or_else(|| format!("{}:{sequence}", self.subject)),
@@ -128,7 +148,7 @@ impl EventRecord {
             causation_id: self.causation_id,
             time: self.time,
             schema_version: self.schema_version.unwrap_or(1),
-            headers: self.headers,
+            headers,
             payload,
             content_type: self.content_type.unwrap_or_else(|| JSON.into()),
         })
@@ -164,6 +184,7 @@ impl EventRecord {
             causation_id: event.causation_id.clone(),
             schema_version: Some(event.schema_version),
             headers: event.headers.clone(),
+            stored_headers: None,
             content_type: (event.content_type != JSON).then(|| event.content_type.clone()),
             payload: json,
             payload_base64,

@@ -123,25 +123,60 @@ pub fn read_fixture(path: &Path) -> Result<Vec<(usize, FixtureLine)>, FixtureErr
     Ok(lines)
 }
 
-/// One line of a fixture file: `None` for a blank line or a `//` comment; `position` counts
-/// the events so far (an event's default sequence).
-pub fn parse_fixture_line(raw: &str, position: &mut u64) -> Result<Option<FixtureLine>, String> {
+/// One line of a fixture file as written: an event record or a query.
+pub enum FixtureRecord {
+    /// An event, as the file describes it.
+    Event(Box<EventRecord>),
+    /// A query line.
+    Query {
+        /// The request.
+        query: Value,
+        /// Only this key's state, or all states.
+        key: Option<String>,
+    },
+}
+
+/// One line of a fixture file, unresolved: `None` for a blank line or a `//` comment.
+pub fn parse_fixture_record(raw: &str) -> Result<Option<FixtureRecord>, String> {
     let trimmed = raw.trim();
     if trimmed.is_empty() || trimmed.starts_with("//") {
         return Ok(None);
     }
-    let value: Value = serde_json::from_str(trimmed).map_err(|e| format!("not JSON: {e}"))?;
-    if value.get("query").is_some() {
+    // A query line has a `query` field; found without reading any value as a number (a
+    // payload's numbers may be of any size, which a JSON value cannot hold).
+    type Fields<'a> = std::collections::BTreeMap<String, &'a serde_json::value::RawValue>;
+    let is_query = match serde_json::from_str::<Fields<'_>>(trimmed) {
+        Ok(fields) => fields.contains_key("query"),
+        Err(_) => {
+            // Not an object: say whether it is JSON at all.
+            serde_json::from_str::<serde::de::IgnoredAny>(trimmed)
+                .map_err(|e| format!("not JSON: {e}"))?;
+            false
+        }
+    };
+    if is_query {
         let q: QueryLine =
-            serde_json::from_value(value).map_err(|e| format!("not a query line: {e}"))?;
-        return Ok(Some(FixtureLine::Query { query: q.query, key: q.key }));
+            serde_json::from_str(trimmed).map_err(|e| format!("not a query line: {e}"))?;
+        return Ok(Some(FixtureRecord::Query { query: q.query, key: q.key }));
     }
-    *position += 1;
-    // From the text, not the value: a payload keeps its bytes.
+    // From the text: a payload keeps its bytes.
     let record: EventRecord =
         serde_json::from_str(trimmed).map_err(|e| format!("not an event: {e}"))?;
-    let event = record.into_event(*position).map_err(|m| format!("not an event: {m}"))?;
-    Ok(Some(FixtureLine::Event(event)))
+    Ok(Some(FixtureRecord::Event(Box::new(record))))
+}
+
+/// One line of a fixture file: `None` for a blank line or a `//` comment; `position` counts
+/// the events so far (an event's default sequence).
+pub fn parse_fixture_line(raw: &str, position: &mut u64) -> Result<Option<FixtureLine>, String> {
+    Ok(match parse_fixture_record(raw)? {
+        None => None,
+        Some(FixtureRecord::Query { query, key }) => Some(FixtureLine::Query { query, key }),
+        Some(FixtureRecord::Event(record)) => {
+            *position += 1;
+            let event = record.into_event(*position).map_err(|m| format!("not an event: {m}"))?;
+            Some(FixtureLine::Event(event))
+        }
+    })
 }
 
 /// A step's failure, as recorded in the report.

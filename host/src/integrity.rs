@@ -15,6 +15,20 @@ use crate::nats::source::headers;
 /// The header carrying a signature.
 pub const SIGNATURE: &str = "Jetfold-Signature";
 
+/// Why a signature does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BadSignature {
+    /// `unsigned`, `malformed`, `untrusted-key` or `mismatch`: the code of the rejection.
+    pub code: &'static str,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+fn bad(code: &'static str, message: impl Into<String>) -> BadSignature {
+    BadSignature { code, message: message.into() }
+}
+
 /// The signed parts of a message: subject, message id, event type, event time, payload.
 pub struct Signed<'a> {
     /// Subject.
@@ -81,17 +95,22 @@ impl<'a> Signed<'a> {
         &self,
         signature: Option<&str>,
         keys: &[(String, Vec<u8>)],
-    ) -> Result<(), String> {
-        let signature = signature.ok_or("the event is not signed (no Jetfold-Signature header)")?;
-        let (key_id, mac) = signature
-            .split_once(':')
-            .ok_or("the Jetfold-Signature header is not `<key id>:<mac>`")?;
+    ) -> Result<(), BadSignature> {
+        let signature = signature.ok_or_else(|| {
+            bad("unsigned", "the event is not signed (no Jetfold-Signature header)")
+        })?;
+        let (key_id, mac) = signature.split_once(':').ok_or_else(|| {
+            bad("malformed", "the Jetfold-Signature header is not `<key id>:<mac>`")
+        })?;
         let key = keys.iter().find(|(id, _)| id == key_id).map(|(_, k)| k).ok_or_else(|| {
-            format!("the event is signed with key `{key_id}`, which is not trusted")
+            bad(
+                "untrusted-key",
+                format!("the event is signed with key `{key_id}`, which is not trusted"),
+            )
         })?;
         let mac = base64::engine::general_purpose::STANDARD
             .decode(mac)
-            .map_err(|_| "the signature is not base64".to_string())?;
+            .map_err(|_| bad("malformed", "the signature is not base64"))?;
         let verifier = hmac::Key::new(hmac::HMAC_SHA256, key);
         let mut message = Vec::new();
         for part in ["jetfold-v1", self.subject, self.msg_id, self.event_type, self.event_time] {
@@ -99,8 +118,9 @@ impl<'a> Signed<'a> {
             message.push(b'\n');
         }
         message.extend_from_slice(self.payload);
-        hmac::verify(&verifier, &message, &mac)
-            .map_err(|_| format!("the signature by key `{key_id}` does not match the event"))
+        hmac::verify(&verifier, &message, &mac).map_err(|_| {
+            bad("mismatch", format!("the signature by key `{key_id}` does not match the event"))
+        })
     }
 }
 
@@ -108,7 +128,7 @@ impl<'a> Signed<'a> {
 pub fn verify_message(
     message: &async_nats::Message,
     keys: &[(String, Vec<u8>)],
-) -> Result<(), String> {
+) -> Result<(), BadSignature> {
     let mut h = Vec::new();
     if let Some(headers) = &message.headers {
         for (name, values) in headers.iter() {
@@ -147,9 +167,12 @@ mod tests {
         let signature = signed.sign("k1", b"secret");
         assert_eq!(signed.verify(Some(&signature), &keys), Ok(()));
         let altered = Signed { payload: b"{ }", ..signed };
-        assert!(altered.verify(Some(&signature), &keys).unwrap_err().contains("does not match"));
+        let e = altered.verify(Some(&signature), &keys).unwrap_err();
+        assert!(e.message.contains("does not match") && e.code == "mismatch", "{e:?}");
         let other_key = signed.sign("k2", b"secret");
-        assert!(signed.verify(Some(&other_key), &keys).unwrap_err().contains("not trusted"));
-        assert!(signed.verify(None, &keys).unwrap_err().contains("not signed"));
+        let e = signed.verify(Some(&other_key), &keys).unwrap_err();
+        assert!(e.message.contains("not trusted") && e.code == "untrusted-key", "{e:?}");
+        let e = signed.verify(None, &keys).unwrap_err();
+        assert!(e.message.contains("not signed") && e.code == "unsigned", "{e:?}");
     }
 }

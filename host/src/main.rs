@@ -140,7 +140,9 @@ struct ReplayArgs {
     /// Last stream sequence to fold.
     #[arg(long, value_name = "SEQ", conflicts_with = "to_time")]
     to_seq: Option<u64>,
-    /// Fold only events whose event time is at or before this (RFC 3339).
+    /// Fold only the events whose event time is at or before this (RFC 3339), wherever they
+    /// are in the stream: event time is not stream order, so the whole stream (from
+    /// --from-seq) is read and later events are passed by (counted as `later`).
     #[arg(long, value_name = "TIME")]
     to_time: Option<chrono::DateTime<chrono::Utc>>,
     /// Print each event's effects (one JSON line per event) before the states.
@@ -193,15 +195,18 @@ enum EventsCommand {
 
 #[derive(Subcommand)]
 enum DlqCommand {
-    /// Show a plugin's dead letters: dead-letter sequence, source sequence, event type, why.
+    /// Show a plugin's dead letters: dead-letter sequence, source sequence and subject, event
+    /// type, failure kind and code, why.
     List {
         /// The plugin's name.
         plugin: String,
         #[command(flatten)]
         at: RegistryArgs,
     },
-    /// After a fix: publish a plugin's dead letters again to the subjects they came from
-    /// (original payload and headers, a new message id) and remove them from the
+    /// After a fix: publish a plugin's dead letters again to the subjects they came from, for
+    /// that plugin only (original payload and headers, a new message id, and
+    /// `Jetfold-Replay-For: <plugin>`, which every other plugin passes by), each event once
+    /// however many copies of its dead letter there are, and remove them from the
     /// dead-letter stream.
     Replay {
         /// The plugin's name.
@@ -232,8 +237,8 @@ enum PluginCommand {
         #[command(flatten)]
         at: RegistryArgs,
     },
-    /// Make an ed25519 signing key: writes the private key to FILE, prints the public key for
-    /// `[registry] trusted-keys`.
+    /// Make an ed25519 signing key: writes the private key to FILE (mode 0600; an existing
+    /// file is never overwritten), prints the public key for `[registry] trusted-keys`.
     Keygen {
         /// Where to write the private key (created; not overwritten).
         file: PathBuf,
@@ -481,11 +486,22 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`jetfold state … | head -3`): nothing more to say to anyone.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Whether an error is stdout's reader having closed the pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn loader(cli: &Cli) -> anyhow::Result<ComponentLoader> {
@@ -511,14 +527,16 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
         queries.push(value);
     }
 
+    let mut out = std::io::stdout().lock();
     if matches!(args.format, Format::Text) {
-        println!(
+        writeln!(
+            out,
             "{} ({}, {}) over {}",
             plugin.manifest.name,
             plugin.manifest.kind,
             plugin.component.digest,
             events.display()
-        );
+        )?;
     }
     let mut specs = Vec::new();
     for path in &args.upcasters {
@@ -551,9 +569,11 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
     }
     let report = fold.finish();
     match args.format {
-        Format::Text => print!("{report}"),
-        Format::Json => print!("{}", report.to_golden()),
+        Format::Text => write!(out, "{report}")?,
+        Format::Json => write!(out, "{}", report.to_golden())?,
     }
+    out.flush()?;
+    drop(out);
 
     let default_golden = plugin_dir.join("fixtures/expected.json");
     let expect = args.expect.clone().or_else(|| {
@@ -654,11 +674,19 @@ fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
     use jetfold_host::registry::{Buckets, Registry};
     if let PluginCommand::Keygen { file } = command {
         let (private, public) = jetfold_host::registry::generate_key()?;
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(file)
-            .with_context(|| format!("cannot create {}", file.display()))?;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Readable by its owner only, and never over an existing key.
+        let mut out =
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(file) {
+                Ok(out) => out,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => anyhow::bail!(
+                    "{} exists: not overwritten (remove it first to make a new key)",
+                    file.display()
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", file.display()));
+                }
+            };
         std::io::Write::write_all(&mut out, format!("{private}\n").as_bytes())?;
         println!("{public}");
         return Ok(ExitCode::SUCCESS);
@@ -847,17 +875,31 @@ fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
         match command {
             DlqCommand::List { .. } => {
                 let letters = jetfold_host::dlq::list(&js, &config.dead_letter, plugin).await?;
+                let mut out = std::io::stdout().lock();
                 for l in &letters {
-                    println!(
-                        "dead letter {} · source #{} {} {} ({}): {}",
-                        l.seq, l.source_seq, l.source_subject, l.event_type, l.kind, l.reason
-                    );
+                    let kind = match &l.code {
+                        Some(code) => format!("{}, {code}", l.kind),
+                        None => l.kind.clone(),
+                    };
+                    writeln!(
+                        out,
+                        "dead letter {} · source #{} {} {} ({kind}): {}",
+                        l.seq, l.source_seq, l.source_subject, l.event_type, l.reason
+                    )?;
                 }
-                println!("{} dead letters of {plugin}", letters.len());
+                writeln!(out, "{} dead letters of {plugin}", letters.len())?;
             }
             DlqCommand::Replay { .. } => {
-                let n = jetfold_host::dlq::replay(&js, &config.dead_letter, plugin).await?;
-                println!("replayed {n} dead letters of {plugin}");
+                let done = jetfold_host::dlq::replay(&js, &config.dead_letter, plugin).await?;
+                let copies = done.letters - done.events;
+                println!(
+                    "replayed {} dead letters of {plugin}{}",
+                    done.events,
+                    match copies {
+                        0 => String::new(),
+                        n => format!(" ({n} copies of them removed too)"),
+                    }
+                );
             }
         }
         anyhow::Ok(ExitCode::SUCCESS)
@@ -883,10 +925,17 @@ fn run_publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn print_imported(done: &jetfold_host::transfer::Imported, stream: &str) {
+    if done.stored == 0 && done.duplicates > 0 {
+        println!(
+            "nothing published: all {} events were already in {stream} (same message id, or the same message)",
+            done.duplicates
+        );
+        return;
+    }
     println!("published {} events to {stream} (last sequence {})", done.stored, done.last_seq);
     if done.duplicates > 0 {
         println!(
-            "{} events were already in the stream (same message id) and were not stored again",
+            "{} events were already in the stream (same message id, or the same message) and were not stored again",
             done.duplicates
         );
     }
@@ -990,6 +1039,7 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let digest = plugin.component.digest.hex();
+    let name = plugin.manifest.name.clone();
     let mut replayer = target.replayer(plugin, &loader)?;
     let range = Range { from_seq: args.from_seq, to_seq: args.to_seq, to_time: args.to_time };
     let mut progress = jetfold_host::progress::ProgressLine::new("replay");
@@ -1000,7 +1050,7 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let last = runtime.block_on(async {
         let client = jetfold_host::nats::connect(&target.config).await?;
         let js = async_nats::jetstream::new(client);
-        read_events(&js, &target.stream, &target.subjects, &range, &target.verify_keys, |seq, event, total| {
+        read_events(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seq, event, total| {
             let event_type = event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default();
             let (key, outcome) = replayer.step(&event);
             let line = if let Some(other) = &mut other {
@@ -1038,7 +1088,6 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     if let Some(e) = write_error {
         return Err(e.into());
     }
-    let name = replayer.plugin().manifest.name.clone();
     if let Some(other) = &other {
         out.flush()?;
         drop(out);
@@ -1063,15 +1112,18 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         .filter(|(k, _)| args.key.as_ref().is_none_or(|want| want == *k))
         .map(|(k, v)| (k.clone(), jetfold_host::fold::state_document(v)))
         .collect();
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "plugin": name,
         "digest": digest,
         "stream": target.stream,
-        "last_seq": last,
+        "last_seq": last.last_seq,
         "events": replayer.events,
         "rejected": replayer.rejected,
         "state": states,
     });
+    if args.to_time.is_some() {
+        summary["later"] = last.later.into();
+    }
     if args.effects {
         writeln!(out, "{summary}")?;
     } else {
@@ -1094,10 +1146,13 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let snapshot = |c: &Option<jetfold_host::sink::Checkpoint>| {
         c.as_ref().map(|c| (c.snapshot_seq, c.state_version))
     };
+    // A partitioned daemon's config verifies its partition: its checkpoint, its keys.
+    let partition = target.config.partition;
+    let checkpoint_name = partition.checkpoint_name(&name);
     let (checkpoint, stored) = loop {
-        let before = sink.checkpoint(&name)?;
+        let before = sink.checkpoint(&checkpoint_name)?;
         let states = sink.states(&name)?;
-        if snapshot(&sink.checkpoint(&name)?) == snapshot(&before) {
+        if snapshot(&sink.checkpoint(&checkpoint_name)?) == snapshot(&before) {
             break (before, states);
         }
         attempts += 1;
@@ -1108,7 +1163,16 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let Some(checkpoint) = checkpoint else {
-        anyhow::bail!("plugin `{name}` has no checkpoint in the sink: nothing to verify");
+        if partition.count > 1 {
+            anyhow::bail!(
+                "plugin `{name}` has no checkpoint `{checkpoint_name}` in the sink: partition {}/{} has not committed yet",
+                partition.index,
+                partition.count
+            );
+        }
+        anyhow::bail!(
+            "plugin `{name}` has no checkpoint in the sink: nothing to verify (for a partitioned daemon, give its config, which names its [partition])"
+        );
     };
     let mut replayer = target.replayer(plugin, &loader)?;
     let range = Range { to_seq: Some(checkpoint.snapshot_seq), ..Range::default() };
@@ -1122,6 +1186,7 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             &target.stream,
             &target.subjects,
             &range,
+            &name,
             &target.verify_keys,
             |_, event, total| {
                 replayer.step(&event);
@@ -1131,8 +1196,14 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         .await
     })?;
     progress.finish(replayer.events, replayer.events);
-    let replayed = replayer.states();
-    let stored: std::collections::BTreeMap<String, Vec<u8>> = stored.into_iter().collect();
+    let replayed: std::collections::BTreeMap<String, Vec<u8>> = replayer
+        .states()
+        .iter()
+        .filter(|(k, _)| partition.owns(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let stored: std::collections::BTreeMap<String, Vec<u8>> =
+        stored.into_iter().filter(|(k, _)| partition.owns(k)).collect();
     let mut keys: Vec<&String> = stored.keys().chain(replayed.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -1144,7 +1215,11 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         replayer.events, checkpoint.snapshot_seq, checkpoint.last_seq, checkpoint.digest
     );
     if differ.is_empty() {
-        println!("verified: all {} states match", stored.len());
+        let of = match partition.count {
+            0 | 1 => String::new(),
+            n => format!(" of partition {}/{n}", partition.index),
+        };
+        println!("verified: all {} states{of} match", stored.len());
         return Ok(ExitCode::SUCCESS);
     }
     if checkpoint.digest != digest {
@@ -1226,7 +1301,12 @@ fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
         let ask = client.request(subject(&args.plugin), body.into());
         match tokio::time::timeout(std::time::Duration::from_millis(args.timeout_ms), ask).await {
             Ok(Ok(message)) => anyhow::Ok(message.payload),
-            Ok(Err(e)) => anyhow::bail!("no daemon serves plugin `{}` ({e})", args.plugin),
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => anyhow::bail!(
+                "no daemon serves plugin `{}` (nothing listens on {})",
+                args.plugin,
+                subject(&args.plugin)
+            ),
+            Ok(Err(e)) => anyhow::bail!("cannot ask plugin `{}`: {e}", args.plugin),
             Err(_) => anyhow::bail!(
                 "no answer from plugin `{}` within {} ms",
                 args.plugin,
@@ -1238,7 +1318,9 @@ fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
         .context("the daemon's reply is not a query reply")?
     {
         QueryReply::Response(value) => {
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", serde_json::to_string_pretty(&value)?)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         QueryReply::Error { kind, code, message } => {

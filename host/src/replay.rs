@@ -13,7 +13,10 @@ use serde::Serialize;
 use crate::effect::Effect;
 use crate::event::Event;
 use crate::fold::{Plugin, StepError, checked_step, state_document};
-use crate::nats::{reader::StreamReader, source::event_from_message};
+use crate::nats::{
+    reader::StreamReader,
+    source::{event_from_message, replayed_for_another},
+};
 
 /// Which part of the stream to fold.
 #[derive(Debug, Clone, Default)]
@@ -22,7 +25,8 @@ pub struct Range {
     pub from_seq: Option<u64>,
     /// Last stream sequence.
     pub to_seq: Option<u64>,
-    /// Stop before the first event whose event time is later.
+    /// Fold only the events whose event time is at or before this, wherever they are in the
+    /// stream (event time is not stream order): the later ones are passed by.
     pub to_time: Option<DateTime<Utc>>,
 }
 
@@ -112,21 +116,34 @@ impl Replayer {
     }
 }
 
-/// Reads `stream` over `range` and calls `each` with every event (or why it cannot be
-/// folded) in order, its sequence, and how many the read will give in all; returns the last
-/// sequence read.
+/// What [`read_events`] read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Read {
+    /// The last sequence given to `each`.
+    pub last_seq: u64,
+    /// Events passed by for an event time later than the range's `to_time`.
+    pub later: u64,
+}
+
+/// Reads `stream` over `range` and calls `each` with every event for `plugin` (or why it
+/// cannot be folded) in order, its sequence, and how many the read will give in all. Dead
+/// letters replayed for another plugin are passed by, as the daemon passes them by.
 pub async fn read_events(
     js: &async_nats::jetstream::Context,
     stream: &str,
     subjects: &[String],
     range: &Range,
+    plugin: &str,
     verify_keys: &[(String, Vec<u8>)],
     mut each: impl FnMut(u64, Result<Event, StepError>, u64),
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Read> {
     let mut reader = StreamReader::open(js, stream, subjects, range.from_seq, range.to_seq).await?;
-    let mut last = 0;
+    let mut read = Read::default();
     while let Some(message) = reader.next().await {
         let message = message?;
+        if replayed_for_another(&message, plugin) {
+            continue;
+        }
         let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let rejected = |kind: &str, message: String| StepError {
             kind: kind.into(),
@@ -134,22 +151,26 @@ pub async fn read_events(
             message,
             backtrace: None,
         };
+        let decoded =
+            event_from_message(&message).map_err(|e| rejected("invalid-event", format!("{e:#}")));
+        // An event without a readable time is folded (and rejected), whatever the range.
+        if let (Some(until), Ok(e)) = (range.to_time, &decoded)
+            && e.time > until
+        {
+            read.later += 1;
+            continue;
+        }
         let event = if verify_keys.is_empty() {
             Ok(())
         } else {
-            crate::integrity::verify_message(&message, verify_keys)
-                .map_err(|m| rejected("bad-signature", m))
+            crate::integrity::verify_message(&message, verify_keys).map_err(|e| StepError {
+                code: Some(e.code.to_string()),
+                ..rejected("bad-signature", e.message)
+            })
         }
-        .and_then(|()| {
-            event_from_message(&message).map_err(|e| rejected("invalid-event", format!("{e:#}")))
-        });
-        if let (Some(until), Ok(e)) = (range.to_time, &event)
-            && e.time > until
-        {
-            break;
-        }
-        last = seq;
+        .and(decoded);
+        read.last_seq = seq;
         each(seq, event, reader.total);
     }
-    Ok(last)
+    Ok(read)
 }

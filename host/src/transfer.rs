@@ -1,21 +1,32 @@
 //! `jetfold events export` and `import`: a stream as JSON Lines (the fixture format, one
 //! [`EventRecord`] per line) and back, for moving events between streams and servers.
 //!
-//! What is kept: the order, every message id, subject, event time, type, aggregate id,
-//! correlation and causation, schema version, content type, every other header as it was
-//! (signatures included) and the payload bytes. Imported messages carry the documented headers
-//! explicitly, so an event whose type or time came from its payload or subject reads back
-//! the same but now has them as headers too.
+//! An export record holds every header exactly as the stream stored it (`stored_headers`),
+//! beside the fields read from them, and the payload bytes; an import publishes those headers
+//! and no other, so the far side stores what the near side did: the same subject, header
+//! names and values (an `Event-Time` string as it was, signatures that still hold) and payload
+//! bytes. Only the order of distinct header names is not kept: NATS clients hold headers in a
+//! map. A record without `stored_headers` (a fixture) is published the way `jetfold publish`
+//! publishes, with the documented headers.
+//!
+//! An import stores each event once however often it runs: before publishing it reads what
+//! the stream holds, and skips an event whose message id is there (an event without a
+//! `Nats-Msg-Id` is matched by subject, headers and payload); JetStream's duplicate window
+//! covers another import running at the same moment.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
 
+use crate::effect::subject_matches;
 use crate::event::{Event, EventRecord};
-use crate::fold::{FixtureLine, parse_fixture_line};
-use crate::nats::{publish_event, reader::StreamReader, source::event_from_message};
+use crate::fold::{FixtureRecord, parse_fixture_record};
+use crate::nats::header_map;
+use crate::nats::reader::StreamReader;
+use crate::nats::source::{all_headers, event_from_message, headers};
 
 /// What an export wrote.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -40,13 +51,15 @@ pub async fn export(
     let mut done = Exported::default();
     while let Some(message) = reader.next().await {
         let message = message?;
-        let record = match event_from_message(&message) {
+        let mut record = match event_from_message(&message) {
             Ok(event) => EventRecord::from_event(&event),
             Err(_) => {
                 done.unreadable += 1;
                 raw_record(&message)?
             }
         };
+        record.headers = Vec::new();
+        record.stored_headers = Some(all_headers(&message));
         serde_json::to_writer(&mut *out, &record)?;
         out.write_all(b"\n")?;
         done.events += 1;
@@ -56,15 +69,9 @@ pub async fn export(
     Ok(done)
 }
 
-/// The record of a message whose headers do not decode: all headers kept as other headers.
+/// The record of a message whose headers do not decode: its fields from the server.
 fn raw_record(message: &jetstream::Message) -> anyhow::Result<EventRecord> {
     let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let headers = message
-        .headers
-        .iter()
-        .flat_map(|h| h.iter())
-        .flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.as_str().to_string())))
-        .collect();
     let event = Event {
         sequence: info.stream_sequence,
         subject: message.subject.to_string(),
@@ -75,7 +82,7 @@ fn raw_record(message: &jetstream::Message) -> anyhow::Result<EventRecord> {
         causation_id: None,
         time: info.published,
         schema_version: 1,
-        headers,
+        headers: Vec::new(),
         payload: message.payload.to_vec(),
         content_type: "application/octet-stream".into(),
     };
@@ -91,7 +98,7 @@ fn raw_record(message: &jetstream::Message) -> anyhow::Result<EventRecord> {
 pub struct Imported {
     /// Events stored.
     pub stored: u64,
-    /// Events the stream already had (same message id within its duplicate window).
+    /// Events the stream already had (same message id, or the same message when it has none).
     pub duplicates: u64,
     /// The stream sequence of the last one stored.
     pub last_seq: u64,
@@ -100,9 +107,106 @@ pub struct Imported {
 /// How many publishes are in flight before their acknowledgements are awaited.
 const CHUNK: usize = 1000;
 
+/// A message to publish, as the stream will store it.
+struct Outgoing {
+    subject: String,
+    headers: Vec<(String, String)>,
+    payload: Vec<u8>,
+    /// What makes it the same event as one already stored.
+    identity: Identity,
+}
+
+/// An event's identity in a stream: its message id, else the digest of the whole message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Identity {
+    MessageId(String),
+    Content([u8; 32]),
+}
+
+impl Identity {
+    fn of(subject: &str, headers: &[(String, String)], payload: &[u8]) -> Identity {
+        if let Some((_, id)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(headers::MSG_ID))
+        {
+            return Identity::MessageId(id.clone());
+        }
+        let mut sorted: Vec<&(String, String)> = headers.iter().collect();
+        sorted.sort();
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(subject.as_bytes());
+        for (k, v) in sorted {
+            for part in [b"\n".as_slice(), k.as_bytes(), b":", v.as_bytes()] {
+                digest.update(part);
+            }
+        }
+        digest.update(b"\n\n");
+        digest.update(payload);
+        let mut out = [0; 32];
+        out.copy_from_slice(digest.finish().as_ref());
+        Identity::Content(out)
+    }
+}
+
+/// What a stream holds already: message ids, and how many of each message without one.
+#[derive(Default)]
+struct Stored {
+    ids: HashSet<String>,
+    contents: HashMap<[u8; 32], u64>,
+}
+
+impl Stored {
+    /// Reads every message of `stream` (headers only unless messages without an id must be
+    /// compared whole).
+    async fn read(js: &jetstream::Context, stream: &str, whole: bool) -> anyhow::Result<Stored> {
+        let mut stored = Stored::default();
+        let mut reader = StreamReader::open_with(js, stream, &[], None, None, !whole).await?;
+        while let Some(message) = reader.next().await {
+            let message = message?;
+            let all = all_headers(&message);
+            let all: Vec<_> = all
+                .into_iter()
+                .filter(|(k, _)| whole || k.eq_ignore_ascii_case(headers::MSG_ID))
+                .collect();
+            match Identity::of(&message.subject, &all, &message.payload) {
+                Identity::MessageId(id) => {
+                    stored.ids.insert(id);
+                }
+                Identity::Content(digest) if whole => {
+                    *stored.contents.entry(digest).or_default() += 1
+                }
+                Identity::Content(_) => {}
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Whether `identity` is stored; if not, counts it as stored from now on.
+    fn take(&mut self, identity: &Identity) -> bool {
+        match identity {
+            Identity::MessageId(id) => !self.ids.insert(id.clone()),
+            // The same message twice in a file is two events: each matches one stored copy.
+            Identity::Content(digest) => match self.contents.get_mut(digest) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+/// What a first pass over the file found.
+#[derive(Default)]
+struct Survey {
+    subjects: BTreeSet<String>,
+    /// Whether some event has no message id.
+    anonymous: bool,
+}
+
 /// Publishes the events of a JSON Lines file to `stream`, in order, creating the stream with
 /// `subjects` if it does not exist (every `<first token>.>` of the file's subjects when
-/// empty). With `sign`, each event gets a `Jetfold-Signature` by that key.
+/// empty). With `sign`, each event gets a `Jetfold-Signature` by that key. Every line is
+/// checked, and every subject against the stream's, before anything is published.
 pub async fn import(
     js: &jetstream::Context,
     path: &Path,
@@ -110,51 +214,96 @@ pub async fn import(
     subjects: &[String],
     sign: Option<&(String, Vec<u8>)>,
 ) -> anyhow::Result<Imported> {
-    let subjects = if subjects.is_empty() {
-        // A first pass over the file, checking every line before anything is published.
-        let mut first_tokens = std::collections::BTreeSet::new();
-        for event in events(path)? {
-            let event = event?;
-            first_tokens.insert(event.subject.split('.').next().unwrap_or_default().to_string());
-        }
-        first_tokens.into_iter().map(|t| format!("{t}.>")).collect()
-    } else {
-        subjects.to_vec()
+    let mut survey = Survey::default();
+    for outgoing in outgoing(path, sign)? {
+        let outgoing = outgoing?;
+        survey.anonymous |= matches!(outgoing.identity, Identity::Content(_));
+        survey.subjects.insert(outgoing.subject);
+    }
+    let existing = match js.get_stream(stream).await {
+        Ok(mut s) => Some(s.info().await?.config.subjects.clone()),
+        Err(e) if is_not_found(&e) => None,
+        Err(e) => anyhow::bail!("cannot open stream `{stream}`: {e}"),
     };
-    js.get_or_create_stream(jetstream::stream::Config {
-        name: stream.to_string(),
-        subjects,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("cannot open or create stream `{stream}`: {e}"))?;
+    let stream_subjects = match &existing {
+        Some(subjects) => subjects.clone(),
+        None if subjects.is_empty() => {
+            let first_tokens: BTreeSet<&str> =
+                survey.subjects.iter().map(|s| s.split('.').next().unwrap_or_default()).collect();
+            first_tokens.into_iter().map(|t| format!("{t}.>")).collect()
+        }
+        None => subjects.to_vec(),
+    };
+    let outside: Vec<&String> = survey
+        .subjects
+        .iter()
+        .filter(|s| !stream_subjects.iter().any(|p| subject_matches(p, s)))
+        .collect();
+    if !outside.is_empty() {
+        let shown: Vec<&str> = outside.iter().take(5).map(|s| s.as_str()).collect();
+        anyhow::bail!(
+            "stream `{stream}` does not capture {} of the file's subjects ({}{}; it holds {}): nothing was published",
+            outside.len(),
+            shown.join(", "),
+            if outside.len() > 5 { ", …" } else { "" },
+            if stream_subjects.is_empty() {
+                "none".to_string()
+            } else {
+                stream_subjects.join(", ")
+            },
+        );
+    }
+    let mut stored = match existing {
+        Some(_) => Stored::read(js, stream, survey.anonymous).await?,
+        None => {
+            js.create_stream(jetstream::stream::Config {
+                name: stream.to_string(),
+                subjects: stream_subjects,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open or create stream `{stream}`: {e}"))?;
+            Stored::default()
+        }
+    };
 
     let mut done = Imported::default();
     let mut chunk = Vec::with_capacity(CHUNK);
-    for event in events(path)? {
-        chunk.push(event?);
+    for outgoing in outgoing(path, sign)? {
+        let outgoing = outgoing?;
+        if stored.take(&outgoing.identity) {
+            done.duplicates += 1;
+            continue;
+        }
+        chunk.push(outgoing);
         if chunk.len() == CHUNK {
-            publish_chunk(js, stream, sign, &mut chunk, &mut done).await?;
+            publish_chunk(js, stream, &mut chunk, &mut done).await?;
         }
     }
-    publish_chunk(js, stream, sign, &mut chunk, &mut done).await?;
+    publish_chunk(js, stream, &mut chunk, &mut done).await?;
     Ok(done)
+}
+
+/// Whether a stream lookup failed because there is no such stream.
+fn is_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    use jetstream::context::GetStreamErrorKind;
+    matches!(e.kind(), GetStreamErrorKind::JetStream(j)
+        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
 }
 
 /// Publishes `chunk` (emptying it), then awaits every acknowledgement.
 async fn publish_chunk(
     js: &jetstream::Context,
     stream: &str,
-    sign: Option<&(String, Vec<u8>)>,
-    chunk: &mut Vec<Event>,
+    chunk: &mut Vec<Outgoing>,
     done: &mut Imported,
 ) -> anyhow::Result<()> {
     let mut pending = Vec::with_capacity(chunk.len());
-    for mut event in chunk.drain(..) {
-        if let Some((id, key)) = sign {
-            crate::integrity::sign_event(&mut event, id, key);
-        }
-        pending.push(publish_event(js, &event).await?);
+    for outgoing in chunk.drain(..) {
+        let headers = header_map(outgoing.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let ack =
+            js.publish_with_headers(outgoing.subject, headers, outgoing.payload.into()).await?;
+        pending.push(ack);
     }
     for ack in pending {
         let ack = ack.await.map_err(|e| anyhow::anyhow!("publishing failed: {e}"))?;
@@ -174,20 +323,55 @@ async fn publish_chunk(
     Ok(())
 }
 
-/// The events of a JSON Lines file, read a line at a time; an error names the line.
-fn events(path: &Path) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Event>> + '_> {
+/// The messages a JSON Lines file describes, read a line at a time, each checked (its headers
+/// too); an error names the line.
+fn outgoing<'a>(
+    path: &'a Path,
+    sign: Option<&'a (String, Vec<u8>)>,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<Outgoing>> + 'a> {
     let file = std::fs::File::open(path)
         .map(std::io::BufReader::new)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let mut position = 0;
-    let lines = file.lines().enumerate().map(move |(i, line)| {
-        let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-        parse_fixture_line(&line, &mut position)
-            .map_err(|m| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1))
+    let lines = file.lines().enumerate().filter_map(move |(i, line)| {
+        let at = |m: String| anyhow::anyhow!("{}:{}: {m}", path.display(), i + 1);
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => return Some(Err(anyhow::anyhow!("cannot read {}: {e}", path.display()))),
+        };
+        let record = match parse_fixture_record(&line) {
+            Ok(Some(FixtureRecord::Event(record))) => record,
+            Ok(Some(FixtureRecord::Query { .. }) | None) => return None,
+            Err(m) => return Some(Err(at(m))),
+        };
+        position += 1;
+        Some(to_outgoing(*record, position, sign).map_err(at))
     });
-    Ok(lines.filter_map(|line| match line {
-        Ok(Some(FixtureLine::Event(event))) => Some(Ok(event)),
-        Ok(Some(FixtureLine::Query { .. }) | None) => None,
-        Err(e) => Some(Err(e)),
-    }))
+    Ok(lines)
+}
+
+/// The message of one record: its stored headers as they are, else the documented headers of
+/// its event; signed with `sign` (replacing any signature it had).
+fn to_outgoing(
+    record: EventRecord,
+    position: u64,
+    sign: Option<&(String, Vec<u8>)>,
+) -> Result<Outgoing, String> {
+    let stored = record.stored_headers.clone();
+    let event = record.into_event(position).map_err(|m| format!("not an event: {m}"))?;
+    let mut headers = match stored {
+        Some(stored) => stored,
+        None => crate::nats::event_headers(&event),
+    };
+    if let Some((id, key)) = sign {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(crate::integrity::SIGNATURE));
+        let signature =
+            crate::integrity::Signed::from_headers(&event.subject, &headers, &event.payload)
+                .sign(id, key);
+        headers.push((crate::integrity::SIGNATURE.to_string(), signature));
+    }
+    header_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .map_err(|e| format!("event {:?}: {e}", event.message_id))?;
+    let identity = Identity::of(&event.subject, &headers, &event.payload);
+    Ok(Outgoing { subject: event.subject, headers, payload: event.payload, identity })
 }

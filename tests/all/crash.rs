@@ -56,6 +56,7 @@ fn record(
         causation_id: None,
         schema_version: None,
         headers: vec![],
+        stored_headers: None,
         content_type: None,
         payload: Some(serde_json::value::to_raw_value(&payload).unwrap()),
         payload_base64: None,

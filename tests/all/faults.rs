@@ -314,6 +314,31 @@ async fn events_are_verified_in_and_signed_out() {
     );
     assert!(letters[0].reason.contains("not signed"), "{}", letters[0].reason);
     assert!(letters[1].reason.contains("does not match"), "{}", letters[1].reason);
+    // Recorded with the key and type the message names, and why as a code; `dlq list` shows
+    // them, the type read from the subject when there is no Event-Type header.
+    let conn = rusqlite::Connection::open(dir.path().join("jetfold.db")).unwrap();
+    let mut rows = conn
+        .prepare("SELECT key, event_type, kind, code FROM jetfold_rejected WHERE plugin = 'person-archive' ORDER BY seq")
+        .unwrap();
+    let rows: Vec<(String, String, String, Option<String>)> = rows
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    // (person-archive keeps one global state.)
+    let row = |code: &str| {
+        let (key, ty) = ("_global".to_string(), "PersonRegistered".to_string());
+        (key, ty, "bad-signature".to_string(), Some(code.to_string()))
+    };
+    assert_eq!(rows, [row("unsigned"), row("mismatch")]);
+    let list = jetfold(["dlq", "list", "person-archive", "--config", &config_arg]);
+    assert_eq!(list.code, 0, "{}", list.all());
+    assert!(
+        list.stdout.contains("people.person.eve.PersonRegistered PersonRegistered (bad-signature, unsigned): the event is not signed"),
+        "{}",
+        list.all()
+    );
+    assert!(list.stdout.contains("(bad-signature, mismatch)"), "{}", list.all());
 
     // The policy's commands are signed with k1.
     let keys = config.event_signing.decoded_keys().unwrap();

@@ -377,14 +377,16 @@ async fn a_shadow_version_runs_beside_the_live_one_and_its_differences_are_recor
     assert_eq!(shadow.digest, strict_digest);
     assert!(shadow.diffs > 0 && shadow.diffs == shadow.events, "every upsert differs: {shadow:?}");
     let conn = rusqlite::Connection::open(dir.join("shadowed.db")).unwrap();
-    let (rows, refusals): (i64, i64) = conn
+    // Both outcomes as JSON documents: the live state and effects, the shadow's error.
+    let (rows, refusals, with_effects): (i64, i64, i64) = conn
         .query_row(
-            "SELECT COUNT(*), SUM(shadow LIKE 'rejected-effect%') FROM jetfold_shadow_diffs WHERE seq > 150",
+            "SELECT COUNT(*), SUM(json_extract(shadow, '$.error.kind') = 'rejected-effect'), \
+             SUM(json_type(live, '$.effects') = 'array') FROM jetfold_shadow_diffs WHERE seq > 150",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    assert_eq!((rows, refusals), (50, 50));
+    assert_eq!((rows, refusals, with_effects), (50, 50, 50));
     assert_eq!(checkpoint(&dir.join("shadowed.db")).1, live, "the live version's effects went on");
 
     // The good candidate again, promoted: it becomes the live version.

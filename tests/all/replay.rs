@@ -259,3 +259,89 @@ async fn rebuild_restores_a_damaged_read_model_while_the_daemon_runs() {
     stop.send(()).unwrap();
     daemon.await.unwrap().unwrap();
 }
+
+/// `--to-time` folds the events whose event time is at or before it wherever they are in the
+/// stream: two batches whose times both start at 00:01 each give their early events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_to_a_time_folds_every_event_at_or_before_it_whatever_the_stream_order() {
+    let counter = plugin("event-counter").display().to_string();
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &nats);
+    let events = dir.path().join("events.jsonl");
+    let mut lines = String::new();
+    for batch in ["b1", "b2"] {
+        for minute in 1..=30 {
+            lines.push_str(&format!(
+                "{{\"subject\":\"infra.resource.a-{minute}.Pinged\",\"time\":\"2026-01-01T00:{minute:02}:00Z\",\"message_id\":\"{batch}-{minute}\",\"payload\":{{}}}}\n"
+            ));
+        }
+    }
+    std::fs::write(&events, lines).unwrap();
+    let events = events.display().to_string();
+    let published = jetfold(["publish", &events, "--stream", "INFRA", "--config", &config]);
+    assert_eq!(published.code, 0, "{}", published.all());
+
+    let run =
+        jetfold(["replay", &counter, "--config", &config, "--to-time", "2026-01-01T00:15:00Z"]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(summary["events"], 30, "15 of each batch: {summary}");
+    assert_eq!(summary["later"], 30, "{summary}");
+    assert_eq!(summary["rejected"], 0, "{summary}");
+    assert_eq!(summary["last_seq"], 45, "the last folded is the second batch's 00:15: {summary}");
+    let state = summary["state"].as_object().unwrap();
+    assert_eq!(state.len(), 15, "{summary}");
+    assert_eq!(state["a-1"], 2, "{summary}");
+    assert_eq!(state["a-15"], 2, "at the time itself: {summary}");
+    assert!(state.get("a-16").is_none(), "{summary}");
+
+    // Before the earliest event: nothing.
+    let none =
+        jetfold(["replay", &counter, "--config", &config, "--to-time", "2025-12-31T00:00:00Z"]);
+    let none: serde_json::Value = serde_json::from_str(&none.stdout).unwrap();
+    assert_eq!(none["events"], 0, "{none}");
+    assert_eq!(none["later"], 60, "{none}");
+}
+
+/// `verify` with a partitioned daemon's config checks that partition: its checkpoint, the
+/// keys it folds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_checks_the_partition_of_a_partitioned_daemon() {
+    plugin("event-counter");
+    let (nats, n) = infra().await;
+    let dir = daemon_dir(&["event-counter"]);
+    let config = write_config(dir.path(), &nats);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}[partition]\nindex = 0\ncount = 2\n[http]\nlisten = \"127.0.0.1:0\"\n"),
+    )
+    .unwrap();
+    let db = dir.path().join("jetfold.db");
+    let (stop, daemon) = start_daemon(Config::load(Path::new(&config)).unwrap());
+    eventually(60, "partition 0 to fold the stream", || {
+        checkpoint(&db, "event-counter#0/2") == n as u64
+    })
+    .await;
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+    let owned = jetfold_host::sink::sqlite::SqliteSink::open(&db)
+        .unwrap()
+        .states("event-counter")
+        .unwrap()
+        .len();
+    assert!(owned > 0, "partition 0 folds some of the keys");
+
+    let counter = dir.path().join("plugins/event-counter").display().to_string();
+    let ok =
+        tokio::task::spawn_blocking(move || jetfold(["verify", &counter, "--config", &config]))
+            .await
+            .unwrap();
+    assert_eq!(ok.code, 0, "{}", ok.all());
+    assert!(
+        ok.stdout.contains(&format!("verified: all {owned} states of partition 0/2 match")),
+        "{}",
+        ok.all()
+    );
+}

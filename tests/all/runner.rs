@@ -236,3 +236,53 @@ fn upcasters_chain_from_schema_v0_to_v2_before_the_projection() {
 fn health_maintenance_matches_its_golden_file() {
     golden_passes("health-maintenance");
 }
+
+/// `jetfold test … | head -2`: the reader goes away after two lines; jetfold stops quietly
+/// (exit 0, nothing on stderr), not with a panic.
+#[test]
+fn a_reader_that_closes_the_pipe_ends_the_run_quietly() {
+    let dir = plugin("event-counter");
+    let tmp = tempfile::tempdir().unwrap();
+    let events = tmp.path().join("many.jsonl");
+    // Far more output than a pipe holds, so jetfold is still writing when `head` exits.
+    let lines: String = (0..5_000)
+        .map(|i| format!("{{\"subject\":\"infra.resource.r-{i}.Pinged\",\"time\":\"2026-01-01T00:00:00Z\",\"payload\":{{}}}}\n"))
+        .collect();
+    std::fs::write(&events, lines).unwrap();
+    let command = format!(
+        "{} test {} --events {} | head -2 > /dev/null",
+        env!("CARGO_BIN_EXE_jetfold"),
+        dir.display(),
+        events.display()
+    );
+    let run = std::process::Command::new("bash")
+        .args(["-o", "pipefail", "-c", &command])
+        .env("JETFOLD_CACHE_DIR", crate::support::cache_dir())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "", "nothing said about the closed pipe");
+}
+
+/// `plugin keygen` writes the private key for its owner only, and never over a file.
+#[test]
+fn keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = tmp.path().join("release.key");
+    let key_arg = key.display().to_string();
+    let made = jetfold(["plugin", "keygen", &key_arg]);
+    assert_eq!(made.code, 0, "{}", made.all());
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "mode {mode:o}");
+    let before = std::fs::read(&key).unwrap();
+    let again = jetfold(["plugin", "keygen", &key_arg]);
+    assert_eq!(again.code, 2, "{}", again.all());
+    assert!(
+        again.stderr.contains(&format!("{key_arg} exists: not overwritten")),
+        "{}",
+        again.all()
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before, "the key is untouched");
+}

@@ -137,29 +137,34 @@ pub fn header_map<'a>(
     Ok(h)
 }
 
+/// The headers [`publish_event`] gives `event`: the documented ones, then its other headers.
+pub fn event_headers(event: &crate::event::Event) -> Vec<(String, String)> {
+    use source::headers as h;
+    let mut pairs = vec![
+        (h::MSG_ID.to_string(), event.message_id.clone()),
+        (h::EVENT_TYPE.to_string(), event.event_type.clone()),
+        (h::AGGREGATE_ID.to_string(), event.aggregate_id.clone()),
+        (h::SCHEMA_VERSION.to_string(), event.schema_version.to_string()),
+        (h::EVENT_TIME.to_string(), event.time.to_rfc3339()),
+    ];
+    pairs.extend(event.correlation_id.clone().map(|c| (h::CORRELATION_ID.to_string(), c)));
+    pairs.extend(event.causation_id.clone().map(|c| (h::CAUSATION_ID.to_string(), c)));
+    if event.content_type != crate::event::JSON {
+        pairs.push((h::CONTENT_TYPE.to_string(), event.content_type.clone()));
+    }
+    pairs.extend(event.headers.iter().cloned());
+    pairs
+}
+
 /// Publishes `event` to JetStream with the documented headers (the demo, tests and imports
 /// use it); the returned future resolves when the stream has stored it.
 pub async fn publish_event(
     js: &async_nats::jetstream::Context,
     event: &crate::event::Event,
 ) -> anyhow::Result<async_nats::jetstream::context::PublishAckFuture> {
-    use source::headers as h;
-    let mut pairs = vec![
-        (h::MSG_ID, event.message_id.clone()),
-        (h::EVENT_TYPE, event.event_type.clone()),
-        (h::AGGREGATE_ID, event.aggregate_id.clone()),
-        (h::SCHEMA_VERSION, event.schema_version.to_string()),
-        (h::EVENT_TIME, event.time.to_rfc3339()),
-    ];
-    pairs.extend(event.correlation_id.clone().map(|c| (h::CORRELATION_ID, c)));
-    pairs.extend(event.causation_id.clone().map(|c| (h::CAUSATION_ID, c)));
-    if event.content_type != crate::event::JSON {
-        pairs.push((h::CONTENT_TYPE, event.content_type.clone()));
-    }
-    let all = pairs.iter().map(|(k, v)| (*k, v.as_str()));
-    let headers =
-        header_map(all.chain(event.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
-            .with_context(|| format!("event {:?}", event.message_id))?;
+    let pairs = event_headers(event);
+    let headers = header_map(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .with_context(|| format!("event {:?}", event.message_id))?;
     let ack = js
         .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
         .await?;

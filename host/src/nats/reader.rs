@@ -26,6 +26,18 @@ impl StreamReader {
         from_seq: Option<u64>,
         to_seq: Option<u64>,
     ) -> anyhow::Result<StreamReader> {
+        Self::open_with(js, stream, subjects, from_seq, to_seq, false).await
+    }
+
+    /// [`StreamReader::open`], the messages without their payloads when `headers_only`.
+    pub async fn open_with(
+        js: &jetstream::Context,
+        stream: &str,
+        subjects: &[String],
+        from_seq: Option<u64>,
+        to_seq: Option<u64>,
+        headers_only: bool,
+    ) -> anyhow::Result<StreamReader> {
         let handle =
             js.get_stream(stream).await.with_context(|| format!("no stream `{stream}`"))?;
         let deliver_policy = match from_seq {
@@ -38,6 +50,7 @@ impl StreamReader {
             .create_consumer(pull::OrderedConfig {
                 filter_subjects: subjects.to_vec(),
                 deliver_policy,
+                headers_only,
                 ..Default::default()
             })
             .await

@@ -62,6 +62,19 @@ pub mod headers {
     pub const DLQ_SOURCE_STREAM: &str = "Jetfold-Source-Stream";
     /// The subject a dead letter was published on.
     pub const DLQ_SOURCE_SUBJECT: &str = "Jetfold-Source-Subject";
+    /// On a dead letter published again by `jetfold dlq replay`: the one plugin it is for
+    /// (every other plugin reading the subject passes it by).
+    pub const REPLAY_FOR: &str = "Jetfold-Replay-For";
+}
+
+/// The plugin a replayed dead letter is for, if the message is one.
+pub fn replayed_for(message: &async_nats::Message) -> Option<&str> {
+    message.headers.as_ref()?.get(headers::REPLAY_FOR).map(|v| v.as_str())
+}
+
+/// Whether `plugin` passes `message` by: a dead letter replayed for another plugin.
+pub fn replayed_for_another(message: &async_nats::Message, plugin: &str) -> bool {
+    replayed_for(message).is_some_and(|p| p != plugin)
 }
 
 /// The durable consumer of a plugin on a daemon: `<daemon>-<plugin>` (`jetfold-<plugin>`
@@ -180,6 +193,22 @@ impl Known {
         .iter()
         .any(|h| h.is_none())
     }
+}
+
+/// Whether jetfold reads header `name` into a field of the event (its id, type, aggregate,
+/// correlation, causation, schema version, time or content type), not into its other headers.
+pub fn is_event_header(name: &str) -> bool {
+    Known::default().slot(name).is_some()
+}
+
+/// Every header of a message, names and values as stored (a name given twice keeps both values,
+/// in order).
+pub fn all_headers(message: &async_nats::Message) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+        all.extend(values.iter().map(|v| (name.to_string(), v.as_str().to_string())));
+    }
+    all
 }
 
 /// Where a message sits in its stream, as JetStream's reply subject says.
