@@ -137,7 +137,7 @@ async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
     assert!(published.stdout.contains("published 7 events to DEMO"), "{}", published.all());
     // Publishing the same file again stores nothing twice.
     let again = jetfold(["publish", &events, "--stream", "DEMO", "--config", &config_arg]);
-    assert!(again.stdout.contains("7 events were already in the stream"), "{}", again.all());
+    assert!(again.stdout.contains("all 7 events were already in DEMO"), "{}", again.all());
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_jetfold"))
         .args(["run", "--config", &config_arg])
