@@ -201,16 +201,7 @@ impl GuestInstance {
         if self.live.is_some() {
             return Ok(());
         }
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(
-                usize::try_from(self.limits.memory_mib.saturating_mul(1 << 20))
-                    .unwrap_or(usize::MAX),
-            )
-            .instances(self.limits.instances)
-            .tables(self.limits.tables)
-            .memories(4)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = store_limits(&self.limits);
         let wasi = self.wasi_name.as_deref().map(crate::wasi::deny_all);
         let state = HostState { limits, wasi, table: Default::default() };
         let mut store = Store::new(&self.engine, state);
@@ -268,9 +259,24 @@ impl GuestInstance {
             Option<&Migration>,
         ) -> wasmtime::Result<Result<T, types::Error>>,
     ) -> Result<T, GuestError> {
-        self.ensure_live()?;
         let limits = self.limits.clone();
+        self.call_within(call, limits, f)
+    }
+
+    /// [`GuestInstance::call`] within `limits` (fuel and memory) instead of the plugin's.
+    fn call_within<T>(
+        &mut self,
+        call: GuestCall,
+        limits: Limits,
+        f: impl FnOnce(
+            &mut Store<HostState>,
+            &Bound,
+            Option<&Migration>,
+        ) -> wasmtime::Result<Result<T, types::Error>>,
+    ) -> Result<T, GuestError> {
+        self.ensure_live()?;
         let (store, bound, migration) = self.live.as_mut().expect("instance is live");
+        store.data_mut().limits = store_limits(&limits);
         if self.cpu == crate::component::CpuLimit::Fuel {
             store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
         }
@@ -315,15 +321,33 @@ impl GuestInstance {
     }
 
     /// `query`: a projection's answer to `request` over `states`.
+    ///
+    /// The budget grows with the states asked about: the manifest's fuel for every
+    /// [`QUERY_STATES_PER_FUEL`] states (one budget for fewer), and its memory cap plus room
+    /// for the states themselves, so a query over every key costs in proportion to the keys,
+    /// as an `apply` does per event. An instance that grew past its cap for a large query is
+    /// dropped afterwards (the next call gets a fresh one), so its memory is not kept.
     pub fn query(
         &mut self,
         states: &[types::KeyedState],
         request: &str,
     ) -> Result<String, GuestError> {
-        self.call(GuestCall::Query, |store, bound, _| match bound {
+        let mut limits = self.limits.clone();
+        let parts = states.len().div_ceil(QUERY_STATES_PER_FUEL).max(1) as u64;
+        limits.fuel = limits.fuel.saturating_mul(parts);
+        // The states cross into guest memory, and are decoded there: room for three copies.
+        let bytes: usize = states.iter().map(|s| s.key.len() + s.state.len() + 16).sum();
+        let extra_mib = (bytes as u64).saturating_mul(3).div_ceil(1 << 20);
+        limits.memory_mib = limits.memory_mib.saturating_add(extra_mib);
+        let raised = parts > 1 || extra_mib > 1;
+        let answer = self.call_within(GuestCall::Query, limits, |store, bound, _| match bound {
             Bound::Projection(p) => p.call_query(store, states, request),
             _ => Err(wasmtime::Error::msg("this plugin is not a projection")),
-        })
+        });
+        if raised {
+            self.live = None;
+        }
+        answer
     }
 
     /// Whether the component exports `migrate`.
@@ -370,6 +394,22 @@ impl GuestInstance {
         }
         Ok(out)
     }
+}
+
+/// How many states a `query` is given the manifest's fuel for (see [`GuestInstance::query`]).
+pub const QUERY_STATES_PER_FUEL: usize = 1_000;
+
+/// The store limits of a call bounded by `limits`.
+fn store_limits(limits: &Limits) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(
+            usize::try_from(limits.memory_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
+        )
+        .instances(limits.instances)
+        .tables(limits.tables)
+        .memories(4)
+        .trap_on_grow_failure(true)
+        .build()
 }
 
 fn returned(call: GuestCall, e: types::Error) -> GuestError {

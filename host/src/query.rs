@@ -53,7 +53,7 @@ fn error(kind: &str, message: String) -> QueryReply {
 
 /// What answers a plugin's queries: its own instance and, once the first query needs it, a
 /// connection to the sink, both owned by the responder's thread.
-struct Responder {
+pub struct Responder {
     plugin: String,
     guest: GuestInstance,
     target: SinkTarget,
@@ -61,8 +61,13 @@ struct Responder {
 }
 
 impl Responder {
-    /// Answers one request from committed states.
-    fn answer(&mut self, payload: &[u8]) -> QueryReply {
+    /// A responder of `plugin` answering with `guest` from the states in `target`.
+    pub fn new(plugin: String, guest: GuestInstance, target: SinkTarget) -> Responder {
+        Responder { plugin, guest, target, sink: None }
+    }
+
+    /// Answers one request (a [`QueryRequest`] as JSON) from committed states.
+    pub fn answer(&mut self, payload: &[u8]) -> QueryReply {
         let request: QueryRequest = match serde_json::from_slice(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -124,7 +129,7 @@ pub async fn serve(
     // its own, which can neither start nor be dropped inside ours. The thread ends when the
     // sender is dropped with this future.
     let (jobs, inbox) = std::sync::mpsc::channel::<Job>();
-    let mut responder = Responder { plugin: plugin.clone(), guest, target, sink: None };
+    let mut responder = Responder::new(plugin.clone(), guest, target);
     std::thread::Builder::new().name(format!("query-{plugin}")).spawn(move || {
         for (payload, reply) in inbox {
             let _ = reply.send(responder.answer(&payload));

@@ -345,3 +345,68 @@ async fn verify_checks_the_partition_of_a_partitioned_daemon() {
         ok.all()
     );
 }
+
+/// A read-model query over every key works past the few thousand keys one fuel budget
+/// covers: its budget grows with the states asked about (the manifest's fuel per 1,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_over_every_key_answers_at_thousands_of_keys() {
+    plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let dir = daemon_dir(&["compute-resource"]);
+    let keys = 6_000;
+    let events = dir.path().join("events.jsonl");
+    let lines: String = (0..keys)
+        .map(|i| {
+            format!(
+                "{{\"subject\":\"infra.resource.r-{i}.ResourceRegistered\",\"time\":\"2026-03-01T09:00:00Z\",\"payload\":{{\"name\":\"web-{i}\",\"kind\":\"vm\",\"region\":\"eu-west\"}}}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(&events, lines).unwrap();
+    let config = write_config(dir.path(), &nats);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}[http]\nlisten = \"127.0.0.1:0\"\n")).unwrap();
+    let published = jetfold([
+        "publish",
+        &events.display().to_string(),
+        "--stream",
+        "INFRA",
+        "--config",
+        &config,
+    ]);
+    assert_eq!(published.code, 0, "{}", published.all());
+    let db = dir.path().join("jetfold.db");
+    let (stop, daemon) = start_daemon(Config::load(Path::new(&config)).unwrap());
+    eventually(120, "the daemon to fold every registration", || {
+        checkpoint(&db, "compute-resource") == keys
+    })
+    .await;
+
+    let ask = move |query: &'static str| {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            jetfold([
+                "state",
+                "compute-resource",
+                query,
+                "--config",
+                &config,
+                "--timeout-ms",
+                "60000",
+            ])
+        })
+    };
+    let counts = ask("{\"count_by_status\":{}}").await.unwrap();
+    assert_eq!(counts.code, 0, "{}", counts.all());
+    let counts: serde_json::Value = serde_json::from_str(&counts.stdout).unwrap();
+    assert_eq!(counts, serde_json::json!({"Provisioning": keys}));
+    let one = ask("{\"resource\":{\"id\":\"r-5999\"}}").await.unwrap();
+    assert_eq!(one.code, 0, "{}", one.all());
+    let one: serde_json::Value = serde_json::from_str(&one.stdout).unwrap();
+    assert_eq!(one["name"], "web-5999", "{one}");
+
+    stop.send(()).unwrap();
+    daemon.await.unwrap().unwrap();
+}
