@@ -960,6 +960,8 @@ pub struct Daemon {
     history: BTreeMap<String, Past>,
     /// Set by [`Daemon::stop`]: the status lists what it ran as stopped.
     stopping: bool,
+    /// The plugins running when [`Daemon::stop`] began.
+    ran_to_stop: std::collections::BTreeSet<String>,
     /// How its workers drain when it stops.
     drain: Drain,
 }
@@ -1091,14 +1093,17 @@ pub async fn supervise(
             }
             _ = tick => daemon.poll_plugin_dir().await,
             change = change => match change {
-                Some(Ok(_)) => {
+                Some(Ok(entry)) => {
                     // Changes already waiting (the watch's first entries, a burst of pushes)
                     // are applied by one sync.
+                    let mut touched = std::collections::BTreeSet::from([entry.key]);
                     if let Some(watch) = &mut changes {
                         use futures::FutureExt as _;
-                        while let Some(Some(Ok(_))) = watch.next().now_or_never() {}
+                        while let Some(Some(Ok(entry))) = watch.next().now_or_never() {
+                            touched.insert(entry.key);
+                        }
                     }
-                    daemon.sync_registry().await
+                    daemon.sync_registry_touching(Some(touched)).await
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "registry watch failed; watching again");
@@ -1277,6 +1282,7 @@ impl Daemon {
             stopped: BTreeMap::new(),
             history: BTreeMap::new(),
             stopping: false,
+            ran_to_stop: Default::default(),
             drain,
         };
         // The database must answer (else exit 2, and systemd retries); then a plugin that
@@ -1703,7 +1709,7 @@ impl Daemon {
     /// plugins started from now on.
     pub async fn reload(&mut self, config: Config) {
         self.forget_refusals();
-        self.apply(config).await;
+        self.apply(config, None).await;
     }
 
     /// Forgets the versions refused so far: each load finds its refusals afresh, so one
@@ -1720,7 +1726,10 @@ impl Daemon {
     }
 
     /// [`Daemon::reload`] without forgetting refusals first.
-    async fn apply(&mut self, config: Config) {
+    /// A plugin its circuit breaker (or a halt) stopped starts again only when `touched` is
+    /// `None` (SIGHUP, a reload asked for) or names it (its directory or registry record
+    /// changed: `plugin resume`, a new version), not at every unrelated change.
+    async fn apply(&mut self, config: Config, touched: Option<std::collections::BTreeSet<String>>) {
         self.config = config;
         self.seen = plugin_dir_snapshot(&self.config);
         let found = {
@@ -1746,6 +1755,11 @@ impl Daemon {
                     let name = plugin.manifest.name.clone();
                     keep.insert(name.clone());
                     let digest = plugin.digest();
+                    let left_stopped = self.stopped.get(&name).is_some_and(|r| r.version == digest)
+                        && touched.as_ref().is_some_and(|t| !t.contains(&name));
+                    if !self.running.contains_key(&name) && left_stopped {
+                        continue;
+                    }
                     let outcome = if self.running.contains_key(&name) {
                         self.swap(*plugin).await
                     } else {
@@ -1803,6 +1817,14 @@ impl Daemon {
 
     /// Brings the registry's directory in step with the desired versions, then reloads.
     pub async fn sync_registry(&mut self) {
+        self.sync_registry_touching(None).await;
+    }
+
+    /// [`Daemon::sync_registry`] after changes to the records of `touched` (all: `None`).
+    async fn sync_registry_touching(
+        &mut self,
+        touched: Option<std::collections::BTreeSet<String>>,
+    ) {
         if self.registry.is_none() {
             return;
         }
@@ -1829,7 +1851,7 @@ impl Daemon {
             Ok(pushed) => self.pushed = pushed,
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot read the registry"),
         }
-        self.apply(self.config.clone()).await;
+        self.apply(self.config.clone(), touched).await;
     }
 
     /// This daemon's plugins as the registry lists them: every plugin it runs, and every one
@@ -1854,14 +1876,24 @@ impl Daemon {
                     // it does.
                     let digest =
                         if p.digest.is_empty() { wanted.clone() } else { p.digest.clone() };
-                    let pending =
-                        running.plugin.at_seq.filter(|_| digest != wanted).map(|at| (wanted, at));
+                    // The wanted version waits for its sequence, or was refused because the
+                    // sequence was already past when it arrived (also across a restart, whose
+                    // sync forgets refusals the worker reported at its start).
+                    let waiting = running.plugin.at_seq.filter(|_| digest != wanted);
+                    let pending = waiting.filter(|at| *at > p.committed_seq);
+                    let past = waiting.filter(|at| *at <= p.committed_seq).map(|at| {
+                        format!(
+                            "{} refused: promotion at sequence {at} is already past",
+                            short(&wanted)
+                        )
+                    });
+                    let pending = pending.map(|at| (wanted, at));
                     let state = match (&p.stalled, &p.rebuild) {
                         (Some(_), _) => PluginState::Stalled,
                         (None, Some(_)) => PluginState::Rebuilding,
                         (None, None) => PluginState::Running,
                     };
-                    let error = p.stalled.clone().or_else(|| {
+                    let error = p.stalled.clone().or(past).or_else(|| {
                         p.refused
                             .as_ref()
                             .map(|r| format!("{} refused: {}", short(&r.version), r.reason))
@@ -1879,8 +1911,17 @@ impl Daemon {
                         (Some(_), _, _) => (PluginState::Paused, None),
                         (None, Some(r), _) => (PluginState::Stopped, Some(r)),
                         (None, None, Some((state, r))) => (state, Some(r)),
-                        // The daemon stopping: every plugin it ran is stopped with it.
-                        (None, None, None) if self.stopping => (PluginState::Stopped, None),
+                        // Disabled on purpose, in the config.
+                        (None, None, None)
+                            if past.is_some()
+                                && self.config.plugins.get(name).is_some_and(|o| !o.enabled) =>
+                        {
+                            (PluginState::Disabled, None)
+                        }
+                        // The daemon stopping: every plugin it ran to the end stops with it.
+                        (None, None, None) if self.stopping && self.ran_to_stop.contains(name) => {
+                            (PluginState::Stopped, None)
+                        }
                         // Removed or disabled: no row.
                         (None, None, None) => continue,
                     };
@@ -1978,7 +2019,7 @@ impl Daemon {
                 // A paused plugin is paused on purpose: it does not hold readiness back.
                 use crate::status::PluginState;
                 let ready = match s.status {
-                    PluginState::Paused => true,
+                    PluginState::Paused | PluginState::Disabled => true,
                     PluginState::Running | PluginState::Rebuilding => {
                         s.lag.is_some_and(|l| l <= max_lag)
                     }
@@ -2033,9 +2074,17 @@ impl Daemon {
 
     /// Reloads if anything under the plugin directory changed since the last load.
     pub async fn poll_plugin_dir(&mut self) {
-        if plugin_dir_snapshot(&self.config) != self.seen {
-            self.reload(self.config.clone()).await;
+        let now = plugin_dir_snapshot(&self.config);
+        if now == self.seen {
+            return;
         }
+        // The plugins whose directories changed (a file written, renamed or removed).
+        let changed = now.iter().filter(|f| !self.seen.contains(f));
+        let gone = self.seen.iter().filter(|f| !now.contains(f));
+        let touched =
+            changed.chain(gone).filter_map(|(path, _, _)| path.parent().map(name_in)).collect();
+        self.forget_refusals();
+        self.apply(self.config.clone(), Some(touched)).await;
     }
 
     /// Hands a new version of a running plugin to its workers, prepared off the hot path.
@@ -2093,6 +2142,13 @@ impl Daemon {
         let service = query.map(|guest| self.query_service(&plugin, guest));
         let plugin_copy = plugin.clone();
         let running = self.running.get_mut(&name).expect("checked above");
+        let handed = match plugin.at_seq {
+            _ if same_live_version(&running.plugin, &plugin) => {
+                "the same version with another shadow handed to the worker; the live version goes on".to_string()
+            }
+            Some(at) => format!("new version handed to the worker; it takes over at sequence {at}"),
+            None => "new version handed to the worker; it takes over at the next batch".to_string(),
+        };
         if running.swaps.send(Swap { plugin, step, shadow }).is_err() {
             bail!("the plugin's worker has stopped");
         }
@@ -2104,7 +2160,7 @@ impl Daemon {
         {
             old.abort();
         }
-        tracing::info!(plugin = %name, digest = %digest, "new version handed to the worker; it takes over at the next batch");
+        tracing::info!(plugin = %name, digest = %digest, "{handed}");
         Ok(())
     }
 
@@ -2143,6 +2199,7 @@ impl Daemon {
         }
         let mut failed = Vec::new();
         let mut left = Vec::new();
+        self.ran_to_stop = self.running.keys().cloned().collect();
         for (name, running) in std::mem::take(&mut self.running) {
             self.remember(&name, &running);
             match tokio::time::timeout_at(deadline, running.stop(&name)).await {
@@ -2336,8 +2393,9 @@ struct Job {
     /// The shadow version's digest and the events it folded in this batch.
     shadow: Option<(String, u64)>,
     /// The swap pause and the new version's first sequence, if the batch holds the first
-    /// event of a new version.
-    swap_pause: Option<(Duration, u64)>,
+    /// event of a new version, and how many versions took over since the last one counted
+    /// (several swaps in a row, or with no event between them, each count).
+    swap_pause: Option<(Duration, u64, u64)>,
     /// The batch's last message: acking it acks the batch.
     ack: Option<Message>,
     events: u64,
@@ -2544,8 +2602,8 @@ impl Committer {
                     }
                     None => p.shadow = None,
                 }
-                if let Some((pause, seq)) = job.swap_pause {
-                    p.swaps += 1;
+                if let Some((pause, seq, takeovers)) = job.swap_pause {
+                    p.swaps += takeovers;
                     p.last_swap_pause = Some(pause);
                     p.swapped_at_seq = Some(seq);
                 }
@@ -2884,6 +2942,8 @@ struct Folder {
     /// The pause of a swap whose new version has folded its first event, and that event's
     /// sequence.
     pause: Option<(Duration, u64)>,
+    /// Versions that took over since the last swap was counted.
+    takeovers: u64,
     /// Versions waiting for their promotion sequences, in the order they take over.
     promotions: Vec<Swap>,
     /// A version folding beside the live one, effects suppressed, outcomes compared.
@@ -2983,6 +3043,7 @@ impl Folder {
             announce: false,
             last_step_end: None,
             pause: None,
+            takeovers: 0,
             promotions: Vec::new(),
             shadow,
             shadow_events: 0,
@@ -3007,6 +3068,9 @@ impl Folder {
             pull_expiry: config.fetch_wait(),
             plugin,
         };
+        // The version folding is shown from the start, before its first commit.
+        let folding = folder.digest.clone();
+        folder.env.progress.send_modify(|p| p.digest = folding);
         for version in later {
             let (step, shadow) = version.prepare(loader)?;
             tracing::info!(
@@ -3325,7 +3389,10 @@ impl Folder {
         let job = Job {
             tables: self.new_tables.take(),
             shadow: self.shadow.as_ref().map(|s| (s.digest.clone(), self.shadow_events)),
-            swap_pause: self.pause.take(),
+            swap_pause: self
+                .pause
+                .take()
+                .map(|(pause, seq)| (pause, seq, std::mem::take(&mut self.takeovers).max(1))),
             commit,
             // Acking a message acks all before it: only what was folded.
             ack: messages.into_iter().take(consumed).last(),
@@ -3443,6 +3510,7 @@ impl Folder {
         self.plugin = plugin;
         self.step = step;
         self.swapped_after = Some(self.last_step_end.unwrap_or_else(Instant::now));
+        self.takeovers += 1;
         source_changed
     }
 
@@ -3594,14 +3662,8 @@ impl Folder {
                     continue;
                 }
             };
-            let key = self.plugin.manifest.state_key(&event);
-            if !self.partition.owns(&key) {
-                events -= 1;
-                continue; // another daemon folds this key
-            }
-            let Ok(state) = self.state_of(&key) else {
-                return None; // stopping: nothing of this batch is committed or acked
-            };
+            // A version promoted at this sequence takes over before the event's key and state
+            // are read: it folds the event from its own (converted) states.
             while self
                 .promotions
                 .first()
@@ -3612,6 +3674,14 @@ impl Folder {
                 // folded up to the event before this one.
                 self.take_over(swap, previous);
             }
+            let key = self.plugin.manifest.state_key(&event);
+            if !self.partition.owns(&key) {
+                events -= 1;
+                continue; // another daemon folds this key
+            }
+            let Ok(state) = self.state_of(&key) else {
+                return None; // stopping: nothing of this batch is committed or acked
+            };
             if let Some(after) = self.swapped_after.take() {
                 self.pause = Some((after.elapsed(), seq));
             }

@@ -852,7 +852,21 @@ async fn purge_consumers(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let stream = js.get_stream(stream).await?;
+    let stream = match js.get_stream(stream).await {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == async_nats::jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            // Its stream is gone (or never existed): no consumer of it is left to delete.
+            println!("no consumers to purge: stream `{stream}` does not exist");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
     for daemon in daemons {
         let consumer = jetfold_host::nats::source::consumer_name(&daemon, name);
         match stream.delete_consumer(&consumer).await {

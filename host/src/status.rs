@@ -16,6 +16,9 @@ pub enum PluginState {
     Stalled,
     /// Paused through the registry: its consumer and checkpoint are kept.
     Paused,
+    /// Stopped by `enabled = false` in the daemon's config: its consumer and checkpoint are
+    /// kept.
+    Disabled,
     /// Not running: its version could not be loaded.
     Refused,
     /// Not running: stopped by its circuit breaker, a halt or an error; it starts again at
@@ -39,6 +42,7 @@ impl PluginState {
             PluginState::Rebuilding => "rebuilding",
             PluginState::Stalled => "stalled",
             PluginState::Paused => "paused",
+            PluginState::Disabled => "disabled",
             PluginState::Refused => "refused",
             PluginState::Stopped => "stopped",
             PluginState::DaemonGone => "daemon-gone",

@@ -479,6 +479,17 @@ async fn idle_registry_daemons_keep_no_consumers_and_a_stopped_one_is_shown_stop
     .await;
     let out = plugin_cli(&cli, &["remove", "compute-resource", "--purge"]);
     assert!(out.contains("purged consumer daemon-a-compute-resource"), "{out}");
+
+    // A plugin whose stream does not exist has no consumers to purge: removed, exit 0.
+    let lost = root.path().join("lost");
+    std::fs::create_dir_all(&lost).unwrap();
+    let manifest = std::fs::read_to_string(built.join("plugin.toml")).unwrap();
+    let manifest = manifest.replace("stream = \"INFRA\"", "stream = \"NOSUCH\"");
+    std::fs::write(lost.join("plugin.toml"), manifest).unwrap();
+    std::fs::copy(built.join("compute_resource.wasm"), lost.join("compute_resource.wasm")).unwrap();
+    plugin_cli(&cli, &["push", lost.to_str().unwrap()]);
+    let out = plugin_cli(&cli, &["remove", "compute-resource", "--purge"]);
+    assert!(out.contains("no consumers to purge: stream `NOSUCH` does not exist"), "{out}");
 }
 
 /// A `jetfold run` process following the registry with default settings (only the HTTP
@@ -548,6 +559,13 @@ async fn a_daemon_restarted_before_an_at_seq_takes_over_there_as_the_others_do_a
     .await;
     assert_eq!(alpha.stop(), Some(0));
     let alpha = registry_daemon(&alpha_dir, "alpha", &nats);
+    // Restarted, it lists what it folds (A) and what waits (B), as beta does.
+    eventually(30, "alpha lists A running and B pending", || {
+        let pending = format!("alpha          next {} takes over at sequence 150", &b[..12]);
+        lists(&cli, "alpha", "compute-resource", &[&a[..12], "running"])
+            && plugin_cli(&cli, &["list"]).contains(&pending)
+    })
+    .await;
     publish(&js, 100, 149).await;
     eventually(60, "both daemons folded 101..149 with A", both_at(149, &a)).await;
     publish(&js, 149, 200).await;

@@ -405,6 +405,12 @@ async fn the_status_of_stopped_stalled_and_refused_plugins_is_true() {
     assert!(get(&address, "/readyz").1.contains("broken: refused"));
     std::fs::remove_dir_all(dir.path().join("plugins/broken")).unwrap();
     daemon.wait(30, "the removed plugin gone", || row(&address, "broken").is_none()).await;
+    // Those changes were another plugin's: the one its breaker stopped stays stopped.
+    let faulty = row(&address, "faulty").unwrap();
+    assert_eq!(
+        (faulty["status"].as_str(), faulty["committed_seq"].as_u64()),
+        (Some("stopped"), Some(103))
+    );
 
     // The stream appears: event-counter folds. Resumed (SIGHUP), faulty goes on from its
     // checkpoint, and its counters from where they were.
@@ -426,5 +432,18 @@ async fn the_status_of_stopped_stalled_and_refused_plugins_is_true() {
     assert_eq!(faulty["events"], 123, "counted since the daemon started: {faulty}");
     assert_eq!(faulty["failures"]["trap"], 100, "{faulty}");
     daemon.wait(10, "ready", || get(&address, "/readyz").0 == 200).await;
+
+    // Disabled in the config: still listed, as disabled, its counters kept; ready.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}[plugins.event-counter]\nenabled = false\n")).unwrap();
+    daemon.signal("HUP");
+    daemon
+        .wait(30, "event-counter disabled", || {
+            row(&address, "event-counter").is_some_and(|r| r["status"] == "disabled")
+        })
+        .await;
+    assert_eq!(get(&address, "/readyz").0, 200);
+    let (_, metrics) = get(&address, "/metrics");
+    assert!(metrics.contains("jetfold_events_total{plugin=\"event-counter\"}"), "{metrics}");
     assert_eq!(daemon.stop(), Some(0));
 }

@@ -337,3 +337,35 @@ async fn a_staging_build_replaces_the_live_tables_in_one_step_in_both_databases(
     .await
     .unwrap();
 }
+
+/// A version with a new state version and `migrate`, promoted at a sequence (`--at-seq`, here
+/// the plain directory's `promote-at-seq`): it folds the event at that very sequence from the
+/// converted state of its key, so nothing is rejected and every event counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_promoted_at_a_sequence_folds_it_from_the_converted_states() {
+    plugin_copy("event-counter-v2");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    publish(&js, 0, 1_000).await;
+    let dir = daemon_dir(&["event-counter"]);
+    let plugins = dir.path().join("plugins");
+    let db = dir.path().join("jetfold.db");
+    let config = config(dir.path(), &nats, "jetfold.db");
+    let mut daemon = Daemon::start(config.clone()).await.unwrap();
+    let mut progress = daemon.progress("event-counter").unwrap();
+    progress.wait_for(|p| p.committed_seq == 1_000).await.unwrap();
+    // The sequence first, then the new version, as the README says; handed over at once.
+    std::fs::write(plugins.join("event-counter/promote-at-seq"), "1200\n").unwrap();
+    install_v2(&plugins, "event-counter", "event-counter");
+    daemon.reload(config).await;
+    // The events at and after 1200, in batches that straddle it.
+    publish(&js, 1_000, 1_500).await;
+    let p = progress.wait_for(|p| p.committed_seq == 1_500).await.unwrap().clone();
+    assert_eq!((p.swaps, p.swapped_at_seq), (1, Some(1_200)), "{p:?}");
+    assert_eq!(p.rejected, 0, "no event was folded from an unconverted state: {p:?}");
+    daemon.stop().await.unwrap();
+    let (counts, version, _) = counted(&db);
+    assert_eq!(counts, expected_counts(1_500));
+    assert_eq!(version, 2);
+}
