@@ -2,6 +2,9 @@
 //! and the traits. Not part of the API.
 
 use std::any::Any;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
@@ -189,4 +192,171 @@ pub fn upcast<U: Upcaster>(event: RawEvent) -> Result<RawEvent, Error> {
         payload,
         content_type: out.content_type,
     })
+}
+
+/// How a resident state is restored when an event is rejected after `apply` changed it.
+pub enum Backup<S> {
+    /// A copy taken before the call (the state type is `Clone`).
+    Copy(fn(&S) -> S),
+    /// The state encoded before the call, decoded again on rejection.
+    Encoded,
+}
+
+/// Picks a [`Backup`] for a concrete state type at the export macro's expansion: `Copy` if
+/// it is `Clone`, else `Encoded` (autoref specialisation; `(&&Probe::<S>(..)).backup()`).
+pub struct Probe<S>(pub PhantomData<S>);
+
+/// `Copy` for a `Clone` state.
+pub trait BackupByCopy<S> {
+    fn backup(&self) -> Backup<S>;
+}
+impl<S: Clone> BackupByCopy<S> for &Probe<S> {
+    fn backup(&self) -> Backup<S> {
+        Backup::Copy(S::clone)
+    }
+}
+
+/// `Encoded` for any other.
+pub trait BackupByEncoding<S> {
+    fn backup(&self) -> Backup<S>;
+}
+impl<S> BackupByEncoding<S> for Probe<S> {
+    fn backup(&self) -> Backup<S> {
+        Backup::Encoded
+    }
+}
+
+thread_local! {
+    /// The decoded states this instance holds, by key (a `HashMap<String, S>`).
+    static RESIDENT: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+fn with_resident<S: 'static, R>(f: impl FnOnce(&mut HashMap<String, S>) -> R) -> R {
+    RESIDENT.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let map = slot.get_or_insert_with(|| Box::new(HashMap::<String, S>::new()));
+        f(map.downcast_mut::<HashMap<String, S>>().expect("one state type per instance"))
+    })
+}
+
+/// A batch as the export macros hand it over: keys, seeds (key index, state) and events
+/// (key index, event).
+pub struct RawBatch {
+    pub keys: Vec<String>,
+    pub seeds: Vec<(u32, Option<Vec<u8>>)>,
+    pub events: Vec<(u32, RawEvent)>,
+}
+
+/// Per event its effects or error, and the encoded states of the keys accepted events folded.
+pub type BatchResult = (Vec<Result<Vec<Effect>, Error>>, Vec<(u32, Vec<u8>)>);
+
+/// A plugin's per-event function: `Projection::apply` or `Policy::decide`.
+type Fold<S, E, C> = fn(&mut S, Event<E>, &mut Context<C>) -> Result<(), Error>;
+
+/// Folds a batch into the resident states: seeds replace what is held, each event runs `f`
+/// on its key's decoded state, a rejected event's key is restored to what it was, and every
+/// key an accepted event folded is encoded once at the end.
+fn fold_batch<S, E, C>(batch: RawBatch, backup: Backup<S>, f: Fold<S, E, C>) -> BatchResult
+where
+    S: Default + DeserializeOwned + serde::Serialize + 'static,
+    E: DeserializeOwned,
+    C: Send + Sync + 'static,
+{
+    let RawBatch { keys, seeds, events } = batch;
+    with_resident::<S, _>(|held| {
+        let mut broken: HashMap<u32, Error> = HashMap::new();
+        for (key, state) in seeds {
+            let name = &keys[key as usize];
+            match decode_state::<S>(state) {
+                Ok(s) => {
+                    held.insert(name.clone(), s);
+                }
+                Err(e) => {
+                    held.remove(name);
+                    broken.insert(key, e);
+                }
+            }
+        }
+        let mut changed = vec![false; keys.len()];
+        let mut outcomes = Vec::with_capacity(events.len());
+        for (key, raw) in events {
+            if let Some(e) = broken.get(&key) {
+                outcomes.push(Err(e.clone()));
+                continue;
+            }
+            let name = &keys[key as usize];
+            let Some(state) = held.get_mut(name) else {
+                panic!(
+                    "the host sent an event for key `{name}`, which this instance neither holds nor was given"
+                );
+            };
+            let outcome = (|| {
+                let event = decode_event::<E>(raw)?;
+                let mut cx = Context::new(config::<C>()?);
+                match &backup {
+                    Backup::Copy(copy) => {
+                        let before = copy(state);
+                        let done = f(state, event, &mut cx).and_then(|()| cx.finish());
+                        if done.is_err() {
+                            *state = before;
+                        }
+                        done
+                    }
+                    Backup::Encoded => {
+                        let before = encode_state(&*state)?;
+                        let done = f(state, event, &mut cx).and_then(|()| cx.finish());
+                        if done.is_err() {
+                            *state = decode_state(Some(before))?;
+                        }
+                        done
+                    }
+                }
+            })();
+            if outcome.is_ok() {
+                changed[key as usize] = true;
+            }
+            outcomes.push(outcome);
+        }
+        let states = changed
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c)
+            .map(|(i, _)| {
+                let state = &held[&keys[i]];
+                match encode_state(state) {
+                    Ok(bytes) => (i as u32, bytes),
+                    // The host folds the batch again one event per call and rejects the event.
+                    Err(e) => panic!("{}: {}", e.code, e.message),
+                }
+            })
+            .collect();
+        (outcomes, states)
+    })
+}
+
+/// Drops the resident states of `keys`.
+pub fn forget<S: 'static>(keys: Vec<String>) {
+    with_resident::<S, _>(|held| {
+        for key in keys {
+            held.remove(&key);
+        }
+    })
+}
+
+pub fn fold_projection<P, E, C>(batch: RawBatch, backup: Backup<P>) -> BatchResult
+where
+    P: Projection<E, C> + 'static,
+    E: DeserializeOwned,
+    C: DeserializeOwned + Send + Sync + 'static,
+{
+    fold_batch(batch, backup, P::apply)
+}
+
+pub fn fold_policy<P, E, C>(batch: RawBatch, backup: Backup<P>) -> BatchResult
+where
+    P: Policy<E, C> + 'static,
+    E: DeserializeOwned,
+    C: DeserializeOwned + Send + Sync + 'static,
+{
+    fold_batch(batch, backup, P::decide)
 }

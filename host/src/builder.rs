@@ -134,8 +134,9 @@ fn build_rust(manifest: &Manifest, options: &BuildOptions) -> anyhow::Result<Pat
     })
 }
 
-/// The contract this jetfold was built with, handed to the Python and JavaScript toolchains.
-pub const CONTRACT: &str = include_str!("../../wit/plugin.wit");
+/// The contract handed to the Python and JavaScript toolchains: `jetfold:plugin@0.1.0`, one
+/// event per call (their batch helper for 0.2.0 is not written yet; the host loads both).
+pub const CONTRACT: &str = include_str!("../../wit/0.1.0/plugin.wit");
 
 /// Where `scripts/setup` installs the plugin toolchains: `$JETFOLD_TOOLS`, else
 /// `$XDG_CACHE_HOME/jetfold/tools`, else `~/.cache/jetfold/tools`.

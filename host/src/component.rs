@@ -20,13 +20,14 @@ use wasmtime::{Config, Engine};
 
 use crate::bindings::{
     migration::MigrationIndices, policy::PolicyPre, projection::ProjectionPre,
-    upcaster::UpcasterPre,
+    upcaster::UpcasterPre, v2,
 };
 use crate::guest::HostState;
 use crate::manifest::PluginKind;
 
-/// The contract's type-only interface, which components may import.
-const TYPES_INTERFACE: &str = "jetfold:plugin/types@";
+/// The contract's type-only interfaces, which components may import: `types`, and in 0.2.0
+/// the batch framing `batching`.
+const TYPE_INTERFACES: [&str; 2] = ["jetfold:plugin/types@", "jetfold:plugin/batching@"];
 
 /// The contract's optional `migration` interface, which projections and policies may export.
 const MIGRATION_INTERFACE: &str = "jetfold:plugin/migration@";
@@ -131,7 +132,10 @@ pub struct LoadedComponent {
     pub load_time: Duration,
     pub(crate) pre: PluginPre,
     /// The `migrate` export, if the component has one.
-    pub(crate) migration: Option<MigrationIndices>,
+    pub(crate) migration: Option<MigrationExport>,
+    /// The contract version it was built against: `0.1.0` (one event per call) or `0.2.0`
+    /// (batches, states resident in the instance).
+    pub contract: &'static str,
     /// Whether it imports WASI (linked deny-all, see [`crate::wasi`]).
     pub wasi: bool,
     /// How calls' CPU is bounded (fuel, but for the benchmark's [`ComponentLoader::measuring`]).
@@ -146,12 +150,21 @@ impl LoadedComponent {
     }
 }
 
-/// The instance-ready component, typed by world.
+/// The instance-ready component, typed by world and contract version.
 #[derive(Clone)]
 pub(crate) enum PluginPre {
     Projection(ProjectionPre<HostState>),
     Policy(PolicyPre<HostState>),
     Upcaster(UpcasterPre<HostState>),
+    ProjectionV2(v2::projection::ProjectionPre<HostState>),
+    PolicyV2(v2::policy::PolicyPre<HostState>),
+}
+
+/// A component's `migration` export, by contract version.
+#[derive(Clone)]
+pub(crate) enum MigrationExport {
+    V1(MigrationIndices),
+    V2(v2::migration::MigrationIndices),
 }
 
 /// Compiles and checks components; owns the engine and the precompiled cache.
@@ -246,7 +259,7 @@ impl ComponentLoader {
             // no functions, so satisfying it grants nothing.
             let types_only = match &item.ty {
                 ComponentItem::ComponentInstance(instance) => {
-                    name.starts_with(TYPES_INTERFACE)
+                    TYPE_INTERFACES.iter().any(|prefix| name.starts_with(prefix))
                         && instance
                             .exports(&self.engine)
                             .all(|(_, e)| matches!(e.ty, ComponentItem::Type(_)))
@@ -287,19 +300,33 @@ impl ComponentLoader {
                     "an upcaster has no state, so it cannot export `migration`",
                 )));
             }
-            Some(_) => Some(MigrationIndices::new(&instance_pre).map_err(wrong_world)?),
+            Some((name, _)) if name.ends_with("@0.1.0") => Some(MigrationExport::V1(
+                MigrationIndices::new(&instance_pre).map_err(wrong_world)?,
+            )),
+            Some(_) => Some(MigrationExport::V2(
+                v2::migration::MigrationIndices::new(&instance_pre).map_err(wrong_world)?,
+            )),
         };
-        let pre = match kind {
-            PluginKind::Projection => {
+        // 0.2.0 worlds export `forget`; 0.1.0 ones do not.
+        let batches = ty.exports(&self.engine).any(|(name, _)| name == "forget");
+        let pre = match (kind, batches) {
+            (PluginKind::Projection, false) => {
                 PluginPre::Projection(ProjectionPre::new(instance_pre).map_err(wrong_world)?)
             }
-            PluginKind::Policy => {
+            (PluginKind::Policy, false) => {
                 PluginPre::Policy(PolicyPre::new(instance_pre).map_err(wrong_world)?)
             }
-            PluginKind::Upcaster => {
+            (PluginKind::Projection, true) => PluginPre::ProjectionV2(
+                v2::projection::ProjectionPre::new(instance_pre).map_err(wrong_world)?,
+            ),
+            (PluginKind::Policy, true) => {
+                PluginPre::PolicyV2(v2::policy::PolicyPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            (PluginKind::Upcaster, _) => {
                 PluginPre::Upcaster(UpcasterPre::new(instance_pre).map_err(wrong_world)?)
             }
         };
+        let contract = if batches { "0.2.0" } else { "0.1.0" };
         Ok(LoadedComponent {
             digest,
             kind,
@@ -307,6 +334,7 @@ impl ComponentLoader {
             load_time: started.elapsed(),
             pre,
             migration,
+            contract,
             wasi,
             cpu: self.cpu,
         })

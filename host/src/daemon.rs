@@ -38,6 +38,7 @@ use crate::fold::{StepError, checked_step};
 use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, OnError, PluginKind};
 use crate::nats::{self, emit, source, source::headers};
+use crate::pipeline::fold::{Folded, Keyed, ResidentGuest, fold_each};
 use crate::sink::{Checkpoint, Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
 use crate::upcast::{UpcastChain, UpcasterSpec};
 
@@ -65,6 +66,67 @@ pub trait Step: Send {
     fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
         let _ = (from_version, state);
         Err("this version does not export `migrate`".into())
+    }
+
+    /// Folds `events` in order from `states`, which holds the state of every key of the batch
+    /// that has one: the outcomes and new states of folding them one at a time (the default
+    /// does exactly that; a step that [`Step::holds`] a key's state does not hand it in).
+    fn fold_batch(
+        &mut self,
+        manifest: &Manifest,
+        events: &[Keyed<'_>],
+        states: &HashMap<String, Vec<u8>>,
+    ) -> Folded {
+        fold_each(|state, event| self.step(manifest, state, event), events, states)
+    }
+
+    /// Whether the step holds `key`'s state itself (a batch needs no state for it).
+    fn holds(&self, key: &str) -> bool {
+        let _ = key;
+        false
+    }
+
+    /// Forgets every state the step holds (after a batch whose outcomes were not all used).
+    fn forget_all(&mut self) {}
+}
+
+impl Step for ResidentGuest {
+    fn step(
+        &mut self,
+        manifest: &Manifest,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+        ResidentGuest::step(self, manifest, state, event)
+    }
+
+    fn migrates(&self) -> bool {
+        self.guest().migrates()
+    }
+
+    fn fuel_used(&self) -> u64 {
+        self.guest().fuel_used()
+    }
+
+    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
+        self.guest_mut().migrate(from_version, state).map_err(|e| e.to_string())
+    }
+
+    fn fold_batch(
+        &mut self,
+        manifest: &Manifest,
+        events: &[Keyed<'_>],
+        states: &HashMap<String, Vec<u8>>,
+    ) -> Folded {
+        self.fold(manifest, events, states)
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        ResidentGuest::holds(self, key)
+    }
+
+    fn forget_all(&mut self) {
+        ResidentGuest::forget_all(self)
     }
 }
 
@@ -207,8 +269,11 @@ impl DaemonPlugin {
     }
 
     fn step(&self, loader: &ComponentLoader) -> anyhow::Result<Box<dyn Step>> {
-        let inner = match &self.implementation {
-            Implementation::Component(c) => Box::new(self.instantiate(c, loader)?),
+        let inner: Box<dyn Step> = match &self.implementation {
+            Implementation::Component(c) => {
+                let guest = self.instantiate(c, loader)?;
+                if guest.batches() { Box::new(ResidentGuest::new(guest)) } else { Box::new(guest) }
+            }
             Implementation::Native { make, .. } => make()?,
         };
         if self.upcasters.is_empty() {
@@ -268,6 +333,40 @@ impl Step for Upcasting {
 
     fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
         self.inner.migrate(from_version, state)
+    }
+
+    fn fold_batch(
+        &mut self,
+        manifest: &Manifest,
+        events: &[Keyed<'_>],
+        states: &HashMap<String, Vec<u8>>,
+    ) -> Folded {
+        // Raised first, each alone; those an upcaster rejects are rejected, the rest folded.
+        let raised: Vec<_> = events.iter().map(|e| self.chain.raise(e.event)).collect();
+        let mut through = Vec::with_capacity(events.len());
+        for (e, r) in events.iter().zip(&raised) {
+            if let Ok(event) = r {
+                through.push(Keyed { key: e.key, event: event.as_ref() });
+            }
+        }
+        let inner = self.inner.fold_batch(manifest, &through, states);
+        let mut outcomes = inner.outcomes.into_iter();
+        let outcomes = raised
+            .into_iter()
+            .map(|r| match r {
+                Ok(_) => outcomes.next().expect("one outcome per event folded"),
+                Err(error) => Err(error),
+            })
+            .collect();
+        Folded { outcomes, states: inner.states }
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.inner.holds(key)
+    }
+
+    fn forget_all(&mut self) {
+        self.inner.forget_all()
     }
 }
 
@@ -746,6 +845,35 @@ struct BatchStats {
     fuel: u64,
     effects: BTreeMap<&'static str, u64>,
     dead_letters: u64,
+}
+
+/// An event of a [`PreparedBatch`]: its message's index, its key, its event and outcome.
+type Slot = (usize, String, Option<(Event, crate::pipeline::fold::Outcome)>);
+
+/// A batch folded ahead of [`Folder::fold`]'s loop, which takes each event's outcome in turn.
+struct PreparedBatch {
+    /// Per event folded, in message order: its message's index, its key, and (until the
+    /// loop takes it) the event and its outcome.
+    slots: Vec<Slot>,
+    next: usize,
+    /// The states of the keys the batch changed, as of its end.
+    states: HashMap<String, Vec<u8>>,
+    /// How many slots the loop has taken.
+    taken: usize,
+}
+
+impl PreparedBatch {
+    /// The event of message `index` and its outcome, if the batch folded it.
+    fn take(&mut self, index: usize) -> Option<(Event, crate::pipeline::fold::Outcome)> {
+        while self.slots.get(self.next).is_some_and(|(i, _, _)| *i < index) {
+            self.next += 1;
+        }
+        let slot = self.slots.get_mut(self.next).filter(|(i, _, _)| *i == index)?;
+        let item = slot.2.take();
+        self.next += 1;
+        self.taken = self.next;
+        item
+    }
 }
 
 /// The subject on which daemon `daemon` takes `jetfold rebuild` requests for `plugin`.
@@ -3564,6 +3692,93 @@ impl Folder {
         Ok(state)
     }
 
+    /// Folds in one batch the events of `messages` the plugin will be called with, before
+    /// the loop of [`Folder::fold`] handles each message: `None` if the daemon stopped while
+    /// states were read, `Some(None)` where events are folded one at a time instead (a shadow
+    /// compares each event's outcome from the same state; a version takes over inside the
+    /// batch).
+    #[allow(clippy::option_option)]
+    fn prepare_batch(&mut self, messages: &[Message]) -> Option<Option<PreparedBatch>> {
+        let last = messages.last().map_or(0, message_seq);
+        let promotes =
+            self.promotions.first().is_some_and(|s| s.plugin.at_seq.is_some_and(|at| at <= last));
+        if (self.shadow.is_some() && !self.catching_up) || promotes || self.tripped.is_some() {
+            return Some(None);
+        }
+        // The same tests as the loop's, in its order, without their side effects: what fails
+        // one is left to the loop.
+        let mut folded = self.folded;
+        let mut items = Vec::new();
+        for (index, message) in messages.iter().enumerate() {
+            let Ok(info) = message.info() else { continue };
+            let seq = info.stream_sequence;
+            if seq <= folded {
+                continue;
+            }
+            folded = seq;
+            if source::replayed_for_another(message, &self.name) || self.verify(message).is_err() {
+                continue;
+            }
+            let Ok(event) = source::event_from_message(message) else { continue };
+            let key = self.plugin.manifest.state_key(&event);
+            if !self.partition.owns(&key) {
+                continue;
+            }
+            items.push((index, key, event));
+        }
+        if items.is_empty() {
+            return Some(None);
+        }
+        // Every key's state, held by the instance or not: after a trap the batch is folded
+        // again from them.
+        for (_, key, _) in &items {
+            if !self.states.contains_key(key) {
+                self.state_of(key).ok()?;
+            }
+        }
+        if let Some(after) = self.swapped_after.take() {
+            self.pause = Some((after.elapsed(), message_seq(&messages[items[0].0])));
+        }
+        let keyed: Vec<Keyed<'_>> =
+            items.iter().map(|(_, key, event)| Keyed { key, event }).collect();
+        let (call, fuel) = (Instant::now(), self.step.fuel_used());
+        let folded = self.step.fold_batch(&self.plugin.manifest, &keyed, &self.states);
+        let now = Instant::now();
+        self.last_step_end = Some(now);
+        let per_event = (now - call) / items.len() as u32;
+        for _ in 0..items.len() {
+            self.stats.calls.observe(per_event);
+        }
+        self.stats.fuel += self.step.fuel_used().saturating_sub(fuel);
+        let Folded { outcomes, states } = folded;
+        let slots = items
+            .into_iter()
+            .zip(outcomes)
+            .map(|((index, key, event), outcome)| (index, key, Some((event, outcome))))
+            .collect();
+        Some(Some(PreparedBatch { slots, next: 0, states, taken: 0 }))
+    }
+
+    /// After the loop: the batch's states become the plugin's if the loop took every event's
+    /// outcome; if it stopped short (the plugin halted or its circuit opened), the events it
+    /// took are folded again alone, so that the states are as of the last one.
+    fn settle_batch(&mut self, batch: PreparedBatch, messages: &[Message]) {
+        if batch.taken == batch.slots.len() {
+            self.states.extend(batch.states);
+            return;
+        }
+        self.step.forget_all();
+        let taken: Vec<(&str, Event)> = batch.slots[..batch.taken]
+            .iter()
+            .filter_map(|(index, key, _)| {
+                Some((key.as_str(), source::event_from_message(&messages[*index]).ok()?))
+            })
+            .collect();
+        let keyed: Vec<Keyed<'_>> = taken.iter().map(|(key, event)| Keyed { key, event }).collect();
+        let again = self.step.fold_batch(&self.plugin.manifest, &keyed, &self.states);
+        self.states.extend(again.states);
+    }
+
     /// Runs the step over the batch: what to commit (new states included), the number of
     /// events folded and of those rejected; `None` if the daemon stopped meanwhile.
     fn fold(&mut self, messages: &[Message]) -> Option<(Commit, u64, u64)> {
@@ -3585,6 +3800,12 @@ impl Folder {
         let mut shadow_events = 0;
         self.consumed = 0;
         self.stats = BatchStats::default();
+        // The events the plugin will be called with are folded in one batch first (see
+        // `prepare_batch`); the loop below then handles each message in order as before,
+        // taking those events' outcomes from the batch.
+        let Some(mut batch) = self.prepare_batch(messages) else {
+            return None; // stopping while states were read
+        };
         for (index, message) in messages.iter().enumerate() {
             if self.tripped.is_some() {
                 break; // the circuit breaker stopped the plugin: the rest stays unacked
@@ -3604,63 +3825,69 @@ impl Folder {
                 events -= 1;
                 continue; // a dead letter replayed for another plugin
             }
-            if let Err(bad) = self.verify(message) {
-                if !self.partition.owns_seq(seq) {
-                    events -= 1;
-                    continue; // another daemon's to record
-                }
-                tracing::warn!(
-                    plugin = %self.name, digest = %self.short_digest(), seq,
-                    correlation_id = correlation_of(message), reason = %bad,
-                    "event rejected: bad signature"
-                );
-                // The key and type as far as the message says them (not to be trusted).
-                let event = source::event_from_message(message).ok();
-                let rejected = Rejected {
-                    seq,
-                    key: event
-                        .as_ref()
-                        .map(|e| self.plugin.manifest.state_key(e))
-                        .unwrap_or_default(),
-                    event_type: event.map(|e| e.event_type).unwrap_or_default(),
-                    kind: "bad-signature".into(),
-                    code: Some(bad.code.into()),
-                    message: bad.message,
-                };
-                // A bad signature is the publisher's fault: it does not count toward the
-                // plugin's circuit breaker.
-                if self.reject(&mut commit, message, (previous, index), rejected, false) {
-                    events -= 1;
-                    break;
-                }
-                continue;
-            }
-            let event = match source::event_from_message(message) {
-                Ok(e) => e,
-                Err(_) if !self.partition.owns_seq(seq) => {
-                    events -= 1;
-                    continue; // another daemon's to record
-                }
-                Err(e) => {
+            let prepared = batch.as_mut().and_then(|b| b.take(index));
+            let (event, precomputed) = if let Some((event, outcome)) = prepared {
+                (event, Some(outcome))
+            } else {
+                if let Err(bad) = self.verify(message) {
+                    if !self.partition.owns_seq(seq) {
+                        events -= 1;
+                        continue; // another daemon's to record
+                    }
                     tracing::warn!(
                         plugin = %self.name, digest = %self.short_digest(), seq,
-                        correlation_id = correlation_of(message), error = %format!("{e:#}"),
-                        "event rejected: unreadable message"
+                        correlation_id = correlation_of(message), reason = %bad,
+                        "event rejected: bad signature"
                     );
+                    // The key and type as far as the message says them (not to be trusted).
+                    let event = source::event_from_message(message).ok();
                     let rejected = Rejected {
                         seq,
-                        key: String::new(),
-                        event_type: String::new(),
-                        kind: "invalid-event".into(),
-                        code: None,
-                        message: format!("{e:#}"),
+                        key: event
+                            .as_ref()
+                            .map(|e| self.plugin.manifest.state_key(e))
+                            .unwrap_or_default(),
+                        event_type: event.map(|e| e.event_type).unwrap_or_default(),
+                        kind: "bad-signature".into(),
+                        code: Some(bad.code.into()),
+                        message: bad.message,
                     };
-                    if self.reject(&mut commit, message, (previous, index), rejected, true) {
+                    // A bad signature is the publisher's fault: it does not count toward the
+                    // plugin's circuit breaker.
+                    if self.reject(&mut commit, message, (previous, index), rejected, false) {
                         events -= 1;
                         break;
                     }
                     continue;
                 }
+                let event = match source::event_from_message(message) {
+                    Ok(e) => e,
+                    Err(_) if !self.partition.owns_seq(seq) => {
+                        events -= 1;
+                        continue; // another daemon's to record
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            plugin = %self.name, digest = %self.short_digest(), seq,
+                            correlation_id = correlation_of(message), error = %format!("{e:#}"),
+                            "event rejected: unreadable message"
+                        );
+                        let rejected = Rejected {
+                            seq,
+                            key: String::new(),
+                            event_type: String::new(),
+                            kind: "invalid-event".into(),
+                            code: None,
+                            message: format!("{e:#}"),
+                        };
+                        if self.reject(&mut commit, message, (previous, index), rejected, true) {
+                            events -= 1;
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                (event, None)
             };
             // A version promoted at this sequence takes over before the event's key and state
             // are read: it folds the event from its own (converted) states.
@@ -3679,40 +3906,49 @@ impl Folder {
                 events -= 1;
                 continue; // another daemon folds this key
             }
-            let Ok(state) = self.state_of(&key) else {
-                return None; // stopping: nothing of this batch is committed or acked
-            };
-            if let Some(after) = self.swapped_after.take() {
-                self.pause = Some((after.elapsed(), seq));
-            }
-            let (call, fuel) = (Instant::now(), self.step.fuel_used());
-            let outcome = self.step.step(&self.plugin.manifest, state.as_ref(), &event);
-            let now = Instant::now();
-            self.last_step_end = Some(now);
-            self.stats.calls.observe(now - call);
-            self.stats.fuel += self.step.fuel_used().saturating_sub(fuel);
-            let replaying = self.catching_up;
-            if let Some(shadow) = self.shadow.as_mut().filter(|_| !replaying) {
-                let theirs = shadow.step.step(&shadow.manifest, state.as_ref(), &event);
-                shadow_events += 1;
-                let (live, theirs) = (describe(&outcome), describe(&theirs));
-                if live != theirs {
-                    commit.shadow_diffs.push(ShadowDiff {
-                        shadow_digest: shadow.digest.clone(),
-                        seq,
-                        key: key.clone(),
-                        live,
-                        shadow: theirs,
-                    });
+            let outcome = match precomputed {
+                // Folded in the batch: its state comes with the batch's.
+                Some(outcome) => outcome.map(|effects| (None, effects)),
+                None => {
+                    let Ok(state) = self.state_of(&key) else {
+                        return None; // stopping: nothing of this batch is committed or acked
+                    };
+                    if let Some(after) = self.swapped_after.take() {
+                        self.pause = Some((after.elapsed(), seq));
+                    }
+                    let (call, fuel) = (Instant::now(), self.step.fuel_used());
+                    let outcome = self.step.step(&self.plugin.manifest, state.as_ref(), &event);
+                    let now = Instant::now();
+                    self.last_step_end = Some(now);
+                    self.stats.calls.observe(now - call);
+                    self.stats.fuel += self.step.fuel_used().saturating_sub(fuel);
+                    let replaying = self.catching_up;
+                    if let Some(shadow) = self.shadow.as_mut().filter(|_| !replaying) {
+                        let theirs = shadow.step.step(&shadow.manifest, state.as_ref(), &event);
+                        shadow_events += 1;
+                        let (live, theirs) = (describe(&outcome), describe(&theirs));
+                        if live != theirs {
+                            commit.shadow_diffs.push(ShadowDiff {
+                                shadow_digest: shadow.digest.clone(),
+                                seq,
+                                key: key.clone(),
+                                live,
+                                shadow: theirs,
+                            });
+                        }
+                    }
+                    outcome.map(|(state, effects)| (Some(state), effects))
                 }
-            }
+            };
             match outcome {
                 Ok((new_state, effects)) => {
                     for (index, effect) in effects.into_iter().enumerate() {
                         *self.stats.effects.entry(effect.kind().as_str()).or_default() += 1;
                         self.route(&mut commit, &event, index, effect);
                     }
-                    self.states.insert(key.clone(), new_state);
+                    if let Some(new_state) = new_state {
+                        self.states.insert(key.clone(), new_state);
+                    }
                     dirty.insert(key);
                     self.consecutive_failures = 0;
                     self.consecutive_errors = 0;
@@ -3737,6 +3973,9 @@ impl Folder {
                     }
                 }
             }
+        }
+        if let Some(batch) = batch {
+            self.settle_batch(batch, messages);
         }
         if !self.rewrite.is_empty() {
             dirty.extend(self.rewrite.drain());

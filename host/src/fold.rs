@@ -428,22 +428,12 @@ impl From<effect::EffectRejection> for StepError {
     }
 }
 
-/// One event through a projection's `apply` or a policy's `decide`, its effects checked
-/// against the manifest: the new state and the accepted effects, or why the event is
-/// rejected. The offline runner and the daemon both go through here, so they agree.
-pub fn checked_step(
-    guest: &mut GuestInstance,
-    manifest: &Manifest,
-    state: Option<&Vec<u8>>,
-    event: &Event,
-) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
-    let limits = &manifest.limits;
-    let limit = |kind: &str, message: String| StepError {
-        kind: kind.into(),
-        code: None,
-        message,
-        backtrace: None,
-    };
+fn limit(kind: &str, message: String) -> StepError {
+    StepError { kind: kind.into(), code: None, message, backtrace: None }
+}
+
+/// Refuses an event whose payload is over `limits.max-payload-bytes`, before any guest call.
+pub fn payload_check(limits: &crate::manifest::Limits, event: &Event) -> Result<(), StepError> {
     if event.payload.len() > limits.max_payload_bytes {
         return Err(limit(
             "payload-too-large",
@@ -454,37 +444,56 @@ pub fn checked_step(
             ),
         ));
     }
-    let check = |state: &Vec<u8>, effects: usize| {
-        if state.len() > limits.max_state_bytes {
-            return Err(limit(
-                "state-too-large",
-                format!(
-                    "the new state has {} bytes, more than limits.max-state-bytes ({})",
-                    state.len(),
-                    limits.max_state_bytes
-                ),
-            ));
-        }
-        if effects > limits.max_effects {
-            return Err(limit(
-                "too-many-effects",
-                format!(
-                    "the call returned {effects} effects, more than limits.max-effects ({})",
-                    limits.max_effects
-                ),
-            ));
-        }
-        Ok(())
-    };
+    Ok(())
+}
+
+/// Refuses a call's output over `limits.max-state-bytes` or `limits.max-effects`.
+pub fn output_check(
+    limits: &crate::manifest::Limits,
+    state_len: usize,
+    effects: usize,
+) -> Result<(), StepError> {
+    if state_len > limits.max_state_bytes {
+        return Err(limit(
+            "state-too-large",
+            format!(
+                "the new state has {state_len} bytes, more than limits.max-state-bytes ({})",
+                limits.max_state_bytes
+            ),
+        ));
+    }
+    if effects > limits.max_effects {
+        return Err(limit(
+            "too-many-effects",
+            format!(
+                "the call returned {effects} effects, more than limits.max-effects ({})",
+                limits.max_effects
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One event through a projection's `apply` or a policy's `decide`, its effects checked
+/// against the manifest: the new state and the accepted effects, or why the event is
+/// rejected. The offline runner and the daemon both go through here, so they agree.
+pub fn checked_step(
+    guest: &mut GuestInstance,
+    manifest: &Manifest,
+    state: Option<&Vec<u8>>,
+    event: &Event,
+) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+    let limits = &manifest.limits;
+    payload_check(limits, event)?;
     match manifest.kind {
         PluginKind::Projection => {
             let (new_state, effects) = guest.apply(state, event)?;
-            check(&new_state, effects.len())?;
+            output_check(limits, new_state.len(), effects.len())?;
             Ok((new_state, effect::accept(effects, &manifest.allow)?))
         }
         PluginKind::Policy => {
             let (new_state, decisions) = guest.decide(state, event)?;
-            check(&new_state, decisions.len())?;
+            output_check(limits, new_state.len(), decisions.len())?;
             Ok((new_state, effect::accept_decisions(decisions, &manifest.allow)?))
         }
         PluginKind::Upcaster => Err(StepError {

@@ -9,13 +9,9 @@ use std::fmt;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use crate::bindings::{
-    migration::{Migration, MigrationIndices},
-    policy::Policy,
-    projection::Projection,
-    types,
-    upcaster::Upcaster,
+    migration::Migration, policy::Policy, projection::Projection, types, upcaster::Upcaster, v2,
 };
-use crate::component::{LoadedComponent, PluginPre};
+use crate::component::{LoadedComponent, MigrationExport, PluginPre};
 use crate::event::Event;
 use crate::manifest::{Limits, PluginKind};
 
@@ -133,12 +129,36 @@ enum Bound {
     Projection(Projection),
     Policy(Policy),
     Upcaster(Upcaster),
+    ProjectionV2(v2::projection::Projection),
+    PolicyV2(v2::policy::Policy),
+}
+
+/// A live instance's `migrate`, by contract version.
+enum Migrator {
+    V1(Migration),
+    V2(v2::migration::Migration),
+}
+
+/// What one `fold` (or a policy's batch `decide`) returned, checked for its shape.
+pub struct BatchFold {
+    /// Per event, in order.
+    pub outcomes: BatchOutcomes,
+    /// Per changed key (an index into the batch's keys), its state after the batch.
+    pub states: Vec<(u32, Vec<u8>)>,
+}
+
+/// A batch's guest-side outcomes before their effects are checked: effects, or decisions.
+pub enum BatchOutcomes {
+    /// A projection's.
+    Effects(Vec<Result<Vec<types::Effect>, types::Error>>),
+    /// A policy's.
+    Decisions(Vec<Result<Vec<types::Decision>, types::Error>>),
 }
 
 /// A live instance of one plugin version.
 pub struct GuestInstance {
     pre: PluginPre,
-    migration: Option<MigrationIndices>,
+    migration: Option<MigrationExport>,
     /// The plugin's name, for what its guest writes to stdout and stderr; set when the
     /// component imports WASI.
     wasi_name: Option<String>,
@@ -147,7 +167,7 @@ pub struct GuestInstance {
     engine: wasmtime::Engine,
     limits: Limits,
     config: String,
-    live: Option<(Store<HostState>, Bound, Option<Migration>)>,
+    live: Option<(Store<HostState>, Bound, Option<Migrator>)>,
     instantiations: u64,
     fuel_used: u64,
 }
@@ -184,12 +204,24 @@ impl GuestInstance {
             PluginPre::Projection(_) => PluginKind::Projection,
             PluginPre::Policy(_) => PluginKind::Policy,
             PluginPre::Upcaster(_) => PluginKind::Upcaster,
+            PluginPre::ProjectionV2(_) => PluginKind::Projection,
+            PluginPre::PolicyV2(_) => PluginKind::Policy,
         }
+    }
+
+    /// Whether the component folds batches and keeps states between calls (contract 0.2.0).
+    pub fn batches(&self) -> bool {
+        matches!(self.pre, PluginPre::ProjectionV2(_) | PluginPre::PolicyV2(_))
     }
 
     /// Fuel the calls have consumed so far (0 unless fuel bounds them).
     pub fn fuel_used(&self) -> u64 {
         self.fuel_used
+    }
+
+    /// Whether an instance is live (a trap drops it; the next call makes a new one).
+    pub fn is_live(&self) -> bool {
+        self.live.is_some()
     }
 
     /// How many times an instance was created (1 + one per trap recovered from).
@@ -234,15 +266,35 @@ impl GuestInstance {
                 let instance = pre.instance_pre().instantiate(&mut store).map_err(fail)?;
                 (Bound::Upcaster(Upcaster::new(&mut store, &instance).map_err(fail)?), instance)
             }
+            PluginPre::ProjectionV2(pre) => {
+                let instance = pre.instance_pre().instantiate(&mut store).map_err(fail)?;
+                let p = v2::projection::Projection::new(&mut store, &instance).map_err(fail)?;
+                p.call_init(&mut store, &self.config)
+                    .map_err(fail)?
+                    .map_err(|e| returned(GuestCall::Init, e))?;
+                (Bound::ProjectionV2(p), instance)
+            }
+            PluginPre::PolicyV2(pre) => {
+                let instance = pre.instance_pre().instantiate(&mut store).map_err(fail)?;
+                let p = v2::policy::Policy::new(&mut store, &instance).map_err(fail)?;
+                p.call_init(&mut store, &self.config)
+                    .map_err(fail)?
+                    .map_err(|e| returned(GuestCall::Init, e))?;
+                (Bound::PolicyV2(p), instance)
+            }
         };
         // A `migrate` of the wrong type fails here, before any event is folded.
+        let mismatch = |e: wasmtime::Error| GuestError::InvalidOutput {
+            call: GuestCall::Migrate,
+            message: format!("the `migration` export does not match the contract: {e:#}"),
+        };
         let migration = match &self.migration {
-            Some(indices) => Some(indices.load(&mut store, &instance).map_err(|e| {
-                GuestError::InvalidOutput {
-                    call: GuestCall::Migrate,
-                    message: format!("the `migration` export does not match the contract: {e:#}"),
-                }
-            })?),
+            Some(MigrationExport::V1(indices)) => {
+                Some(Migrator::V1(indices.load(&mut store, &instance).map_err(mismatch)?))
+            }
+            Some(MigrationExport::V2(indices)) => {
+                Some(Migrator::V2(indices.load(&mut store, &instance).map_err(mismatch)?))
+            }
             None => None,
         };
         self.live = Some((store, bound, migration));
@@ -256,7 +308,7 @@ impl GuestInstance {
         f: impl FnOnce(
             &mut Store<HostState>,
             &Bound,
-            Option<&Migration>,
+            Option<&Migrator>,
         ) -> wasmtime::Result<Result<T, types::Error>>,
     ) -> Result<T, GuestError> {
         let limits = self.limits.clone();
@@ -271,7 +323,7 @@ impl GuestInstance {
         f: impl FnOnce(
             &mut Store<HostState>,
             &Bound,
-            Option<&Migration>,
+            Option<&Migrator>,
         ) -> wasmtime::Result<Result<T, types::Error>>,
     ) -> Result<T, GuestError> {
         self.ensure_live()?;
@@ -300,6 +352,17 @@ impl GuestInstance {
         state: Option<&Vec<u8>>,
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<types::Effect>), GuestError> {
+        if self.batches() {
+            let (outcomes, state) = self.fold_one(GuestCall::Apply, state, event)?;
+            let BatchOutcomes::Effects(mut outcomes) = outcomes else {
+                unreachable!("a projection's batch")
+            };
+            return outcomes
+                .pop()
+                .expect("one outcome, checked")
+                .map(|e| (state, e))
+                .map_err(|e| returned(GuestCall::Apply, e));
+        }
         let event = types::Event::from(event);
         self.call(GuestCall::Apply, |store, bound, _| match bound {
             Bound::Projection(p) => p.call_apply(store, state, &event),
@@ -313,10 +376,101 @@ impl GuestInstance {
         state: Option<&Vec<u8>>,
         event: &Event,
     ) -> Result<(Vec<u8>, Vec<types::Decision>), GuestError> {
+        if self.batches() {
+            let (outcomes, state) = self.fold_one(GuestCall::Decide, state, event)?;
+            let BatchOutcomes::Decisions(mut outcomes) = outcomes else {
+                unreachable!("a policy's batch")
+            };
+            return outcomes
+                .pop()
+                .expect("one outcome, checked")
+                .map(|d| (state, d))
+                .map_err(|e| returned(GuestCall::Decide, e));
+        }
         let event = types::Event::from(event);
         self.call(GuestCall::Decide, |store, bound, _| match bound {
             Bound::Policy(p) => p.call_decide(store, state, &event),
             _ => Err(wasmtime::Error::msg("this plugin is not a policy")),
+        })
+    }
+
+    /// One event through a 0.2.0 instance, its key seeded with `state`: the outcome and, if
+    /// it was accepted, the key's new state.
+    fn fold_one(
+        &mut self,
+        call: GuestCall,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(BatchOutcomes, Vec<u8>), GuestError> {
+        let batch = v2::batching::Batch {
+            keys: vec![String::new()],
+            seeds: vec![v2::batching::Seed { key: 0, state: state.cloned() }],
+            events: vec![v2::batching::KeyedEvent { key: 0, event: types::Event::from(event) }],
+        };
+        let BatchFold { outcomes, mut states } = self.fold_batch(&batch)?;
+        let accepted = match &outcomes {
+            BatchOutcomes::Effects(o) => o.first().map(Result::is_ok),
+            BatchOutcomes::Decisions(o) => o.first().map(Result::is_ok),
+        };
+        let invalid = |message: &str| GuestError::InvalidOutput { call, message: message.into() };
+        match accepted {
+            None => Err(invalid("the batch of one event came back with no outcome")),
+            Some(false) => Ok((outcomes, Vec::new())),
+            Some(true) => match states.pop() {
+                Some((0, state)) if states.is_empty() => Ok((outcomes, state)),
+                _ => Err(invalid("the event was accepted but its key's state did not come back")),
+            },
+        }
+    }
+
+    /// `fold` (a projection) or the batch `decide` (a policy) of a 0.2.0 instance: one call,
+    /// one fuel budget, for the whole batch. Checks that there is one outcome per event and
+    /// that changed states name the batch's keys, each once.
+    pub fn fold_batch(&mut self, batch: &v2::batching::Batch) -> Result<BatchFold, GuestError> {
+        let projection = matches!(self.pre, PluginPre::ProjectionV2(_));
+        let call = if projection { GuestCall::Apply } else { GuestCall::Decide };
+        let (outcomes, states) = self.call(call, |store, bound, _| match bound {
+            Bound::ProjectionV2(p) => p.call_fold(store, batch).map(|f| {
+                let states = f.states.into_iter().map(|c| (c.key, c.state)).collect::<Vec<_>>();
+                Ok((BatchOutcomes::Effects(f.outcomes), states))
+            }),
+            Bound::PolicyV2(p) => p.call_decide(store, batch).map(|d| {
+                let states = d.states.into_iter().map(|c| (c.key, c.state)).collect::<Vec<_>>();
+                Ok((BatchOutcomes::Decisions(d.outcomes), states))
+            }),
+            _ => Err(wasmtime::Error::msg("this plugin does not fold batches (contract 0.1.0)")),
+        })?;
+        let count = match &outcomes {
+            BatchOutcomes::Effects(o) => o.len(),
+            BatchOutcomes::Decisions(o) => o.len(),
+        };
+        let invalid = |message: String| GuestError::InvalidOutput { call, message };
+        if count != batch.events.len() {
+            return Err(invalid(format!(
+                "{count} outcomes for a batch of {} events",
+                batch.events.len()
+            )));
+        }
+        let mut seen = vec![false; batch.keys.len()];
+        for (key, _) in &states {
+            match seen.get_mut(*key as usize) {
+                Some(s) if !*s => *s = true,
+                Some(_) => return Err(invalid(format!("key {key} came back twice"))),
+                None => return Err(invalid(format!("a state for key {key}, not in the batch"))),
+            }
+        }
+        Ok(BatchFold { outcomes, states })
+    }
+
+    /// Drops the states a 0.2.0 instance holds for `keys` (nothing for 0.1.0).
+    pub fn forget(&mut self, keys: &[String]) -> Result<(), GuestError> {
+        if !self.batches() || self.live.is_none() {
+            return Ok(());
+        }
+        self.call(GuestCall::Apply, |store, bound, _| match bound {
+            Bound::ProjectionV2(p) => p.call_forget(store, keys).map(Ok),
+            Bound::PolicyV2(p) => p.call_forget(store, keys).map(Ok),
+            _ => Ok(Ok(())),
         })
     }
 
@@ -342,6 +496,7 @@ impl GuestInstance {
         let raised = parts > 1 || extra_mib > 1;
         let answer = self.call_within(GuestCall::Query, limits, |store, bound, _| match bound {
             Bound::Projection(p) => p.call_query(store, states, request),
+            Bound::ProjectionV2(p) => p.call_query(store, states, request),
             _ => Err(wasmtime::Error::msg("this plugin is not a projection")),
         });
         if raised {
@@ -363,8 +518,11 @@ impl GuestInstance {
                 message: "this component does not export `migrate`".into(),
             });
         }
-        self.call(GuestCall::Migrate, |store, _, migration| {
-            migration.expect("checked above").call_migrate(store, from_version, &state.to_vec())
+        let state = state.to_vec();
+        self.call(GuestCall::Migrate, |store, _, migration| match migration {
+            Some(Migrator::V1(m)) => m.call_migrate(store, from_version, &state),
+            Some(Migrator::V2(m)) => m.call_migrate(store, from_version, &state),
+            None => Err(wasmtime::Error::msg("this component does not export `migrate`")),
         })
     }
 

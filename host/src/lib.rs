@@ -41,6 +41,7 @@ pub mod http;
 pub mod integrity;
 pub mod manifest;
 pub mod nats;
+pub mod pipeline;
 pub mod progress;
 pub mod query;
 pub mod registry;

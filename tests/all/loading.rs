@@ -17,12 +17,28 @@ fn rust_plugins_import_nothing_but_the_contracts_types() {
     ] {
         let component =
             wasmtime::component::Component::from_file(&engine, plugin(name).join(file)).unwrap();
-        let imports: Vec<String> =
-            component.component_type().imports(&engine).map(|(n, _)| n.to_string()).collect();
+        let ty = component.component_type();
+        let imports: Vec<String> = ty.imports(&engine).map(|(n, _)| n.to_string()).collect();
+        // The contract's type-only interfaces of 0.2.0: `types` and the batch framing.
         assert!(
-            imports.iter().all(|i| i.starts_with("jetfold:plugin/types@")),
+            imports.iter().all(|i| {
+                i.starts_with("jetfold:plugin/types@0.2.0")
+                    || i.starts_with("jetfold:plugin/batching@0.2.0")
+            }),
             "{name} imports {imports:?}"
         );
+        for (import, item) in ty.imports(&engine) {
+            let wasmtime::component::types::ComponentItem::ComponentInstance(instance) = item.ty
+            else {
+                panic!("{name} imports {import}, which is not an interface");
+            };
+            assert!(
+                instance.exports(&engine).all(|(_, e)| {
+                    matches!(e.ty, wasmtime::component::types::ComponentItem::Type(_))
+                }),
+                "{name}'s import {import} carries functions"
+            );
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! binary is run as a user runs it.
 
 mod auth;
+mod batching;
 mod crash;
 mod daemon;
 mod emit;

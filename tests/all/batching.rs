@@ -1,0 +1,259 @@
+//! Batches give exactly what one event at a time gives: random event streams of the example
+//! plugins, failing and trapping events mixed in, folded through the batch path
+//! (`jetfold:plugin@0.2.0`, states resident in the instance) with batches of 1, 7 and 500
+//! events and fresh instances at random batch boundaries (a restart: the host's committed
+//! states are the truth), against the plain fold that seeds every call with the key's state.
+//! Every outcome (effects, or the rejection's kind, code and message) and every final state
+//! must be the same.
+
+use std::collections::HashMap;
+
+use jetfold_host::{
+    component::ComponentLoader,
+    event::Event,
+    fold::{Plugin, StepError, checked_step},
+    pipeline::fold::{Keyed, ResidentGuest},
+};
+use proptest::prelude::*;
+
+use crate::support::{cache_dir, plugin};
+
+fn open(name: &str) -> Plugin {
+    let loader = ComponentLoader::new(Some(cache_dir())).unwrap();
+    let plugin = Plugin::open(&plugin(name), &loader).unwrap();
+    assert!(plugin.guest.batches(), "{name} is built against jetfold:plugin@0.2.0");
+    plugin
+}
+
+/// One outcome, comparable: effects as their debug text, or the rejection.
+fn outcome(o: &Result<Vec<jetfold_host::effect::Effect>, StepError>) -> String {
+    match o {
+        Ok(effects) => format!("ok {effects:?}"),
+        Err(e) => format!("err {} {:?} {}", e.kind, e.code, e.message),
+    }
+}
+
+/// The plain fold: one call per event, its key's state handed in every time.
+fn one_at_a_time(
+    plugin: &mut Plugin,
+    events: &[(String, Event)],
+) -> (Vec<String>, HashMap<String, Vec<u8>>) {
+    let mut states: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut outcomes = Vec::new();
+    for (key, event) in events {
+        match checked_step(&mut plugin.guest, &plugin.manifest, states.get(key), event) {
+            Ok((state, effects)) => {
+                states.insert(key.clone(), state);
+                outcomes.push(outcome(&Ok(effects)));
+            }
+            Err(e) => outcomes.push(outcome(&Err(e))),
+        }
+    }
+    (outcomes, states)
+}
+
+/// The batch path: batches of `size`, a fresh instance after the batches `restarts` names.
+fn batched(
+    name: &str,
+    events: &[(String, Event)],
+    size: usize,
+    restarts: &[bool],
+) -> (Vec<String>, HashMap<String, Vec<u8>>) {
+    let plugin = open(name);
+    let manifest = plugin.manifest.clone();
+    let mut resident = ResidentGuest::new(plugin.guest);
+    let mut states: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut outcomes = Vec::new();
+    for (n, chunk) in events.chunks(size).enumerate() {
+        if restarts.get(n).copied().unwrap_or(false) {
+            resident = ResidentGuest::new(open(name).guest);
+        }
+        let keyed: Vec<Keyed<'_>> = chunk.iter().map(|(key, event)| Keyed { key, event }).collect();
+        let folded = resident.fold(&manifest, &keyed, &states);
+        assert_eq!(folded.outcomes.len(), chunk.len());
+        outcomes.extend(folded.outcomes.iter().map(outcome));
+        states.extend(folded.states);
+    }
+    (outcomes, states)
+}
+
+fn event(seq: u64, key: &str, event_type: &str, payload: serde_json::Value) -> Event {
+    let record = jetfold_host::event::EventRecord {
+        sequence: Some(seq),
+        subject: format!("test.thing.{key}.{event_type}"),
+        time: chrono::DateTime::from_timestamp(1_767_225_600 + seq as i64 * 60, 0).unwrap(),
+        event_type: Some(event_type.into()),
+        aggregate_id: Some(key.into()),
+        message_id: Some(format!("m-{seq}")),
+        correlation_id: None,
+        causation_id: None,
+        schema_version: None,
+        headers: vec![],
+        stored_headers: None,
+        content_type: None,
+        payload: Some(serde_json::value::to_raw_value(&payload).unwrap()),
+        payload_base64: None,
+    };
+    record.into_event(seq).unwrap()
+}
+
+/// Events of the `faulty` plugin: mostly accepted, with every way of failing mixed in.
+fn faulty_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
+    let kind = prop_oneof![
+        20 => Just("Ok"),
+        4 => Just("Fail"),
+        2 => Just("Panic"),
+        2 => Just("Sneak"),
+        2 => Just("Hoard"),
+        2 => Just("Flood"),
+        1 => Just("Bomb"),
+        1 => Just("Loop"),
+    ];
+    prop::collection::vec((0..6u8, kind), 1..80).prop_map(|picks| {
+        picks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k, kind))| {
+                let key = format!("k{k}");
+                let e = event(i as u64 + 1, &key, kind, serde_json::json!(kind));
+                (key, e)
+            })
+            .collect()
+    })
+}
+
+/// Events of `compute-resource`: registrations, transitions (valid or not), policies, for a
+/// few resources, in any order (so that many are rejected by its state machine).
+fn compute_resource_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
+    let step = prop_oneof![
+        3 => Just(("ResourceRegistered", serde_json::json!({"name": "vm", "kind": "vm", "region": "eu"}))),
+        4 => Just(("StatusChanged", serde_json::json!({"to": "Active"}))),
+        3 => Just(("StatusChanged", serde_json::json!({"to": "Maintenance", "reason": "patching"}))),
+        1 => Just(("StatusChanged", serde_json::json!({"to": "Decommissioned"}))),
+        2 => Just(("PolicyAdded", serde_json::json!({"policy_id": "backup", "name": "Nightly"}))),
+        1 => Just(("PolicyRemoved", serde_json::json!({"policy_id": "backup"}))),
+        1 => Just(("OrganizationAssigned", serde_json::json!({"organization_id": "org-1"}))),
+        1 => Just(("StatusChanged", serde_json::json!({"to": 17}))),
+    ];
+    prop::collection::vec((0..5u8, step), 1..120).prop_map(|picks| {
+        picks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (r, (ty, payload)))| {
+                let key = format!("r-{r}");
+                let e = event(i as u64 + 1, &key, ty, payload);
+                (key, e)
+            })
+            .collect()
+    })
+}
+
+fn check(name: &str, events: &[(String, Event)], restarts: &[bool]) -> Result<(), TestCaseError> {
+    let mut plain = open(name);
+    let (want, want_states) = one_at_a_time(&mut plain, events);
+    for size in [1, 7, 500] {
+        let (got, got_states) = batched(name, events, size, restarts);
+        for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+            prop_assert_eq!(
+                w,
+                g,
+                "event {} (seq {}) with batches of {}",
+                i,
+                events[i].1.sequence,
+                size
+            );
+        }
+        prop_assert_eq!(&want_states, &got_states, "final states with batches of {}", size);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn faulty_streams_fold_the_same_in_batches(
+        events in faulty_stream(),
+        restarts in prop::collection::vec(prop::bool::weighted(0.2), 80),
+    ) {
+        check("faulty", &events, &restarts)?;
+    }
+
+    #[test]
+    fn compute_resource_streams_fold_the_same_in_batches(
+        events in compute_resource_stream(),
+        restarts in prop::collection::vec(prop::bool::weighted(0.2), 120),
+    ) {
+        check("compute-resource", &events, &restarts)?;
+    }
+}
+
+/// A batch whose every event is accepted is one guest call that hands no state in for keys
+/// the instance holds: the second batch over the same keys seeds nothing (the resident path
+/// is really taken, not the one-at-a-time fallback).
+#[test]
+fn a_second_batch_over_the_same_keys_hands_no_state_in() {
+    let plugin = open("compute-resource");
+    let manifest = plugin.manifest.clone();
+    let mut resident = ResidentGuest::new(plugin.guest);
+    let events: Vec<(String, Event)> = (0..10)
+        .map(|r| {
+            let key = format!("r-{r}");
+            let e = event(
+                r + 1,
+                &key,
+                "ResourceRegistered",
+                serde_json::json!({"name": "vm", "kind": "vm", "region": "eu"}),
+            );
+            (key, e)
+        })
+        .collect();
+    let keyed: Vec<Keyed<'_>> = events.iter().map(|(key, event)| Keyed { key, event }).collect();
+    let first = resident.fold(&manifest, &keyed, &HashMap::new());
+    assert!(first.outcomes.iter().all(Result::is_ok));
+    assert_eq!(first.states.len(), 10);
+    assert_eq!(resident.held_keys(), 10);
+    let next: Vec<(String, Event)> = (0..10)
+        .map(|r| {
+            let key = format!("r-{r}");
+            let e = event(r + 11, &key, "StatusChanged", serde_json::json!({"to": "Active"}));
+            (key, e)
+        })
+        .collect();
+    let keyed: Vec<Keyed<'_>> = next.iter().map(|(key, event)| Keyed { key, event }).collect();
+    // No states at all: only what the instance holds can fold these (the daemon always
+    // passes them; without them, a trap could not be recovered from).
+    let second = resident.fold(&manifest, &keyed, &HashMap::new());
+    assert!(
+        second.outcomes.iter().all(Result::is_ok),
+        "{:?}",
+        second.outcomes.iter().map(outcome).collect::<Vec<_>>()
+    );
+    let state: serde_json::Value = serde_json::from_slice(&second.states["r-3"]).unwrap();
+    assert_eq!(state["status"], "Active");
+    // A batch of one event goes through a call of its own: the instance then holds that
+    // key's new state, which the next batch folds from.
+    let one = [(
+        "r-3".to_string(),
+        event(21, "r-3", "StatusChanged", serde_json::json!({"to": "Maintenance"})),
+    )];
+    let keyed: Vec<Keyed<'_>> = one.iter().map(|(key, event)| Keyed { key, event }).collect();
+    let third = resident.fold(&manifest, &keyed, &HashMap::new());
+    assert!(third.outcomes[0].is_ok(), "{}", outcome(&third.outcomes[0]));
+    let pair = [
+        ("r-3".to_string(), event(22, "r-3", "StatusChanged", serde_json::json!({"to": "Active"}))),
+        (
+            "r-4".to_string(),
+            event(23, "r-4", "StatusChanged", serde_json::json!({"to": "Maintenance"})),
+        ),
+    ];
+    let keyed: Vec<Keyed<'_>> = pair.iter().map(|(key, event)| Keyed { key, event }).collect();
+    let fourth = resident.fold(&manifest, &keyed, &HashMap::new());
+    assert!(
+        fourth.outcomes.iter().all(Result::is_ok),
+        "{:?}",
+        fourth.outcomes.iter().map(outcome).collect::<Vec<_>>()
+    );
+    let state: serde_json::Value = serde_json::from_slice(&fourth.states["r-3"]).unwrap();
+    assert_eq!(state["version"], 4, "registered, Active, Maintenance, Active: {state}");
+}
