@@ -134,9 +134,13 @@ fn build_rust(manifest: &Manifest, options: &BuildOptions) -> anyhow::Result<Pat
     })
 }
 
-/// The contract handed to the Python and JavaScript toolchains: `jetfold:plugin@0.1.0`, one
-/// event per call (their batch helper for 0.2.0 is not written yet; the host loads both).
-pub const CONTRACT: &str = include_str!("../../wit/0.1.0/plugin.wit");
+/// The current contract, `jetfold:plugin@0.2.0` (batches), handed to the Python and JavaScript
+/// toolchains for a module whose manifest says `[build] contract = "0.2.0"`.
+pub const CONTRACT: &str = include_str!("../../wit/plugin.wit");
+
+/// `jetfold:plugin@0.1.0` (one event per call), for the modules written against it (the
+/// default for Python and JavaScript, so that they keep building).
+pub const CONTRACT_0_1: &str = include_str!("../../wit/0.1.0/plugin.wit");
 
 /// Where `scripts/setup` installs the plugin toolchains: `$JETFOLD_TOOLS`, else
 /// `$XDG_CACHE_HOME/jetfold/tools`, else `~/.cache/jetfold/tools`.
@@ -163,8 +167,16 @@ fn build_componentized(manifest: &Manifest, lang: BuildLang) -> anyhow::Result<V
     let build = manifest.build.as_ref();
     let world =
         build.and_then(|b| b.world.clone()).unwrap_or_else(|| manifest.kind.world().to_string());
+    let contract = match build.and_then(|b| b.contract.as_deref()) {
+        None | Some("0.1.0") => CONTRACT_0_1,
+        Some("0.2.0") => CONTRACT,
+        Some(other) => bail!(
+            "{}: [build] contract = \"{other}\" is not a contract version this jetfold has (0.1.0, 0.2.0)",
+            manifest.dir.join(crate::manifest::MANIFEST_FILE).display()
+        ),
+    };
     let wit = tempfile::tempdir().context("cannot make a temporary directory")?;
-    std::fs::write(wit.path().join("plugin.wit"), CONTRACT)?;
+    std::fs::write(wit.path().join("plugin.wit"), contract)?;
     // The toolchain runs in the plugin's directory, so every path it is given is absolute.
     let dir = manifest
         .dir

@@ -3729,12 +3729,21 @@ impl Folder {
         if items.is_empty() {
             return Some(None);
         }
-        // Every key's state, held by the instance or not: after a trap the batch is folded
-        // again from them.
-        for (_, key, _) in &items {
-            if !self.states.contains_key(key) {
-                self.state_of(key).ok()?;
-            }
+        // Every key's state, held by the instance or not (after a trap the batch is folded
+        // again from them): those not in memory in one query.
+        let mut missing: Vec<&str> = items
+            .iter()
+            .map(|(_, key, _)| key.as_str())
+            .filter(|k| !self.states.contains_key(*k))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        if !missing.is_empty() {
+            let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
+            let found = retry_sink(name, "cannot read states", env, OnStop::GiveUp, reader, |r| {
+                r.states_of(name, &missing)
+            })?;
+            self.states.extend(found);
         }
         if let Some(after) = self.swapped_after.take() {
             self.pause = Some((after.elapsed(), message_seq(&messages[items[0].0])));

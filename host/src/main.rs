@@ -654,8 +654,12 @@ fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config_file = Some(args.config.clone());
     let drain_timeout = config.drain_timeout();
     let outcome = runtime.block_on(async {
+        // Before the start: a SIGTERM while plugins start is taken as a stop once they have
+        // (the default action would kill the process on the spot).
+        let signals = StopSignals::install();
         let daemon = jetfold_host::daemon::Daemon::start(config).await?;
-        jetfold_host::daemon::supervise(daemon, config_file, shutdown_signal(drain_timeout)).await
+        let shutdown = shutdown_signal(signals, drain_timeout);
+        jetfold_host::daemon::supervise(daemon, config_file, shutdown).await
     });
     // Threads a drain left behind end with the process; the runtime does not wait for them.
     runtime.shutdown_background();
@@ -1348,13 +1352,27 @@ fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// SIGTERM and SIGINT, caught from the moment they are installed.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals {
+            term: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
+            int: signal(SignalKind::interrupt()).expect("install SIGINT handler"),
+        }
+    }
+}
+
 /// Completes on SIGTERM or SIGINT, which starts the drain. From then on a second signal, or
 /// the drain still going a second past `drain_timeout` (a call hanging on NATS or the
 /// database), exits at once with [`EXIT_DRAIN_CUT_SHORT`]: as after a crash, nothing is lost.
-async fn shutdown_signal(drain_timeout: std::time::Duration) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+async fn shutdown_signal(signals: StopSignals, drain_timeout: std::time::Duration) {
+    let StopSignals { mut term, mut int } = signals;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -337,6 +337,12 @@ pub struct Build {
     /// `migrate` names `projection-with-migration` or `policy-with-migration`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world: Option<String>,
+    /// For Python and JavaScript, the contract version the module is written against:
+    /// `0.2.0` (batches, what `jetfold new` writes) or `0.1.0` (one event per call, the
+    /// default, so that modules written before 0.2.0 keep building). A Rust plugin's contract
+    /// is its SDK's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<String>,
 }
 
 /// Source languages `jetfold build` knows.

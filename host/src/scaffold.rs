@@ -21,6 +21,10 @@ const PYTHON_PROJECTION: &str = include_str!("scaffold/python_projection.py");
 const PYTHON_POLICY: &str = include_str!("scaffold/python_policy.py");
 const JS_PROJECTION: &str = include_str!("scaffold/js_projection.js");
 const JS_POLICY: &str = include_str!("scaffold/js_policy.js");
+/// The batch export of `jetfold:plugin@0.2.0` for Python plugins written one event at a time.
+const PYTHON_BATCH: &str = include_str!("scaffold/python_batch.py");
+/// The same for JavaScript, written into the plugin's module (componentize-js builds one file).
+const JS_BATCH: &str = include_str!("scaffold/js_batch.js");
 const PROJECTION_GOLDEN: &str = include_str!("scaffold/projection.expected.json");
 const POLICY_GOLDEN: &str = include_str!("scaffold/policy.expected.json");
 
@@ -85,6 +89,7 @@ pub fn scaffold(dir: &Path, plugin: &NewPlugin) -> anyhow::Result<Vec<PathBuf>> 
                 _ => PYTHON_POLICY,
             };
             files.push(("app.py".into(), vars.fill(source)));
+            files.push(("jetfold_batch.py".into(), PYTHON_BATCH.to_string()));
             files.push((".gitignore".into(), "__pycache__/\n*.wasm\n".into()));
         }
         BuildLang::Js => {
@@ -92,7 +97,7 @@ pub fn scaffold(dir: &Path, plugin: &NewPlugin) -> anyhow::Result<Vec<PathBuf>> 
                 PluginKind::Projection => JS_PROJECTION,
                 _ => JS_POLICY,
             };
-            files.push(("plugin.js".into(), vars.fill(source)));
+            files.push(("plugin.js".into(), vars.fill(source).replace("{{batches}}", JS_BATCH)));
             files.push((".gitignore".into(), "*.wasm\n".into()));
         }
     }
@@ -153,13 +158,18 @@ fn manifest(plugin: &NewPlugin, wasm: &str, table: &str) -> String {
     };
     format!(
         "name = \"{name}\"\nkind = \"{kind}\"\nwasm = \"{wasm}\"\ndescription = \"{description}\"\n\n\
-         [build]\nlang = \"{lang}\"\n\n\
+         [build]\nlang = \"{lang}\"\n{contract}\n\
          # Where the daemon reads this plugin's events (override per daemon in jetfold.toml).\n\
          [source]\nstream = \"DEMO\"\nsubjects = [\"demo.>\"]\n\n\
          # What the plugin may do: anything else it returns rejects the event.\n{allow}",
         name = plugin.name,
         kind = plugin.kind,
         lang = plugin.lang,
+        contract = match plugin.lang {
+            BuildLang::Rust => "",
+            _ =>
+                "# The contract its module is written against (batches of events per call).\ncontract = \"0.2.0\"\n",
+        },
     )
 }
 

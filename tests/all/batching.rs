@@ -18,11 +18,35 @@ use proptest::prelude::*;
 
 use crate::support::{cache_dir, plugin};
 
+/// A plugin of `plugins/` by name, or a plugin directory by path.
 fn open(name: &str) -> Plugin {
+    let dir = if name.contains('/') { std::path::PathBuf::from(name) } else { plugin(name) };
     let loader = ComponentLoader::new(Some(cache_dir())).unwrap();
-    let plugin = Plugin::open(&plugin(name), &loader).unwrap();
+    let plugin = Plugin::open(&dir, &loader).unwrap();
     assert!(plugin.guest.batches(), "{name} is built against jetfold:plugin@0.2.0");
     plugin
+}
+
+/// The `jetfold new` plugin of `lang` and `kind`, built once per test binary.
+fn scaffolded(
+    lang: jetfold_host::manifest::BuildLang,
+    kind: jetfold_host::manifest::PluginKind,
+) -> String {
+    use jetfold_host::builder::{BuildOptions, build_plugin};
+    use jetfold_host::scaffold::{NewPlugin, scaffold};
+    static ROOT: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| tempfile::tempdir().unwrap());
+    let dir = root.path().join(format!("{lang}-{kind}"));
+    if !dir.exists() {
+        let plugin = NewPlugin { name: format!("batch-{lang}-{kind}"), lang, kind, sdk: None };
+        scaffold(&dir, &plugin).unwrap();
+        let options = BuildOptions {
+            target_dir: Some(crate::support::target_dir().join("jetfold-guests")),
+            debug: false,
+        };
+        build_plugin(&dir, &options).unwrap();
+    }
+    dir.to_str().unwrap().to_string()
 }
 
 /// One outcome, comparable: effects as their debug text, or the rejection.
@@ -148,6 +172,26 @@ fn compute_resource_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
     })
 }
 
+/// Events of the scaffolds: creations and failed or passed checks of a few resources.
+fn scaffold_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
+    let kind = prop_oneof![
+        1 => Just(("Created", serde_json::json!({"name": "web"}))),
+        3 => Just(("CheckFailed", serde_json::json!({"check": "http"}))),
+        1 => Just(("CheckPassed", serde_json::json!({}))),
+    ];
+    prop::collection::vec((0..4u8, kind), 1..60).prop_map(|picks| {
+        picks
+            .into_iter()
+            .enumerate()
+            .map(|(i, (r, (ty, payload)))| {
+                let key = format!("r-{r}");
+                let e = event(i as u64 + 1, &key, ty, payload);
+                (key, e)
+            })
+            .collect()
+    })
+}
+
 fn check(name: &str, events: &[(String, Event)], restarts: &[bool]) -> Result<(), TestCaseError> {
     let mut plain = open(name);
     let (want, want_states) = one_at_a_time(&mut plain, events);
@@ -185,6 +229,24 @@ proptest! {
         restarts in prop::collection::vec(prop::bool::weighted(0.2), 120),
     ) {
         check("compute-resource", &events, &restarts)?;
+    }
+}
+
+proptest! {
+    // Building Python and JavaScript components takes a while: fewer cases.
+    #![proptest_config(ProptestConfig { cases: 4, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn python_and_javascript_scaffolds_fold_the_same_in_batches(
+        events in scaffold_stream(),
+        restarts in prop::collection::vec(prop::bool::weighted(0.2), 60),
+    ) {
+        use jetfold_host::manifest::{BuildLang, PluginKind};
+        for lang in [BuildLang::Python, BuildLang::Js] {
+            for kind in [PluginKind::Projection, PluginKind::Policy] {
+                check(&scaffolded(lang, kind), &events, &restarts)?;
+            }
+        }
     }
 }
 

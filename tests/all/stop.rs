@@ -178,3 +178,23 @@ fn the_units_stop_timeout_leaves_the_drain_its_bound() {
     );
     assert_eq!(value("SuccessExitStatus").as_deref(), Some("3"));
 }
+
+/// A SIGTERM that arrives while the daemon is still starting its plugins is a stop like any
+/// other once they have started (exit 0), not the signal's default action killing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_daemon_starts_is_a_clean_stop() {
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    let dir = daemon_dir(&["compute-resource"]);
+    let dir = dir.path();
+    write_config(dir, &nats);
+    let mut child = spawn_daemon(dir);
+    // Connected, plugins not necessarily started yet.
+    eventually(60, "the daemon connecting", || log(dir).contains("connected to NATS")).await;
+    signal(&child, "TERM");
+    let status = exit_status(&mut child, 60, dir).await;
+    let text = log(dir);
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("SIGTERM received"), "{text}");
+}

@@ -1,26 +1,19 @@
 // {{name}}: a policy. Per resource (the event's aggregate id) it counts failed checks since
 // the last passed one; at the third it asks for the resource to be quarantined.
 //
-// The host calls `decide` with one key's state (a Uint8Array this module wrote, or undefined
-// for a key never seen) and one event (fields in camelCase; u64 and s64 numbers are BigInts);
-// it returns [new state, decisions]: commands to publish (the host sets their message id,
-// correlation and causation). Throwing {code, message} rejects the event. Pure: no files,
-// clock or network.
+// `decide(state, event)` decides about one event: `state` is the key's state as JSON values
+// (undefined for a key never seen), `event` has its fields in camelCase (u64 and s64 numbers
+// are BigInts); it returns [new state, decisions]: commands to publish (the host sets their
+// message id, correlation and causation). Throwing {code, message} rejects the event and keeps
+// the key's state as it was. The host folds batches of events (contract jetfold:plugin@0.2.0):
+// `batches` at the end of this file keeps the states between them. Pure: no files, clock or
+// network.
 
 // Failed checks in a row that trigger the command.
 const THRESHOLD = 3;
-const encoder = new TextEncoder();
-const decoder = new TextDecoder();
 
-export function init(config) {
-  // The manifest's [config], as JSON: this plugin takes none.
-  if (Object.keys(JSON.parse(config || '{}')).length > 0) {
-    throw { code: 'invalid-config', message: 'this plugin takes no configuration' };
-  }
-}
-
-export function decide(state, event) {
-  const watch = state === undefined ? { failures: 0 } : JSON.parse(decoder.decode(state));
+function decideOne(state, event) {
+  const watch = state === undefined ? { failures: 0 } : { ...state };
   const decisions = [];
   if (event.eventType === 'CheckFailed') {
     watch.failures += 1;
@@ -39,5 +32,17 @@ export function decide(state, event) {
   } else if (event.eventType === 'CheckPassed') {
     watch.failures = 0;
   }
-  return [encoder.encode(JSON.stringify(watch)), decisions];
+  return [watch, decisions];
 }
+
+export function init(config) {
+  // The manifest's [config], as JSON: this plugin takes none.
+  if (Object.keys(JSON.parse(config || '{}')).length > 0) {
+    throw { code: 'invalid-config', message: 'this plugin takes no configuration' };
+  }
+}
+
+{{batches}}
+const folder = batches(decideOne);
+export const decide = folder.fold;
+export const forget = folder.forget;

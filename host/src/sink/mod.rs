@@ -94,6 +94,15 @@ impl Sink {
         delegate!(self, s => s.state(plugin, key))
     }
 
+    /// The committed states of `keys` (those that have one), in one query.
+    pub fn states_of(
+        &mut self,
+        plugin: &str,
+        keys: &[&str],
+    ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        delegate!(self, s => s.states_of(plugin, keys))
+    }
+
     /// Every committed state of a plugin.
     pub fn states(&mut self, plugin: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         delegate!(self, s => s.states(plugin))

@@ -84,6 +84,19 @@ impl PostgresSink {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// The committed states of `keys` (those that have one), in one query.
+    pub fn states_of(
+        &mut self,
+        plugin: &str,
+        keys: &[&str],
+    ) -> Result<Vec<(String, Vec<u8>)>, postgres::Error> {
+        let rows = self.client.query(
+            "SELECT key, state FROM jetfold_states WHERE plugin = $1 AND key = ANY($2)",
+            &[&plugin, &keys],
+        )?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Every committed state of a plugin.
     pub fn states(&mut self, plugin: &str) -> Result<Vec<(String, Vec<u8>)>, postgres::Error> {
         let rows = self.client.query(

@@ -128,6 +128,20 @@ impl SqliteSink {
             .optional()
     }
 
+    /// The committed states of `keys` (those that have one), in one query.
+    pub fn states_of(
+        &mut self,
+        plugin: &str,
+        keys: &[&str],
+    ) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
+        let keys = serde_json::to_string(keys).expect("strings are JSON");
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, state FROM jetfold_states WHERE plugin = ?1 AND key IN (SELECT value FROM json_each(?2))",
+        )?;
+        let rows = stmt.query_map([plugin, keys.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
     /// Every committed state of a plugin, by key.
     pub fn states(&mut self, plugin: &str) -> rusqlite::Result<Vec<(String, Vec<u8>)>> {
         let mut stmt = self

@@ -1,0 +1,47 @@
+// --- The batch export of jetfold:plugin@0.2.0, written by `jetfold new` ---------------------
+// jetfold hands a 0.2.0 plugin a batch of events per call and lets it keep its keys' states
+// between calls, so a state is decoded once, not once per event. `batches(step)` does that for
+// a function `step(state, event) -> [state, effects]`: it keeps every state it has folded as
+// JSON.parse gives it (undefined for a key never seen), calls `step` for each event in order,
+// and hands the host the states the batch changed, encoded with JSON.stringify, once per call.
+// A `step` that throws {code, message} rejects its event and the key keeps its state: return
+// a new state rather than changing the one you are given in place.
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function batches(step) {
+  const held = new Map();
+  return {
+    fold(batch) {
+      const { keys, seeds, events } = batch;
+      for (const seed of seeds) {
+        held.set(keys[seed.key], seed.state === undefined ? undefined : JSON.parse(decoder.decode(seed.state)));
+      }
+      const outcomes = [];
+      const changed = new Set();
+      for (const item of events) {
+        const key = keys[item.key];
+        let out;
+        try {
+          out = step(held.get(key), item.event);
+        } catch (e) {
+          if (e && typeof e.code === 'string') {
+            outcomes.push({ tag: 'err', val: { code: e.code, message: String(e.message ?? '') } });
+            continue;
+          }
+          throw e;
+        }
+        held.set(key, out[0]);
+        changed.add(item.key);
+        outcomes.push({ tag: 'ok', val: out[1] });
+      }
+      const states = [...changed].map((k) => ({ key: k, state: encoder.encode(JSON.stringify(held.get(keys[k]))) }));
+      return { outcomes, states };
+    },
+    forget(keys) {
+      for (const key of keys) {
+        held.delete(key);
+      }
+    },
+  };
+}
