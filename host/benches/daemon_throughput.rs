@@ -84,7 +84,7 @@ async fn daemon_rate(
     sink: &str,
     n: u64,
     native: bool,
-) -> (f64, f64, f64) {
+) -> (f64, f64, f64, jetfold_host::daemon::Stages) {
     let text =
         format!("plugin-dir = \"plugins\"\nbatch-size = 500\n[nats]\nurl = \"{url}\"\n{sink}");
     let config = Config::parse(&text, dir.to_path_buf(), |_| None).unwrap();
@@ -125,6 +125,23 @@ async fn daemon_rate(
         n as f64 / elapsed,
         done.fold_time.as_secs_f64() / elapsed,
         done.commit_time.as_secs_f64() / elapsed,
+        done.stages,
+    )
+}
+
+/// The stages' time per event, in microseconds: `read 1.2 decode 3.4 ...`.
+fn per_event(stages: &jetfold_host::daemon::Stages, n: u64) -> String {
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n as f64;
+    format!(
+        "fold thread: read {:.2} decode {:.2} states {:.2} guest {:.2} route {:.2}; commit thread: commit {:.2} publish {:.2} ack {:.2} (µs/event)",
+        us(stages.read),
+        us(stages.decode),
+        us(stages.states),
+        us(stages.guest),
+        us(stages.route),
+        us(stages.commit),
+        us(stages.publish),
+        us(stages.ack)
     )
 }
 
@@ -187,7 +204,7 @@ fn main() {
                     runs.push(daemon_rate(dir.path(), &url, &conf, n as u64, native).await);
                 }
                 runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let (rate, fold, commit) = runs[runs.len() / 2];
+                let (rate, fold, commit, stages) = runs[runs.len() / 2];
                 let what = if native { "native projection" } else { "WASM projection  " };
                 let vs_native = if native {
                     native_rate = rate;
@@ -201,6 +218,7 @@ fn main() {
                     fold * 100.0,
                     commit * 100.0
                 );
+                println!("      {}", per_event(&stages, n as u64));
             }
         }
         tokio::task::spawn_blocking(move || {

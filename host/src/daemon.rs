@@ -780,6 +780,8 @@ pub struct Progress {
     pub fuel: u64,
     /// Durations of the guest calls that folded events.
     pub calls: Histogram,
+    /// Where the time went, stage by stage (see [`Stages`]).
+    pub stages: Stages,
     /// The last failures (at most [`RECENT_FAILURES`]), oldest first.
     pub recent_failures: std::collections::VecDeque<RecentFailure>,
 }
@@ -838,6 +840,43 @@ impl Histogram {
     }
 }
 
+/// Time spent per stage of the pipeline, summed over the batches committed: what
+/// `docs/performance.md` reads per event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stages {
+    /// Fold thread: waiting for messages and taking them from the client (the client itself
+    /// reads them off the connection on the runtime's threads). In a backlog it stays near
+    /// zero unless the stream delivers slower than the plugin folds.
+    pub read: Duration,
+    /// Fold thread: checking and decoding the messages into events, computing their keys.
+    pub decode: Duration,
+    /// Fold thread: reading the states of keys not in memory.
+    pub states: Duration,
+    /// Fold thread: the guest calls (with the effect checks of the batch path).
+    pub guest: Duration,
+    /// Fold thread: the rest of the fold: routing effects, rejections, snapshots.
+    pub route: Duration,
+    /// Commit thread: the transaction (SQL effects, states, rejections, outbox, checkpoint).
+    pub commit: Duration,
+    /// Commit thread: publishing the outbox.
+    pub publish: Duration,
+    /// Commit thread: acking the batch.
+    pub ack: Duration,
+}
+
+impl Stages {
+    fn add(&mut self, other: &Stages) {
+        self.read += other.read;
+        self.decode += other.decode;
+        self.states += other.states;
+        self.guest += other.guest;
+        self.route += other.route;
+        self.commit += other.commit;
+        self.publish += other.publish;
+        self.ack += other.ack;
+    }
+}
+
 /// What one batch's folding counted, for the plugin's progress.
 #[derive(Debug, Default)]
 struct BatchStats {
@@ -845,6 +884,7 @@ struct BatchStats {
     fuel: u64,
     effects: BTreeMap<&'static str, u64>,
     dead_letters: u64,
+    stages: Stages,
 }
 
 /// An event of a [`PreparedBatch`]: its message's index, its key, its event and outcome.
@@ -2167,6 +2207,7 @@ impl Daemon {
                     guest_calls: p.calls,
                     fold_seconds: p.fold_time.as_secs_f64(),
                     commit_seconds: p.commit_time.as_secs_f64(),
+                    stages: p.stages,
                     recent_failures: p.recent_failures.into(),
                     status: s,
                 }
@@ -2657,6 +2698,8 @@ struct Committer {
     deferred: bool,
     /// The last message of the batches committed since, acked once their messages are out.
     unacked: Option<Message>,
+    /// This thread's stage times of the batch being handled.
+    stages: Stages,
 }
 
 impl Committer {
@@ -2684,6 +2727,7 @@ impl Committer {
             digest,
             deferred: false,
             unacked: None,
+            stages: Stages::default(),
         };
         Ok((committer, stored))
     }
@@ -2741,6 +2785,9 @@ impl Committer {
                 p.fold_time += job.fold_time;
                 p.commit_time += started.elapsed();
                 p.calls.merge(&job.stats.calls);
+                let mut stages = std::mem::take(&mut self.stages);
+                stages.add(&job.stats.stages);
+                p.stages.add(&stages);
                 p.fuel += job.stats.fuel;
                 p.dead_letters += job.stats.dead_letters;
                 for (kind, n) in &job.stats.effects {
@@ -2812,8 +2859,10 @@ impl Committer {
         {
             let what = "commit failed (nothing acked)";
             let (sink, on_stop) = (&mut self.sink, OnStop::Drain);
+            let committing = Instant::now();
             let committed =
                 retry_sink(&self.name, what, &self.env, on_stop, sink, |s| s.commit(commit));
+            self.stages.commit += committing.elapsed();
             if committed.is_none() {
                 return false;
             }
@@ -2822,18 +2871,22 @@ impl Committer {
             self.digest = Some(commit.digest.clone());
             // While stopping, a publish that fails is put off to the drain's end, so that the
             // batches still queued are committed first.
+            let publishing = Instant::now();
             if !commit.outbox.is_empty()
                 && (self.deferred || !self.publish(&commit.outbox, OnStop::GiveUp))
             {
                 self.deferred = true;
             }
+            self.stages.publish += publishing.elapsed();
         }
+        let acking = Instant::now();
         match &job.ack {
             // Acked once the messages before are out (acking one acks all before it).
             Some(message) if self.deferred => self.unacked = Some(message.clone()),
             Some(message) => self.ack(message),
             None => {}
         }
+        self.stages.ack += acking.elapsed();
         true
     }
 
@@ -3111,6 +3164,8 @@ struct Folder {
     batch_size: usize,
     ack_wait: Duration,
     pull_expiry: Duration,
+    /// Time taken waiting for and taking messages since the last batch (see [`Stages::read`]).
+    read_time: Duration,
 }
 
 impl Folder {
@@ -3194,6 +3249,7 @@ impl Folder {
             batch_size: config.batch_size,
             ack_wait: config.ack_wait(),
             pull_expiry: config.fetch_wait(),
+            read_time: Duration::ZERO,
             plugin,
         };
         // The version folding is shown from the start, before its first commit.
@@ -3433,7 +3489,11 @@ impl Folder {
                     source.insert(stream)
                 }
             };
+            let pulled = Instant::now();
             let (mut messages, broken) = self.receive(stream);
+            if !messages.is_empty() {
+                self.read_time += pulled.elapsed();
+            }
             self.hold_past_ceiling(&mut messages);
             if let Some(e) = broken {
                 // Messages delivered after a failure could be out of order: start over just
@@ -3527,7 +3587,13 @@ impl Folder {
             events,
             rejected,
             fold_time: started.elapsed(),
-            stats: std::mem::take(&mut self.stats),
+            stats: {
+                let mut stats = std::mem::take(&mut self.stats);
+                let s = &mut stats.stages;
+                s.route = started.elapsed().saturating_sub(s.decode + s.states + s.guest);
+                s.read = std::mem::take(&mut self.read_time);
+                stats
+            },
         };
         // An error: the commit thread stopped, the daemon is stopping.
         if jobs.send(job).is_err() {
@@ -3707,6 +3773,7 @@ impl Folder {
         }
         // The same tests as the loop's, in its order, without their side effects: what fails
         // one is left to the loop.
+        let decoding = Instant::now();
         let mut folded = self.folded;
         let mut items = Vec::new();
         for (index, message) in messages.iter().enumerate() {
@@ -3719,16 +3786,21 @@ impl Folder {
             if source::replayed_for_another(message, &self.name) || self.verify(message).is_err() {
                 continue;
             }
-            let Ok(event) = source::event_from_message(message) else { continue };
+            // Decoded with the metadata just read (parsing it again costs as much).
+            let at =
+                source::Position { stream: info.stream, sequence: seq, published: info.published };
+            let Ok(event) = source::decode_event(&message.message, at) else { continue };
             let key = self.plugin.manifest.state_key(&event);
             if !self.partition.owns(&key) {
                 continue;
             }
             items.push((index, key, event));
         }
+        self.stats.stages.decode += decoding.elapsed();
         if items.is_empty() {
             return Some(None);
         }
+        let reading = Instant::now();
         // Every key's state, held by the instance or not (after a trap the batch is folded
         // again from them): those not in memory in one query.
         let mut missing: Vec<&str> = items
@@ -3745,6 +3817,7 @@ impl Folder {
             })?;
             self.states.extend(found);
         }
+        self.stats.stages.states += reading.elapsed();
         if let Some(after) = self.swapped_after.take() {
             self.pause = Some((after.elapsed(), message_seq(&messages[items[0].0])));
         }
@@ -3754,6 +3827,7 @@ impl Folder {
         let folded = self.step.fold_batch(&self.plugin.manifest, &keyed, &self.states);
         let now = Instant::now();
         self.last_step_end = Some(now);
+        self.stats.stages.guest += now - call;
         let per_event = (now - call) / items.len() as u32;
         for _ in 0..items.len() {
             self.stats.calls.observe(per_event);

@@ -66,6 +66,9 @@ pub struct PluginObserved {
     pub fold_seconds: f64,
     /// Seconds spent committing, publishing and acking.
     pub commit_seconds: f64,
+    /// Time per stage of the pipeline (in `/metrics`; the status JSON leaves it out).
+    #[serde(skip)]
+    pub stages: crate::daemon::Stages,
     /// The last failures, newest last.
     pub recent_failures: Vec<RecentFailure>,
 }
@@ -275,6 +278,33 @@ pub fn metrics(observed: &Observed) -> String {
         "counter",
         "Time spent committing, publishing emitted messages and acking.",
         each(&|p| Some(format!("{:.6}", p.commit_seconds))),
+    );
+    family(
+        "jetfold_stage_seconds_total",
+        "counter",
+        "Time spent per stage of the pipeline: read, decode, states, guest, route (the fold thread); commit, publish, ack (the commit thread).",
+        ps.iter()
+            .flat_map(|p| {
+                let s = &p.stages;
+                let name = label(&p.status.name);
+                [
+                    ("read", s.read),
+                    ("decode", s.decode),
+                    ("states", s.states),
+                    ("guest", s.guest),
+                    ("route", s.route),
+                    ("commit", s.commit),
+                    ("publish", s.publish),
+                    ("ack", s.ack),
+                ]
+                .map(|(stage, d)| {
+                    (
+                        format!("{{plugin=\"{name}\",stage=\"{stage}\"}}"),
+                        format!("{:.6}", d.as_secs_f64()),
+                    )
+                })
+            })
+            .collect(),
     );
     family(
         "jetfold_swaps_total",

@@ -211,6 +211,15 @@ async fn a_daemon_run_as_the_systemd_unit_says_serves_metrics_health_logs_and_it
     assert_eq!(faulty("jetfold_guest_call_seconds_bucket", ",le=\"+Inf\""), 7.0);
     assert!(faulty("jetfold_guest_call_seconds_sum", "") > 0.0);
     assert!(faulty("jetfold_fuel_consumed_total", "") > 0.0);
+    // Where the time went, stage by stage: every stage is there, the working ones above zero.
+    for stage in ["read", "decode", "states", "guest", "route", "commit", "publish", "ack"] {
+        let spent = faulty("jetfold_stage_seconds_total", &format!(",stage=\"{stage}\""));
+        assert!(spent >= 0.0, "{stage}: {metrics}");
+    }
+    for stage in ["decode", "guest", "commit"] {
+        let spent = faulty("jetfold_stage_seconds_total", &format!(",stage=\"{stage}\""));
+        assert!(spent > 0.0, "{stage}: {metrics}");
+    }
     assert_eq!(sample(&metrics, "jetfold_ready"), 1.0);
     // The version it names is the one that committed.
     let mut sink =
