@@ -75,6 +75,10 @@ pub struct ResidentGuest {
     batches: u64,
     /// Events per guest call; halved when a call runs out of fuel, grown back after.
     chunk: usize,
+    /// What the instance may hold: its memory cap divided by this (4, doubled each time a
+    /// batch runs out of memory, up to 64, so that resident states do not crowd the events
+    /// out).
+    residency_divisor: u64,
 }
 
 /// One accepted event's effects or decisions, before the manifest's check.
@@ -130,6 +134,7 @@ impl ResidentGuest {
             generation,
             batches: 0,
             chunk: MAX_CHUNK,
+            residency_divisor: 4,
         }
     }
 
@@ -285,6 +290,10 @@ impl ResidentGuest {
                 self.chunk = (chunk.len() / 2).max(1);
                 return false;
             }
+            Err(GuestError::OutOfMemory { .. }) => {
+                self.residency_divisor = (self.residency_divisor * 2).min(64);
+                return false;
+            }
             Err(_) => return false,
         };
         let limits = &manifest.limits;
@@ -396,10 +405,13 @@ impl ResidentGuest {
     }
 
     /// Keeps what the instance holds within a quarter of its memory cap (counted as encoded
-    /// bytes; decoded states are larger): the keys folded longest ago are forgotten first.
+    /// bytes; decoded states are larger), less after a batch ran out of memory: the keys
+    /// folded longest ago are forgotten first.
     fn bound_residency(&mut self, manifest: &Manifest) {
-        let cap = usize::try_from(manifest.limits.memory_mib.saturating_mul(1 << 20) / 4)
-            .unwrap_or(usize::MAX);
+        let cap = usize::try_from(
+            manifest.limits.memory_mib.saturating_mul(1 << 20) / self.residency_divisor,
+        )
+        .unwrap_or(usize::MAX);
         if self.held_bytes <= cap {
             return;
         }
