@@ -121,6 +121,23 @@ fn event(seq: u64, key: &str, event_type: &str, payload: serde_json::Value) -> E
     record.into_event(seq).unwrap()
 }
 
+/// The picked `(key number, (event type, payload))`s as events with their keys, sequences
+/// from 1 in order.
+fn numbered(
+    prefix: &str,
+    picks: impl IntoIterator<Item = (u8, (&'static str, serde_json::Value))>,
+) -> Vec<(String, Event)> {
+    picks
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, (ty, payload)))| {
+            let key = format!("{prefix}{k}");
+            let e = event(i as u64 + 1, &key, ty, payload);
+            (key, e)
+        })
+        .collect()
+}
+
 /// Events of the `faulty` plugin: mostly accepted, with every way of failing mixed in.
 fn faulty_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
     let kind = prop_oneof![
@@ -134,15 +151,8 @@ fn faulty_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
         1 => Just("Loop"),
     ];
     prop::collection::vec((0..6u8, kind), 1..80).prop_map(|picks| {
-        picks
-            .into_iter()
-            .enumerate()
-            .map(|(i, (k, kind))| {
-                let key = format!("k{k}");
-                let e = event(i as u64 + 1, &key, kind, serde_json::json!(kind));
-                (key, e)
-            })
-            .collect()
+        let picks = picks.into_iter().map(|(k, kind)| (k, (kind, serde_json::json!(kind))));
+        numbered("k", picks)
     })
 }
 
@@ -159,17 +169,7 @@ fn compute_resource_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
         1 => Just(("OrganizationAssigned", serde_json::json!({"organization_id": "org-1"}))),
         1 => Just(("StatusChanged", serde_json::json!({"to": 17}))),
     ];
-    prop::collection::vec((0..5u8, step), 1..120).prop_map(|picks| {
-        picks
-            .into_iter()
-            .enumerate()
-            .map(|(i, (r, (ty, payload)))| {
-                let key = format!("r-{r}");
-                let e = event(i as u64 + 1, &key, ty, payload);
-                (key, e)
-            })
-            .collect()
-    })
+    prop::collection::vec((0..5u8, step), 1..120).prop_map(|picks| numbered("r-", picks))
 }
 
 /// Events of the scaffolds: creations and failed or passed checks of a few resources.
@@ -179,17 +179,7 @@ fn scaffold_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
         3 => Just(("CheckFailed", serde_json::json!({"check": "http"}))),
         1 => Just(("CheckPassed", serde_json::json!({}))),
     ];
-    prop::collection::vec((0..4u8, kind), 1..60).prop_map(|picks| {
-        picks
-            .into_iter()
-            .enumerate()
-            .map(|(i, (r, (ty, payload)))| {
-                let key = format!("r-{r}");
-                let e = event(i as u64 + 1, &key, ty, payload);
-                (key, e)
-            })
-            .collect()
-    })
+    prop::collection::vec((0..4u8, kind), 1..60).prop_map(|picks| numbered("r-", picks))
 }
 
 fn check(name: &str, events: &[(String, Event)], restarts: &[bool]) -> Result<(), TestCaseError> {
