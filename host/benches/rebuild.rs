@@ -25,7 +25,7 @@ use jetfold_host::{
     daemon::{Daemon, RebuildReport, rebuild_subject, supervise},
     fold::Plugin,
     nats::reader::StreamReader,
-    replay::{Range, Replayer, read_events},
+    replay::{BATCH, Range, Replayer, read_events},
 };
 
 mod common;
@@ -58,24 +58,36 @@ fn main() {
         let raw = read as f64 / raw_secs;
         println!("  raw ordered consumer                {raw:>9.0} events/s  ({raw_secs:.1} s)");
 
-        // 2. replay: folded through the component, effects suppressed.
+        // 2. replay: folded through the component, effects suppressed, as `jetfold replay`
+        // folds (batches of replay::BATCH events), with one instance and with two in parallel.
         let cache = tempfile::tempdir().unwrap();
         let loader =
             jetfold_host::component::ComponentLoader::new(Some(cache.path().to_path_buf())).unwrap();
-        let mut replayer = Replayer::new(Plugin::open(&plugin_dir, &loader).unwrap());
-        let started = Instant::now();
-        read_events(&js, "INFRA", &[], &Range::default(), "compute-resource", &[], |_, event, _| {
-            replayer.step(&event);
-        })
-        .await
-        .unwrap();
-        let replay_secs = started.elapsed().as_secs_f64();
-        let replay = replayer.events as f64 / replay_secs;
-        println!(
-            "  replay (compute-resource, effects suppressed) {replay:>9.0} events/s  ({replay_secs:.1} s, {:.2}x raw; {} states)",
-            replay / raw,
-            replayer.states().len()
-        );
+        for jobs in [1, 2] {
+            let instances = (0..jobs)
+                .map(|_| (Plugin::open(&plugin_dir, &loader).unwrap(), None))
+                .collect();
+            let mut replayer = Replayer::parallel(instances);
+            let mut batch = Vec::with_capacity(BATCH);
+            let started = Instant::now();
+            read_events(&js, "INFRA", &[], &Range::default(), "compute-resource", &[], |_, event, _| {
+                batch.push(event);
+                if batch.len() == BATCH {
+                    replayer.fold(&batch);
+                    batch.clear();
+                }
+            })
+            .await
+            .unwrap();
+            replayer.fold(&batch);
+            let replay_secs = started.elapsed().as_secs_f64();
+            let replay = replayer.events as f64 / replay_secs;
+            println!(
+                "  replay (compute-resource, effects suppressed, --jobs {jobs}) {replay:>9.0} events/s  ({replay_secs:.1} s, {:.2}x raw; {} states)",
+                replay / raw,
+                replayer.states().len()
+            );
+        }
 
         // 3. rebuild: a daemon caught up with the stream rebuilds the read model blue/green.
         let dir = common::daemon_dir(&plugin_dir);

@@ -34,124 +34,14 @@ use crate::component::{ComponentLoader, LoadedComponent};
 use crate::config::{Config, StartPosition};
 use crate::effect::{self, Effect, LogLevel};
 use crate::event::Event;
-use crate::fold::{StepError, checked_step};
+use crate::fold::StepError;
 use crate::guest::GuestInstance;
 use crate::manifest::{MANIFEST_FILE, Manifest, OnError, PluginKind};
 use crate::nats::{self, emit, source, source::headers};
-use crate::pipeline::fold::{Folded, Keyed, ResidentGuest, fold_each};
+use crate::pipeline::fold::{Folded, Keyed};
+pub use crate::pipeline::step::{self, Step};
 use crate::sink::{Checkpoint, Commit, OutboxMessage, Rejected, ShadowDiff, Sink, SinkTarget};
 use crate::upcast::{UpcastChain, UpcasterSpec};
-
-/// One fold step of a plugin: the key's new state and the checked effects of one event.
-pub trait Step: Send {
-    /// Folds `event` into `state`; an error rejects the event.
-    fn step(
-        &mut self,
-        manifest: &Manifest,
-        state: Option<&Vec<u8>>,
-        event: &Event,
-    ) -> Result<(Vec<u8>, Vec<Effect>), StepError>;
-
-    /// Whether this version converts states of other state versions (`migrate`).
-    fn migrates(&self) -> bool {
-        false
-    }
-
-    /// Fuel its calls have consumed so far (0 for a native step).
-    fn fuel_used(&self) -> u64 {
-        0
-    }
-
-    /// `state`, written under state version `from_version`, in this version's.
-    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
-        let _ = (from_version, state);
-        Err("this version does not export `migrate`".into())
-    }
-
-    /// Folds `events` in order from `states`, which holds the state of every key of the batch
-    /// that has one: the outcomes and new states of folding them one at a time (the default
-    /// does exactly that; a step that [`Step::holds`] a key's state does not hand it in).
-    fn fold_batch(
-        &mut self,
-        manifest: &Manifest,
-        events: &[Keyed<'_>],
-        states: &HashMap<String, Vec<u8>>,
-    ) -> Folded {
-        fold_each(|state, event| self.step(manifest, state, event), events, states)
-    }
-
-    /// Whether the step holds `key`'s state itself (a batch needs no state for it).
-    fn holds(&self, key: &str) -> bool {
-        let _ = key;
-        false
-    }
-
-    /// Forgets every state the step holds (after a batch whose outcomes were not all used).
-    fn forget_all(&mut self) {}
-}
-
-impl Step for ResidentGuest {
-    fn step(
-        &mut self,
-        manifest: &Manifest,
-        state: Option<&Vec<u8>>,
-        event: &Event,
-    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
-        ResidentGuest::step(self, manifest, state, event)
-    }
-
-    fn migrates(&self) -> bool {
-        self.guest().migrates()
-    }
-
-    fn fuel_used(&self) -> u64 {
-        self.guest().fuel_used()
-    }
-
-    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
-        self.guest_mut().migrate(from_version, state).map_err(|e| e.to_string())
-    }
-
-    fn fold_batch(
-        &mut self,
-        manifest: &Manifest,
-        events: &[Keyed<'_>],
-        states: &HashMap<String, Vec<u8>>,
-    ) -> Folded {
-        self.fold(manifest, events, states)
-    }
-
-    fn holds(&self, key: &str) -> bool {
-        ResidentGuest::holds(self, key)
-    }
-
-    fn forget_all(&mut self) {
-        ResidentGuest::forget_all(self)
-    }
-}
-
-impl Step for GuestInstance {
-    fn step(
-        &mut self,
-        manifest: &Manifest,
-        state: Option<&Vec<u8>>,
-        event: &Event,
-    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
-        checked_step(self, manifest, state, event)
-    }
-
-    fn migrates(&self) -> bool {
-        GuestInstance::migrates(self)
-    }
-
-    fn fuel_used(&self) -> u64 {
-        GuestInstance::fuel_used(self)
-    }
-
-    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
-        GuestInstance::migrate(self, from_version, state).map_err(|e| e.to_string())
-    }
-}
 
 /// Makes a native step (one per worker).
 pub type NativeFactory = Arc<dyn Fn() -> anyhow::Result<Box<dyn Step>> + Send + Sync>;
@@ -269,17 +159,14 @@ impl DaemonPlugin {
     }
 
     fn step(&self, loader: &ComponentLoader) -> anyhow::Result<Box<dyn Step>> {
-        let inner: Box<dyn Step> = match &self.implementation {
-            Implementation::Component(c) => {
-                let guest = self.instantiate(c, loader)?;
-                if guest.batches() { Box::new(ResidentGuest::new(guest)) } else { Box::new(guest) }
-            }
-            Implementation::Native { make, .. } => make()?,
+        let chain = match self.upcasters.is_empty() {
+            true => None,
+            false => Some(UpcastChain::new(&self.upcasters, loader)?),
         };
-        if self.upcasters.is_empty() {
-            return Ok(inner);
-        }
-        Ok(Box::new(Upcasting { chain: UpcastChain::new(&self.upcasters, loader)?, inner }))
+        Ok(match &self.implementation {
+            Implementation::Component(c) => step::of_instance(self.instantiate(c, loader)?, chain),
+            Implementation::Native { make, .. } => step::upcasting(make()?, chain),
+        })
     }
 
     /// Whether this version exports `migrate`, so it may change the state version in place.
@@ -303,70 +190,6 @@ impl DaemonPlugin {
         }
         let shadow = self.shadow.as_deref().map(|sh| Shadow::new(sh, loader)).transpose()?;
         Ok((self.step(loader)?, shadow))
-    }
-}
-
-/// A plugin's step behind its stream's upcasters.
-struct Upcasting {
-    chain: UpcastChain,
-    inner: Box<dyn Step>,
-}
-
-impl Step for Upcasting {
-    fn step(
-        &mut self,
-        manifest: &Manifest,
-        state: Option<&Vec<u8>>,
-        event: &Event,
-    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
-        let event = self.chain.raise(event)?;
-        self.inner.step(manifest, state, &event)
-    }
-
-    fn migrates(&self) -> bool {
-        self.inner.migrates()
-    }
-
-    fn fuel_used(&self) -> u64 {
-        self.inner.fuel_used() + self.chain.fuel_used()
-    }
-
-    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
-        self.inner.migrate(from_version, state)
-    }
-
-    fn fold_batch(
-        &mut self,
-        manifest: &Manifest,
-        events: &[Keyed<'_>],
-        states: &HashMap<String, Vec<u8>>,
-    ) -> Folded {
-        // Raised first, each alone; those an upcaster rejects are rejected, the rest folded.
-        let raised: Vec<_> = events.iter().map(|e| self.chain.raise(e.event)).collect();
-        let mut through = Vec::with_capacity(events.len());
-        for (e, r) in events.iter().zip(&raised) {
-            if let Ok(event) = r {
-                through.push(Keyed { key: e.key, event: event.as_ref() });
-            }
-        }
-        let inner = self.inner.fold_batch(manifest, &through, states);
-        let mut outcomes = inner.outcomes.into_iter();
-        let outcomes = raised
-            .into_iter()
-            .map(|r| match r {
-                Ok(_) => outcomes.next().expect("one outcome per event folded"),
-                Err(error) => Err(error),
-            })
-            .collect();
-        Folded { outcomes, states: inner.states }
-    }
-
-    fn holds(&self, key: &str) -> bool {
-        self.inner.holds(key)
-    }
-
-    fn forget_all(&mut self) {
-        self.inner.forget_all()
     }
 }
 

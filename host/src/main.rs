@@ -129,6 +129,20 @@ struct ReplaySource {
     /// Read this stream instead of the manifest's (or the config's `[plugins.<name>]`).
     #[arg(long, value_name = "NAME")]
     stream: Option<String>,
+    /// Instances of the plugin that fold in parallel, each a share of the keys (every key's
+    /// events in order in one of them) [default: one per core beyond the first, at least 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+}
+
+impl ReplaySource {
+    /// Instances to fold with.
+    fn jobs(&self) -> usize {
+        match self.jobs {
+            Some(n) => n.into(),
+            None => std::thread::available_parallelism().map_or(1, |n| n.get() - 1).max(1),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -1038,28 +1052,48 @@ impl ReplayTarget {
         Plugin::open_with_defaults(path, loader, &self.config.limits)
     }
 
-    /// A replayer of `plugin` behind instances of the stream's upcasters.
+    /// A replayer of `plugin` behind instances of the stream's upcasters, with `jobs - 1`
+    /// more instances of it opened from `path`.
     fn replayer(
         &self,
         plugin: Plugin,
+        path: &Path,
+        jobs: usize,
         loader: &ComponentLoader,
     ) -> anyhow::Result<jetfold_host::replay::Replayer> {
-        let chain = jetfold_host::upcast::UpcastChain::new(&self.upcasters, loader)?;
-        Ok(jetfold_host::replay::Replayer::new(plugin).with_upcasters(chain))
+        let chain = || -> anyhow::Result<_> {
+            Ok(match self.upcasters.is_empty() {
+                true => None,
+                false => Some(jetfold_host::upcast::UpcastChain::new(&self.upcasters, loader)?),
+            })
+        };
+        let mut instances = vec![(plugin, chain()?)];
+        for _ in 1..jobs {
+            instances.push((self.open_plugin(path, loader)?, chain()?));
+        }
+        Ok(jetfold_host::replay::Replayer::parallel(instances))
     }
 }
 
 fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::replay::{Range, read_events};
+    use jetfold_host::{
+        event::Event,
+        fold::StepError,
+        replay::{BATCH, Range, Replayer, read_events},
+    };
     let loader = loader(cli)?;
     let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let mut other = match &args.diff {
-        Some(path) => Some(target.replayer(target.open_plugin(path, &loader)?, &loader)?),
+        Some(path) => {
+            Some(target.replayer(target.open_plugin(path, &loader)?, path, 1, &loader)?)
+        }
         None => None,
     };
     let digest = plugin.component.digest.hex();
     let name = plugin.manifest.name.clone();
-    let mut replayer = target.replayer(plugin, &loader)?;
+    // --diff compares event by event, states included: one instance, one event at a time.
+    let jobs = if args.diff.is_some() { 1 } else { args.source.jobs() };
+    let mut replayer = target.replayer(plugin, &args.source.plugin, jobs, &loader)?;
     let range = Range { from_seq: args.from_seq, to_seq: args.to_seq, to_time: args.to_time };
     let mut progress = jetfold_host::progress::ProgressLine::new("replay");
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -1069,39 +1103,56 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let last = runtime.block_on(async {
         let client = jetfold_host::nats::connect(&target.config).await?;
         let js = async_nats::jetstream::new(client);
-        read_events(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seq, event, total| {
-            let event_type = event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default();
-            let (key, outcome) = replayer.step(&event);
-            let line = if let Some(other) = &mut other {
-                let (_, theirs) = other.step(&event);
-                let (a, b) = (serde_json::to_value(&outcome), serde_json::to_value(&theirs));
-                if a.ok() == b.ok() {
-                    None
-                } else {
-                    differ += 1;
-                    first.get_or_insert((seq, event_type.clone(), key.clone()));
-                    Some(serde_json::json!({"seq": seq, "type": event_type, "key": key, "left": outcome, "right": theirs}))
-                }
-            } else if args.effects {
-                let mut line = serde_json::json!({"seq": seq, "type": event_type, "key": key});
-                match (&outcome.effects, &outcome.error) {
-                    (_, Some(e)) => line["error"] = serde_json::to_value(e).unwrap_or_default(),
-                    (Some(fx), None) => line["effects"] = serde_json::to_value(fx).unwrap_or_default(),
-                    (None, None) => {}
-                }
-                Some(line)
-            } else {
-                None
-            };
-            if let Some(line) = line
-                && write_error.is_none()
+        let mut write = |line: serde_json::Value| {
+            if write_error.is_none()
                 && let Err(e) = writeln!(out, "{line}")
             {
                 write_error = Some(e);
             }
+        };
+        // Without --diff, events are folded a batch at a time; with --effects each one's
+        // effects are printed as the batch ends.
+        let mut batch: Vec<(u64, Result<Event, StepError>)> = Vec::with_capacity(BATCH);
+        let fold = |batch: &mut Vec<(u64, Result<Event, StepError>)>, replayer: &mut Replayer, write: &mut dyn FnMut(serde_json::Value)| {
+            let events: Vec<Result<Event, StepError>> = batch.iter().map(|(_, e)| e.clone()).collect();
+            let outcomes = replayer.fold(&events);
+            if args.effects {
+                for ((seq, event), (key, outcome)) in batch.iter().zip(outcomes) {
+                    let event_type = event.as_ref().map(|e| e.event_type.as_str()).unwrap_or_default();
+                    let mut line = serde_json::json!({"seq": seq, "type": event_type, "key": key});
+                    match (&outcome.effects, &outcome.error) {
+                        (_, Some(e)) => line["error"] = serde_json::to_value(e).unwrap_or_default(),
+                        (Some(fx), None) => line["effects"] = serde_json::to_value(fx).unwrap_or_default(),
+                        (None, None) => {}
+                    }
+                    write(line);
+                }
+            }
+            batch.clear();
+        };
+        let read = read_events(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seq, event, total| {
+            let Some(other) = &mut other else {
+                batch.push((seq, event));
+                if batch.len() == BATCH {
+                    fold(&mut batch, &mut replayer, &mut write);
+                }
+                progress.update(replayer.events + batch.len() as u64, total);
+                return;
+            };
+            let event_type = event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default();
+            let (key, outcome) = replayer.step(&event);
+            let (_, theirs) = other.step(&event);
+            let (a, b) = (serde_json::to_value(&outcome), serde_json::to_value(&theirs));
+            if a.ok() != b.ok() {
+                differ += 1;
+                first.get_or_insert((seq, event_type.clone(), key.clone()));
+                write(serde_json::json!({"seq": seq, "type": event_type, "key": key, "left": outcome, "right": theirs}));
+            }
             progress.update(replayer.events, total);
         })
-        .await
+        .await?;
+        fold(&mut batch, &mut replayer, &mut write);
+        anyhow::Ok(read)
     })?;
     progress.finish(replayer.events, replayer.events);
     if let Some(e) = write_error {
@@ -1114,7 +1165,7 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         match first {
             None => println!(
                 "no divergence: {name} and {} agree on all {events} events",
-                other.plugin().component.digest.hex()
+                other.digest()
             ),
             Some((seq, event_type, key)) => {
                 println!(
@@ -1127,7 +1178,7 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     let states: serde_json::Map<String, serde_json::Value> = replayer
         .states()
-        .iter()
+        .into_iter()
         .filter(|(k, _)| args.key.as_ref().is_none_or(|want| want == *k))
         .map(|(k, v)| (k.clone(), jetfold_host::fold::state_document(v)))
         .collect();
@@ -1153,7 +1204,7 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::replay::{Range, read_events};
+    use jetfold_host::replay::{BATCH, Range, read_events};
     let loader = loader(cli)?;
     let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let name = plugin.manifest.name.clone();
@@ -1193,9 +1244,10 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             "plugin `{name}` has no checkpoint in the sink: nothing to verify (for a partitioned daemon, give its config, which names its [partition])"
         );
     };
-    let mut replayer = target.replayer(plugin, &loader)?;
+    let mut replayer = target.replayer(plugin, &args.source.plugin, args.source.jobs(), &loader)?;
     let range = Range { to_seq: Some(checkpoint.snapshot_seq), ..Range::default() };
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
+    let mut batch = Vec::with_capacity(BATCH);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let client = jetfold_host::nats::connect(&target.config).await?;
@@ -1208,16 +1260,22 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             &name,
             &target.verify_keys,
             |_, event, total| {
-                replayer.step(&event);
-                progress.update(replayer.events, total);
+                batch.push(event);
+                if batch.len() == BATCH {
+                    replayer.fold(&batch);
+                    batch.clear();
+                }
+                progress.update(replayer.events + batch.len() as u64, total);
             },
         )
-        .await
+        .await?;
+        replayer.fold(&batch);
+        anyhow::Ok(())
     })?;
     progress.finish(replayer.events, replayer.events);
     let replayed: std::collections::BTreeMap<String, Vec<u8>> = replayer
         .states()
-        .iter()
+        .into_iter()
         .filter(|(k, _)| partition.owns(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();

@@ -5,18 +5,24 @@
 //! (same state keys, same signature check, same limits and effect checks); states are kept in
 //! memory and no effect is run.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::effect::Effect;
 use crate::event::Event;
-use crate::fold::{Plugin, StepError, checked_step, state_document};
+use crate::fold::{Plugin, StepError, state_document};
+use crate::manifest::Manifest;
 use crate::nats::{
     reader::StreamReader,
     source::{event_from_message, replayed_for_another},
 };
+use crate::pipeline::{
+    fold::Keyed,
+    step::{self, Step},
+};
+use crate::upcast::UpcastChain;
 
 /// Which part of the stream to fold.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +39,8 @@ pub struct Range {
 /// What one event did in one plugin.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
-    /// The key's state after the event (unchanged when the event was rejected).
+    /// The key's state after the event (unchanged when the event was rejected); only
+    /// [`Replayer::step`] gives it, a batch ([`Replayer::fold`]) has the states of its end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<serde_json::Value>,
     /// The effects the host would have run.
@@ -44,11 +51,36 @@ pub struct Outcome {
     pub error: Option<StepError>,
 }
 
-/// A plugin folding events in memory.
+/// Events [`Replayer::fold`] is given at a time by the tools: what a daemon's batch holds.
+pub const BATCH: usize = 512;
+
+/// One instance of the plugin and the states of the keys it folds.
+struct Shard {
+    step: Box<dyn Step>,
+    states: HashMap<String, Vec<u8>>,
+}
+
+impl Shard {
+    /// Folds `events` (each with its key) as one batch.
+    fn fold(
+        &mut self,
+        manifest: &Manifest,
+        events: &[(&str, &Event)],
+    ) -> Vec<Result<Vec<Effect>, StepError>> {
+        let keyed: Vec<Keyed<'_>> =
+            events.iter().map(|&(key, event)| Keyed { key, event }).collect();
+        let folded = self.step.fold_batch(manifest, &keyed, &self.states);
+        self.states.extend(folded.states);
+        folded.outcomes
+    }
+}
+
+/// A plugin folding events in memory: one instance, or several that each fold a share of
+/// the keys (each key in order, in one of them), in parallel.
 pub struct Replayer {
-    plugin: Plugin,
-    upcasters: crate::upcast::UpcastChain,
-    states: BTreeMap<String, Vec<u8>>,
+    manifest: Manifest,
+    digest: String,
+    shards: Vec<Shard>,
     /// Events folded.
     pub events: u64,
     /// Events rejected.
@@ -56,26 +88,57 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    /// A replayer starting with no state.
+    /// A replayer of one instance, starting with no state.
     pub fn new(plugin: Plugin) -> Self {
+        Self::parallel(vec![(plugin, None)])
+    }
+
+    /// A replayer over several instances of one plugin (opened from the same manifest), each
+    /// behind its instance of the stream's upcasters if it has them, as the daemon runs it.
+    /// Keys are shared out among them by a hash of the key.
+    pub fn parallel(instances: Vec<(Plugin, Option<UpcastChain>)>) -> Self {
+        let mut manifest = None;
+        let mut digest = String::new();
+        let shards = instances
+            .into_iter()
+            .map(|(plugin, chain)| {
+                digest = plugin.component.digest.hex();
+                manifest.get_or_insert(plugin.manifest);
+                Shard { step: step::of_instance(plugin.guest, chain), states: HashMap::new() }
+            })
+            .collect();
         Replayer {
-            plugin,
-            upcasters: Default::default(),
-            states: BTreeMap::new(),
+            manifest: manifest.expect("at least one instance"),
+            digest,
+            shards,
             events: 0,
             rejected: 0,
         }
     }
 
-    /// Runs every event through `upcasters` first, as the daemon does.
-    pub fn with_upcasters(mut self, upcasters: crate::upcast::UpcastChain) -> Self {
-        self.upcasters = upcasters;
-        self
+    /// The plugin's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
     }
 
-    /// The plugin.
-    pub fn plugin(&self) -> &Plugin {
-        &self.plugin
+    /// The plugin version's digest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Instances folding in parallel.
+    pub fn instances(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        if self.shards.len() == 1 {
+            return 0;
+        }
+        // SipHash with fixed keys: the same share-out on every run.
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(key, &mut hasher);
+        (std::hash::Hasher::finish(&hasher) % self.shards.len() as u64) as usize
     }
 
     /// Folds one event; `Err` carries why it was rejected before the plugin saw it.
@@ -89,17 +152,14 @@ impl Replayer {
                 return (String::new(), outcome);
             }
         };
-        let key = self.plugin.manifest.state_key(event);
-        let state = self.states.get(&key);
-        let (guest, manifest) = (&mut self.plugin.guest, &self.plugin.manifest);
-        let stepped = self
-            .upcasters
-            .raise(event)
-            .and_then(|event| checked_step(guest, manifest, state, &event));
+        let key = self.manifest.state_key(event);
+        let i = self.shard_of(&key);
+        let shard = &mut self.shards[i];
+        let stepped = shard.step.step(&self.manifest, shard.states.get(&key), event);
         let outcome = match stepped {
             Ok((new_state, effects)) => {
                 let doc = state_document(&new_state);
-                self.states.insert(key.clone(), new_state);
+                shard.states.insert(key.clone(), new_state);
                 Outcome { state: Some(doc), effects: Some(effects), error: None }
             }
             Err(e) => {
@@ -110,9 +170,82 @@ impl Replayer {
         (key, outcome)
     }
 
-    /// Every key's state so far, as bytes.
-    pub fn states(&self) -> &BTreeMap<String, Vec<u8>> {
-        &self.states
+    /// Folds `events` in order as one batch (through the plugin's batch calls where it has
+    /// them, each instance its keys' events, the instances in parallel): per event its key
+    /// and outcome, without the state ([`Outcome::state`]); the outcomes and states are those
+    /// of folding the events one at a time.
+    pub fn fold(&mut self, events: &[Result<Event, StepError>]) -> Vec<(String, Outcome)> {
+        let keys: Vec<String> = events
+            .iter()
+            .map(|e| e.as_ref().map(|e| self.manifest.state_key(e)).unwrap_or_default())
+            .collect();
+        // Per instance, the indices of its events.
+        let mut share: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, (event, key)) in events.iter().zip(&keys).enumerate() {
+            if event.is_ok() {
+                share[self.shard_of(key)].push(i);
+            }
+        }
+        let manifest = &self.manifest;
+        let shard_events = |indices: &[usize]| -> Vec<(&str, &Event)> {
+            indices
+                .iter()
+                .map(|&i| {
+                    (keys[i].as_str(), events[i].as_ref().expect("only events are shared out"))
+                })
+                .collect()
+        };
+        let folded: Vec<Vec<Result<Vec<Effect>, StepError>>> = match self.shards.as_mut_slice() {
+            [one] => vec![one.fold(manifest, &shard_events(&share[0]))],
+            shards => std::thread::scope(|scope| {
+                let running: Vec<_> = shards
+                    .iter_mut()
+                    .zip(&share)
+                    .map(|(shard, indices)| {
+                        let mine = shard_events(indices);
+                        scope.spawn(move || shard.fold(manifest, &mine))
+                    })
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|r| r.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                    .collect()
+            }),
+        };
+        let mut outcomes: Vec<Option<Outcome>> = events
+            .iter()
+            .map(|e| {
+                e.as_ref().err().map(|e| Outcome {
+                    state: None,
+                    effects: None,
+                    error: Some(e.clone()),
+                })
+            })
+            .collect();
+        for (indices, results) in share.iter().zip(folded) {
+            for (&i, result) in indices.iter().zip(results) {
+                outcomes[i] = Some(match result {
+                    Ok(effects) => Outcome { state: None, effects: Some(effects), error: None },
+                    Err(e) => Outcome { state: None, effects: None, error: Some(e) },
+                });
+            }
+        }
+        self.events += events.len() as u64;
+        keys.into_iter()
+            .zip(outcomes)
+            .map(|(key, outcome)| {
+                let outcome = outcome.expect("every event folded");
+                if outcome.error.is_some() {
+                    self.rejected += 1;
+                }
+                (key, outcome)
+            })
+            .collect()
+    }
+
+    /// Every key's state so far, as bytes, in key order.
+    pub fn states(&self) -> BTreeMap<&String, &Vec<u8>> {
+        self.shards.iter().flat_map(|s| &s.states).collect()
     }
 }
 

@@ -13,6 +13,7 @@ use jetfold_host::{
     event::Event,
     fold::{Plugin, StepError, checked_step},
     pipeline::fold::{Keyed, ResidentGuest},
+    replay::Replayer,
 };
 use proptest::prelude::*;
 
@@ -219,6 +220,63 @@ proptest! {
         restarts in prop::collection::vec(prop::bool::weighted(0.2), 120),
     ) {
         check("compute-resource", &events, &restarts)?;
+    }
+}
+
+/// What `jetfold replay` and `verify` do: batches of `size` through `jobs` instances that each
+/// fold a share of the keys, in parallel.
+fn replayed(
+    name: &str,
+    events: &[(String, Event)],
+    size: usize,
+    jobs: usize,
+) -> (Vec<String>, HashMap<String, Vec<u8>>) {
+    let mut replayer = Replayer::parallel((0..jobs).map(|_| (open(name), None)).collect());
+    assert_eq!(replayer.instances(), jobs);
+    let all: Vec<Result<Event, StepError>> = events.iter().map(|(_, e)| Ok(e.clone())).collect();
+    let mut outcomes = Vec::new();
+    for (n, chunk) in all.chunks(size).enumerate() {
+        let keys = &events[n * size..];
+        for ((key, o), (want_key, _)) in replayer.fold(chunk).into_iter().zip(keys) {
+            assert_eq!(&key, want_key);
+            outcomes.push(match (o.effects, o.error) {
+                (_, Some(e)) => outcome(&Err(e)),
+                (effects, None) => outcome(&Ok(effects.expect("an accepted event has effects"))),
+            });
+        }
+    }
+    assert_eq!(replayer.events, events.len() as u64);
+    let states = replayer.states().into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    (outcomes, states)
+}
+
+fn check_replay(name: &str, events: &[(String, Event)]) -> Result<(), TestCaseError> {
+    let mut plain = open(name);
+    let (want, want_states) = one_at_a_time(&mut plain, events);
+    for (size, jobs) in [(7, 1), (7, 2), (500, 3)] {
+        let (got, got_states) = replayed(name, events, size, jobs);
+        prop_assert_eq!(&want, &got, "outcomes with batches of {} over {} instances", size, jobs);
+        prop_assert_eq!(
+            &want_states,
+            &got_states,
+            "states with batches of {} over {} instances",
+            size,
+            jobs
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn replays_over_parallel_instances_fold_the_same(
+        faulty in faulty_stream(),
+        compute in compute_resource_stream(),
+    ) {
+        check_replay("faulty", &faulty)?;
+        check_replay("compute-resource", &compute)?;
     }
 }
 
