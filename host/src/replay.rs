@@ -20,7 +20,7 @@ use crate::nats::{
 };
 use crate::pipeline::{
     fold::Keyed,
-    step::{self, Step},
+    step::{self, Parallel, Step},
 };
 use crate::upcast::UpcastChain;
 
@@ -54,33 +54,14 @@ pub struct Outcome {
 /// Events [`Replayer::fold`] is given at a time by the tools: what a daemon's batch holds.
 pub const BATCH: usize = 512;
 
-/// One instance of the plugin and the states of the keys it folds.
-struct Shard {
-    step: Box<dyn Step>,
-    states: HashMap<String, Vec<u8>>,
-}
-
-impl Shard {
-    /// Folds `events` (each with its key) as one batch.
-    fn fold(
-        &mut self,
-        manifest: &Manifest,
-        events: &[(&str, &Event)],
-    ) -> Vec<Result<Vec<Effect>, StepError>> {
-        let keyed: Vec<Keyed<'_>> =
-            events.iter().map(|&(key, event)| Keyed { key, event }).collect();
-        let folded = self.step.fold_batch(manifest, &keyed, &self.states);
-        self.states.extend(folded.states);
-        folded.outcomes
-    }
-}
-
 /// A plugin folding events in memory: one instance, or several that each fold a share of
-/// the keys (each key in order, in one of them), in parallel.
+/// the keys (each key in order, in one of them), in parallel ([`Parallel`]).
 pub struct Replayer {
     manifest: Manifest,
     digest: String,
-    shards: Vec<Shard>,
+    instances: usize,
+    step: Box<dyn Step>,
+    states: HashMap<String, Vec<u8>>,
     /// Events folded.
     pub events: u64,
     /// Events rejected.
@@ -95,22 +76,23 @@ impl Replayer {
 
     /// A replayer over several instances of one plugin (opened from the same manifest), each
     /// behind its instance of the stream's upcasters if it has them, as the daemon runs it.
-    /// Keys are shared out among them by a hash of the key.
     pub fn parallel(instances: Vec<(Plugin, Option<UpcastChain>)>) -> Self {
         let mut manifest = None;
         let mut digest = String::new();
-        let shards = instances
+        let shards: Vec<Box<dyn Step>> = instances
             .into_iter()
             .map(|(plugin, chain)| {
                 digest = plugin.component.digest.hex();
                 manifest.get_or_insert(plugin.manifest);
-                Shard { step: step::of_instance(plugin.guest, chain), states: HashMap::new() }
+                step::of_instance(plugin.guest, chain)
             })
             .collect();
         Replayer {
             manifest: manifest.expect("at least one instance"),
             digest,
-            shards,
+            instances: shards.len(),
+            step: Parallel::of(shards),
+            states: HashMap::new(),
             events: 0,
             rejected: 0,
         }
@@ -128,17 +110,7 @@ impl Replayer {
 
     /// Instances folding in parallel.
     pub fn instances(&self) -> usize {
-        self.shards.len()
-    }
-
-    fn shard_of(&self, key: &str) -> usize {
-        if self.shards.len() == 1 {
-            return 0;
-        }
-        // SipHash with fixed keys: the same share-out on every run.
-        let mut hasher = std::hash::DefaultHasher::new();
-        std::hash::Hash::hash(key, &mut hasher);
-        (std::hash::Hasher::finish(&hasher) % self.shards.len() as u64) as usize
+        self.instances
     }
 
     /// Folds one event; `Err` carries why it was rejected before the plugin saw it.
@@ -153,13 +125,10 @@ impl Replayer {
             }
         };
         let key = self.manifest.state_key(event);
-        let i = self.shard_of(&key);
-        let shard = &mut self.shards[i];
-        let stepped = shard.step.step(&self.manifest, shard.states.get(&key), event);
-        let outcome = match stepped {
+        let outcome = match self.step.step(&self.manifest, self.states.get(&key), event) {
             Ok((new_state, effects)) => {
                 let doc = state_document(&new_state);
-                shard.states.insert(key.clone(), new_state);
+                self.states.insert(key.clone(), new_state);
                 Outcome { state: Some(doc), effects: Some(effects), error: None }
             }
             Err(e) => {
@@ -171,81 +140,45 @@ impl Replayer {
     }
 
     /// Folds `events` in order as one batch (through the plugin's batch calls where it has
-    /// them, each instance its keys' events, the instances in parallel): per event its key
-    /// and outcome, without the state ([`Outcome::state`]); the outcomes and states are those
-    /// of folding the events one at a time.
+    /// them, the instances in parallel): per event its key and outcome, without the state
+    /// ([`Outcome::state`]); the outcomes and states are those of folding the events one at
+    /// a time.
     pub fn fold(&mut self, events: &[Result<Event, StepError>]) -> Vec<(String, Outcome)> {
         let keys: Vec<String> = events
             .iter()
             .map(|e| e.as_ref().map(|e| self.manifest.state_key(e)).unwrap_or_default())
             .collect();
-        // Per instance, the indices of its events.
-        let mut share: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
-        for (i, (event, key)) in events.iter().zip(&keys).enumerate() {
-            if event.is_ok() {
-                share[self.shard_of(key)].push(i);
-            }
-        }
-        let manifest = &self.manifest;
-        let shard_events = |indices: &[usize]| -> Vec<(&str, &Event)> {
-            indices
-                .iter()
-                .map(|&i| {
-                    (keys[i].as_str(), events[i].as_ref().expect("only events are shared out"))
-                })
-                .collect()
-        };
-        let folded: Vec<Vec<Result<Vec<Effect>, StepError>>> = match self.shards.as_mut_slice() {
-            [one] => vec![one.fold(manifest, &shard_events(&share[0]))],
-            shards => std::thread::scope(|scope| {
-                let running: Vec<_> = shards
-                    .iter_mut()
-                    .zip(&share)
-                    .map(|(shard, indices)| {
-                        let mine = shard_events(indices);
-                        scope.spawn(move || shard.fold(manifest, &mine))
-                    })
-                    .collect();
-                running
-                    .into_iter()
-                    .map(|r| r.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-                    .collect()
-            }),
-        };
-        let mut outcomes: Vec<Option<Outcome>> = events
+        let keyed: Vec<Keyed<'_>> = events
             .iter()
-            .map(|e| {
-                e.as_ref().err().map(|e| Outcome {
-                    state: None,
-                    effects: None,
-                    error: Some(e.clone()),
-                })
-            })
+            .zip(&keys)
+            .filter_map(|(e, key)| e.as_ref().ok().map(|event| Keyed { key, event }))
             .collect();
-        for (indices, results) in share.iter().zip(folded) {
-            for (&i, result) in indices.iter().zip(results) {
-                outcomes[i] = Some(match result {
+        let folded = self.step.fold_batch(&self.manifest, &keyed, &self.states);
+        self.states.extend(folded.states);
+        let mut folded = folded.outcomes.into_iter();
+        self.events += events.len() as u64;
+        let outcomes: Vec<(String, Outcome)> = events
+            .iter()
+            .zip(keys)
+            .map(|(e, key)| {
+                let outcome = match e {
+                    Err(e) => Err(e.clone()),
+                    Ok(_) => folded.next().expect("one outcome per event folded"),
+                };
+                let outcome = match outcome {
                     Ok(effects) => Outcome { state: None, effects: Some(effects), error: None },
                     Err(e) => Outcome { state: None, effects: None, error: Some(e) },
-                });
-            }
-        }
-        self.events += events.len() as u64;
-        keys.into_iter()
-            .zip(outcomes)
-            .map(|(key, outcome)| {
-                let outcome = outcome.expect("every event folded");
-                if outcome.error.is_some() {
-                    self.rejected += 1;
-                }
+                };
                 (key, outcome)
             })
-            .collect()
+            .collect();
+        self.rejected += outcomes.iter().filter(|(_, o)| o.error.is_some()).count() as u64;
+        outcomes
     }
 
     /// Every key's state so far, as bytes, in key order.
     pub fn states(&self) -> BTreeMap<&String, &Vec<u8>> {
-        self.shards.iter().flat_map(|s| &s.states).collect()
+        self.states.iter().collect()
     }
 }
 

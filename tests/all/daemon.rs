@@ -707,3 +707,87 @@ async fn postgres_notices_do_not_reach_the_info_log() {
     assert!(!second.contains("already exists"), "{second}");
     postgres_outcome(&schema).await;
 }
+
+/// A batch's rejections and outbox messages are written by one statement each in
+/// PostgreSQL: in the batch's order, the last rejection of a sequence standing, nothing twice
+/// when the same batch commits again (a crash between commit and ack); SQLite the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sinks_write_a_batch_of_rejections_and_outbox_messages_once_in_order() {
+    use jetfold_host::sink::{Commit, OutboxMessage, Rejected, Sink, SinkTarget};
+    let rejected = |seq: u64, code: Option<&str>, message: &str| Rejected {
+        seq,
+        key: format!("k-{seq}"),
+        event_type: "Thing".into(),
+        kind: "error".into(),
+        code: code.map(str::to_string),
+        message: message.into(),
+    };
+    // Ids out of their sort order: the outbox must keep the batch's.
+    let outbox: Vec<OutboxMessage> = ["p:9:0", "p:2:1", "p:2:0", "p:10:0", "p:1:0"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| OutboxMessage {
+            msg_id: id.to_string(),
+            subject: format!("out.{i}"),
+            headers: vec![("Nats-Msg-Id".into(), id.to_string()), ("X-N".into(), i.to_string())],
+            payload: vec![i as u8, 0, 255],
+        })
+        .collect();
+    let batch = Commit {
+        plugin: "p".into(),
+        digest: "d".into(),
+        last_seq: 10,
+        state_version: 1,
+        rejected: vec![
+            rejected(3, Some("E1"), "first"),
+            rejected(5, None, "an early try"),
+            rejected(7, None, "seven"),
+            rejected(5, Some("E5"), "five"),
+        ],
+        outbox: outbox.clone(),
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let schema = format!("jf_rows_{}", std::process::id());
+    let targets = [
+        SinkTarget::Sqlite(dir.path().join("sink.db")),
+        SinkTarget::Postgres { url: postgres_url(), schema: schema.clone() },
+    ];
+    for target in targets {
+        let (batch, outbox, target2) = (&batch, outbox.clone(), target.clone());
+        let rows = tokio::task::block_in_place(move || {
+            let mut sink = Sink::open(&target2).unwrap();
+            sink.commit(batch).unwrap();
+            sink.commit(batch).unwrap();
+            assert_eq!(sink.outbox("p").unwrap(), outbox, "{target2:?}");
+            let query =
+                "SELECT seq, code, message FROM jetfold_rejected WHERE plugin = 'p' ORDER BY seq";
+            match &target2 {
+                SinkTarget::Sqlite(path) => {
+                    let db = rusqlite::Connection::open(path).unwrap();
+                    let mut stmt = db.prepare(query).unwrap();
+                    stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get(1)?, r.get(2)?)))
+                        .unwrap()
+                        .map(Result::unwrap)
+                        .collect::<Vec<(i64, Option<String>, String)>>()
+                }
+                SinkTarget::Postgres { url, schema } => {
+                    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                    client.batch_execute(&format!("SET search_path TO \"{schema}\"")).unwrap();
+                    let rows = client.query(query, &[]).unwrap();
+                    client.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE")).unwrap();
+                    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+                }
+            }
+        });
+        assert_eq!(
+            rows,
+            vec![
+                (3, Some("E1".to_string()), "first".to_string()),
+                (5, Some("E5".to_string()), "five".to_string()),
+                (7, None, "seven".to_string()),
+            ],
+            "{target:?}"
+        );
+    }
+}

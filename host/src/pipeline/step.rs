@@ -203,3 +203,114 @@ pub fn upcasting(inner: Box<dyn Step>, chain: Option<UpcastChain>) -> Box<dyn St
         None => inner,
     }
 }
+
+/// Several instances of one version, each folding a share of the keys (by a fixed hash of
+/// the key, so every key's events go to one of them, in order), a batch's shares in
+/// parallel on threads of their own. Keys are independent, so the outcomes and states are
+/// those of one instance.
+pub struct Parallel {
+    shards: Vec<Box<dyn Step>>,
+}
+
+impl Parallel {
+    /// Over `shards` (at least one), steps of the same version.
+    pub fn new(shards: Vec<Box<dyn Step>>) -> Self {
+        assert!(!shards.is_empty(), "a parallel step needs an instance");
+        Parallel { shards }
+    }
+
+    /// `shards` as one step: the only one itself, else [`Parallel`] over them.
+    pub fn of(mut shards: Vec<Box<dyn Step>>) -> Box<dyn Step> {
+        match shards.len() {
+            1 => shards.pop().expect("one"),
+            _ => Box::new(Parallel::new(shards)),
+        }
+    }
+
+    /// Which instance folds `key`.
+    fn shard_of(&self, key: &str) -> usize {
+        // SipHash with fixed keys: the same share-out in every process.
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(key, &mut hasher);
+        (std::hash::Hasher::finish(&hasher) % self.shards.len() as u64) as usize
+    }
+}
+
+impl Step for Parallel {
+    fn step(
+        &mut self,
+        manifest: &Manifest,
+        state: Option<&Vec<u8>>,
+        event: &Event,
+    ) -> Result<(Vec<u8>, Vec<Effect>), StepError> {
+        let i = self.shard_of(&manifest.state_key(event));
+        self.shards[i].step(manifest, state, event)
+    }
+
+    fn migrates(&self) -> bool {
+        self.shards[0].migrates()
+    }
+
+    fn fuel_used(&self) -> u64 {
+        self.shards.iter().map(|s| s.fuel_used()).sum()
+    }
+
+    fn migrate(&mut self, from_version: u32, state: &[u8]) -> Result<Vec<u8>, String> {
+        self.shards[0].migrate(from_version, state)
+    }
+
+    fn fold_batch(
+        &mut self,
+        manifest: &Manifest,
+        events: &[Keyed<'_>],
+        states: &HashMap<String, Vec<u8>>,
+    ) -> Folded {
+        let mut share: Vec<Vec<usize>> = vec![Vec::new(); self.shards.len()];
+        for (i, e) in events.iter().enumerate() {
+            share[self.shard_of(e.key)].push(i);
+        }
+        let mine =
+            |indices: &[usize]| -> Vec<Keyed<'_>> { indices.iter().map(|&i| events[i]).collect() };
+        let folded: Vec<Folded> = std::thread::scope(|scope| {
+            let mut shards = self.shards.iter_mut().zip(&share);
+            // The first share on this thread, the others on threads of their own.
+            let (first, first_share) = shards.next().expect("at least one instance");
+            let running: Vec<_> = shards
+                .filter(|(_, indices)| !indices.is_empty())
+                .map(|(shard, indices)| {
+                    let events = mine(indices);
+                    scope.spawn(move || shard.fold_batch(manifest, &events, states))
+                })
+                .collect();
+            let mut folded = vec![first.fold_batch(manifest, &mine(first_share), states)];
+            for r in running {
+                folded.push(r.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            }
+            folded
+        });
+        let mut outcomes: Vec<Option<crate::pipeline::fold::Outcome>> =
+            (0..events.len()).map(|_| None).collect();
+        let mut states = HashMap::new();
+        let nonempty = share.iter().enumerate().filter(|(i, s)| *i == 0 || !s.is_empty());
+        for ((_, indices), part) in nonempty.zip(folded) {
+            for (&i, outcome) in indices.iter().zip(part.outcomes) {
+                outcomes[i] = Some(outcome);
+            }
+            states.extend(part.states);
+        }
+        Folded {
+            outcomes: outcomes.into_iter().map(|o| o.expect("every event folded")).collect(),
+            states,
+        }
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.shards[self.shard_of(key)].holds(key)
+    }
+
+    fn forget_all(&mut self) {
+        for shard in &mut self.shards {
+            shard.forget_all();
+        }
+    }
+}

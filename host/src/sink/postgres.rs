@@ -1,9 +1,11 @@
 //! The PostgreSQL sink: the same layout as SQLite's (`doc` is `jsonb`), in a schema of its
 //! own, one transaction per batch.
 
+use std::collections::HashMap;
+
 use postgres::{Client, NoTls};
 
-use super::{Checkpoint, Commit, JETFOLD_TABLES, OutboxMessage, merge_patch};
+use super::{Checkpoint, Commit, JETFOLD_TABLES, OutboxMessage, Rejected, merge_patch};
 use crate::manifest::is_identifier;
 
 /// A connection to the daemon's PostgreSQL database.
@@ -186,19 +188,45 @@ impl PostgresSink {
                 &[&batch.plugin, &keys, &states],
             )?;
         }
-        for r in &batch.rejected {
+        if !batch.rejected.is_empty() {
+            // One row per sequence (an update of the same row twice in one statement is an
+            // error): the last rejection of a sequence stands, as row by row.
+            let mut last: HashMap<u64, &Rejected> = HashMap::new();
+            for r in &batch.rejected {
+                last.insert(r.seq, r);
+            }
+            let mut rows: Vec<&Rejected> = last.into_values().collect();
+            rows.sort_by_key(|r| r.seq);
+            let seqs: Vec<i64> = rows.iter().map(|r| r.seq as i64).collect();
+            let keys: Vec<&str> = rows.iter().map(|r| r.key.as_str()).collect();
+            let types: Vec<&str> = rows.iter().map(|r| r.event_type.as_str()).collect();
+            let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+            let codes: Vec<Option<&str>> = rows.iter().map(|r| r.code.as_deref()).collect();
+            let messages: Vec<&str> = rows.iter().map(|r| r.message.as_str()).collect();
             tx.execute(
-                "INSERT INTO jetfold_rejected (plugin, seq, key, event_type, kind, code, message) VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (plugin, seq) DO UPDATE SET message = excluded.message",
-                &[&batch.plugin, &(r.seq as i64), &r.key, &r.event_type, &r.kind, &r.code, &r.message],
+                "INSERT INTO jetfold_rejected (plugin, seq, key, event_type, kind, code, message) \
+                 SELECT $1, s, k, t, n, c, m FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) AS u(s, k, t, n, c, m) \
+                 ON CONFLICT (plugin, seq) DO UPDATE SET key = excluded.key, event_type = excluded.event_type, \
+                 kind = excluded.kind, code = excluded.code, message = excluded.message",
+                &[&batch.plugin, &seqs, &keys, &types, &kinds, &codes, &messages],
             )?;
         }
-        for m in &batch.outbox {
-            let headers = serde_json::to_string(&m.headers).expect("headers are strings");
+        if !batch.outbox.is_empty() {
+            let ids: Vec<&str> = batch.outbox.iter().map(|m| m.msg_id.as_str()).collect();
+            let subjects: Vec<&str> = batch.outbox.iter().map(|m| m.subject.as_str()).collect();
+            let headers: Vec<String> = batch
+                .outbox
+                .iter()
+                .map(|m| serde_json::to_string(&m.headers).expect("headers are strings"))
+                .collect();
+            let payloads: Vec<&[u8]> = batch.outbox.iter().map(|m| m.payload.as_slice()).collect();
+            // In the batch's order: `id` numbers the rows as they are inserted, and the outbox
+            // is published by `id`.
             tx.execute(
-                "INSERT INTO jetfold_outbox (plugin, msg_id, subject, headers, payload) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (msg_id) DO NOTHING",
-                &[&batch.plugin, &m.msg_id, &m.subject, &headers, &m.payload],
+                "INSERT INTO jetfold_outbox (plugin, msg_id, subject, headers, payload) \
+                 SELECT $1, i, s, h, p FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[]) WITH ORDINALITY AS u(i, s, h, p, n) \
+                 ORDER BY n ON CONFLICT (msg_id) DO NOTHING",
+                &[&batch.plugin, &ids, &subjects, &headers, &payloads],
             )?;
         }
         for d in &batch.shadow_diffs {
