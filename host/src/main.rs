@@ -1112,12 +1112,13 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         };
         // Without --diff, events are folded a batch at a time; with --effects each one's
         // effects are printed as the batch ends.
-        let mut batch: Vec<(u64, Result<Event, StepError>)> = Vec::with_capacity(BATCH);
-        let fold = |batch: &mut Vec<(u64, Result<Event, StepError>)>, replayer: &mut Replayer, write: &mut dyn FnMut(serde_json::Value)| {
-            let events: Vec<Result<Event, StepError>> = batch.iter().map(|(_, e)| e.clone()).collect();
-            let outcomes = replayer.fold(&events);
+        // The batch's events and, beside them, their sequences.
+        let (mut batch, mut seqs): (Vec<Result<Event, StepError>>, Vec<u64>) =
+            (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
+        let fold = |batch: &mut Vec<Result<Event, StepError>>, seqs: &mut Vec<u64>, replayer: &mut Replayer, write: &mut dyn FnMut(serde_json::Value)| {
+            let outcomes = replayer.fold(batch);
             if args.effects {
-                for ((seq, event), (key, outcome)) in batch.iter().zip(outcomes) {
+                for ((seq, event), (key, outcome)) in seqs.iter().zip(batch.iter()).zip(outcomes) {
                     let event_type = event.as_ref().map(|e| e.event_type.as_str()).unwrap_or_default();
                     let mut line = serde_json::json!({"seq": seq, "type": event_type, "key": key});
                     match (&outcome.effects, &outcome.error) {
@@ -1129,12 +1130,14 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 }
             }
             batch.clear();
+            seqs.clear();
         };
         let read = read_events(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seq, event, total| {
             let Some(other) = &mut other else {
-                batch.push((seq, event));
+                batch.push(event);
+                seqs.push(seq);
                 if batch.len() == BATCH {
-                    fold(&mut batch, &mut replayer, &mut write);
+                    fold(&mut batch, &mut seqs, &mut replayer, &mut write);
                 }
                 progress.update(replayer.events + batch.len() as u64, total);
                 return;
@@ -1151,7 +1154,7 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
             progress.update(replayer.events, total);
         })
         .await?;
-        fold(&mut batch, &mut replayer, &mut write);
+        fold(&mut batch, &mut seqs, &mut replayer, &mut write);
         anyhow::Ok(read)
     })?;
     progress.finish(replayer.events, replayer.events);
