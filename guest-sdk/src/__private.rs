@@ -194,11 +194,11 @@ pub fn upcast<U: Upcaster>(event: RawEvent) -> Result<RawEvent, Error> {
     })
 }
 
-/// How a resident state is restored when an event is rejected after `apply` changed it.
+/// How a resident state's baseline is kept for a batch (see `fold_batch`).
 pub enum Backup<S> {
-    /// A copy taken before the call (the state type is `Clone`).
+    /// A copy (the state type is `Clone`).
     Copy(fn(&S) -> S),
-    /// The state encoded before the call, decoded again on rejection.
+    /// The state encoded, decoded again when needed.
     Encoded,
 }
 
@@ -253,9 +253,50 @@ pub type BatchResult = (Vec<Result<Vec<Effect>, Error>>, Vec<(u32, Vec<u8>)>);
 /// A plugin's per-event function: `Projection::apply` or `Policy::decide`.
 type Fold<S, E, C> = fn(&mut S, Event<E>, &mut Context<C>) -> Result<(), Error>;
 
+/// What a key's state was when the batch first touched it, so that a rejected event can
+/// leave the key as the one-event-at-a-time fold would.
+enum Baseline<S> {
+    /// The state the host seeded in this batch, as it came (`None`: the default state).
+    Seed(Option<Vec<u8>>),
+    /// A copy of the resident state (the state type is `Clone`).
+    Copy(S),
+    /// The resident state, encoded.
+    Encoded(Vec<u8>),
+}
+
+/// A key's undo record within one batch: its baseline and copies of the events accepted
+/// since, to fold again onto the baseline when a later event of the key is rejected.
+struct Undo<S> {
+    baseline: Baseline<S>,
+    redo: Vec<RawEvent>,
+}
+
+impl<S: Default + DeserializeOwned + serde::Serialize> Undo<S> {
+    fn of(state: &S, backup: &Backup<S>) -> Result<Self, Error> {
+        let baseline = match backup {
+            Backup::Copy(copy) => Baseline::Copy(copy(state)),
+            Backup::Encoded => Baseline::Encoded(encode_state(state)?),
+        };
+        Ok(Undo { baseline, redo: Vec::new() })
+    }
+
+    /// The baseline, decoded or copied (the record keeps it).
+    fn restore(&self, backup: &Backup<S>) -> Result<S, Error> {
+        match (&self.baseline, backup) {
+            (Baseline::Seed(bytes), _) => decode_state(bytes.clone()),
+            (Baseline::Copy(s), Backup::Copy(copy)) => Ok(copy(s)),
+            (Baseline::Copy(_), Backup::Encoded) => unreachable!("a copy needs a Clone state"),
+            (Baseline::Encoded(bytes), _) => decode_state(Some(bytes.clone())),
+        }
+    }
+}
+
 /// Folds a batch into the resident states: seeds replace what is held, each event runs `f`
-/// on its key's decoded state, a rejected event's key is restored to what it was, and every
-/// key an accepted event folded is encoded once at the end.
+/// on its key's decoded state, and every key an accepted event folded is encoded once at the
+/// end. No copy of a state is taken per event: the first event of a key in the batch records
+/// the key's baseline (the seed itself, or one copy), the accepted events after it are kept,
+/// and a rejected event puts its key back to the baseline with those events folded again,
+/// which is the state before the rejected event because plugins are pure.
 fn fold_batch<S, E, C>(batch: RawBatch, backup: Backup<S>, f: Fold<S, E, C>) -> BatchResult
 where
     S: Default + DeserializeOwned + serde::Serialize + 'static,
@@ -265,11 +306,14 @@ where
     let RawBatch { keys, seeds, events } = batch;
     with_resident::<S, _>(|held| {
         let mut broken: HashMap<u32, Error> = HashMap::new();
+        let mut undo: Vec<Option<Undo<S>>> = (0..keys.len()).map(|_| None).collect();
         for (key, state) in seeds {
             let name = &keys[key as usize];
-            match decode_state::<S>(state) {
+            match decode_state::<S>(state.clone()) {
                 Ok(s) => {
                     held.insert(name.clone(), s);
+                    undo[key as usize] =
+                        Some(Undo { baseline: Baseline::Seed(state), redo: Vec::new() });
                 }
                 Err(e) => {
                     held.remove(name);
@@ -277,43 +321,58 @@ where
                 }
             }
         }
+        // Events after which their key has another in the batch: only those are kept for a redo.
+        let mut last = vec![usize::MAX; keys.len()];
+        for (i, (key, _)) in events.iter().enumerate() {
+            last[*key as usize] = i;
+        }
         let mut changed = vec![false; keys.len()];
         let mut outcomes = Vec::with_capacity(events.len());
-        for (key, raw) in events {
+        for (i, (key, raw)) in events.into_iter().enumerate() {
             if let Some(e) = broken.get(&key) {
                 outcomes.push(Err(e.clone()));
                 continue;
             }
-            let name = &keys[key as usize];
+            let k = key as usize;
+            let name = &keys[k];
             let Some(state) = held.get_mut(name) else {
                 panic!(
                     "the host sent an event for key `{name}`, which this instance neither holds nor was given"
                 );
             };
+            let record = match &mut undo[k] {
+                Some(record) => record,
+                slot => match Undo::of(state, &backup) {
+                    Ok(record) => slot.insert(record),
+                    Err(e) => {
+                        outcomes.push(Err(e));
+                        continue;
+                    }
+                },
+            };
+            let keep = (last[k] != i).then(|| raw.clone());
+            let mut ran = false;
             let outcome = (|| {
                 let event = decode_event::<E>(raw)?;
                 let mut cx = Context::new(config::<C>()?);
-                match &backup {
-                    Backup::Copy(copy) => {
-                        let before = copy(state);
-                        let done = f(state, event, &mut cx).and_then(|()| cx.finish());
-                        if done.is_err() {
-                            *state = before;
-                        }
-                        done
-                    }
-                    Backup::Encoded => {
-                        let before = encode_state(&*state)?;
-                        let done = f(state, event, &mut cx).and_then(|()| cx.finish());
-                        if done.is_err() {
-                            *state = decode_state(Some(before))?;
-                        }
-                        done
-                    }
-                }
+                ran = true;
+                f(state, event, &mut cx).and_then(|()| cx.finish())
             })();
-            if outcome.is_ok() {
-                changed[key as usize] = true;
+            match &outcome {
+                Ok(_) => {
+                    changed[k] = true;
+                    record.redo.extend(keep);
+                }
+                Err(_) if ran => {
+                    *state = redo(record, &backup, f).unwrap_or_else(|e| {
+                        // The host folds the batch again one event per call.
+                        panic!(
+                            "cannot restore the state of key `{name}`: {}: {}",
+                            e.code, e.message
+                        )
+                    });
+                }
+                Err(_) => {}
             }
             outcomes.push(outcome);
         }
@@ -332,6 +391,34 @@ where
             .collect();
         (outcomes, states)
     })
+}
+
+/// The state before a rejected event: the key's baseline with its accepted events of the
+/// batch folded again (their effects were already taken); the record then starts afresh
+/// from that state.
+fn redo<S, E, C>(record: &mut Undo<S>, backup: &Backup<S>, f: Fold<S, E, C>) -> Result<S, Error>
+where
+    S: Default + DeserializeOwned + serde::Serialize,
+    E: DeserializeOwned,
+    C: Send + Sync + 'static,
+{
+    let mut state = record.restore(backup)?;
+    let config = config::<C>()?;
+    for raw in record.redo.drain(..) {
+        let event = decode_event::<E>(raw)?;
+        let mut cx = Context::new(config);
+        f(&mut state, event, &mut cx).and_then(|()| cx.finish()).map_err(|e| {
+            Error::new(
+                "impure",
+                format!(
+                    "an event accepted earlier in the batch is rejected when folded again: {}",
+                    e.message
+                ),
+            )
+        })?;
+    }
+    *record = Undo::of(&state, backup)?;
+    Ok(state)
 }
 
 /// Drops the resident states of `keys`.

@@ -202,6 +202,11 @@ impl ComponentLoader {
         // Fuel bounds every call's CPU; the limit itself comes from the manifest.
         config.consume_fuel(cpu == CpuLimit::Fuel);
         config.epoch_interruption(cpu == CpuLimit::Epoch);
+        // `JETFOLD_PERFMAP=1`: wasmtime writes /tmp/perf-PID.map, so that `perf report` names
+        // the guests' functions (docs/performance.md, "Profiling a plugin").
+        if std::env::var_os("JETFOLD_PERFMAP").is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);

@@ -144,6 +144,7 @@ fn faulty_stream() -> impl Strategy<Value = Vec<(String, Event)>> {
     let kind = prop_oneof![
         20 => Just("Ok"),
         4 => Just("Fail"),
+        4 => Just("Spoil"),
         2 => Just("Panic"),
         2 => Just("Sneak"),
         2 => Just("Hoard"),

@@ -75,6 +75,10 @@ pub struct ResidentGuest {
     batches: u64,
     /// Events per guest call; halved when a call runs out of fuel, grown back after.
     chunk: usize,
+    /// The fuel an event of this plugin has taken lately (rising at once, falling slowly),
+    /// so that a call is given no more events than half the manifest's budget covers: one
+    /// budget bounds the whole call, and a call that runs out is folded again event by event.
+    fuel_per_event: f64,
     /// What the instance may hold: its memory cap divided by this (4, doubled each time a
     /// batch runs out of memory, up to 64, so that resident states do not crowd the events
     /// out).
@@ -134,6 +138,7 @@ impl ResidentGuest {
             generation,
             batches: 0,
             chunk: MAX_CHUNK,
+            fuel_per_event: 0.0,
             residency_divisor: 4,
         }
     }
@@ -229,7 +234,7 @@ impl ResidentGuest {
         }
         let mut rest = &pending[..];
         while !rest.is_empty() {
-            let n = rest.len().min(self.chunk);
+            let n = rest.len().min(self.chunk_within(manifest.limits.fuel));
             let (chunk, after) = rest.split_at(n);
             rest = after;
             if !self.try_chunk(manifest, events, chunk, states, &mut changed, &mut outcomes) {
@@ -246,6 +251,27 @@ impl ResidentGuest {
             outcomes: outcomes.into_iter().map(|o| o.expect("every event folded")).collect(),
             states: changed,
         }
+    }
+
+    /// Events the next call may take: the backed-off chunk, and no more than half the fuel
+    /// budget covers at the recent fuel per event.
+    fn chunk_within(&self, fuel: u64) -> usize {
+        if self.fuel_per_event <= 0.0 {
+            return self.chunk;
+        }
+        let fits = (fuel as f64 / 2.0 / self.fuel_per_event) as usize;
+        fits.clamp(1, self.chunk)
+    }
+
+    /// Records what a call of `events` events that returned took (a call that ran out of
+    /// fuel halves [`ResidentGuest::chunk`] instead).
+    fn note_fuel(&mut self, used: u64, events: usize) {
+        if events == 0 || used == 0 {
+            return;
+        }
+        let per = used as f64 / events as f64;
+        self.fuel_per_event =
+            if per > self.fuel_per_event { per } else { 0.75 * self.fuel_per_event + 0.25 * per };
     }
 
     /// Folds `chunk` (indices into `events`) in one call; false if its outcome cannot stand for
@@ -281,7 +307,11 @@ impl ResidentGuest {
             });
             batch.events.push(batching::KeyedEvent { key, event: types::Event::from(e.event) });
         }
+        let fuel_before = self.guest.fuel_used();
         let result = self.guest.fold_batch(&batch);
+        if result.is_ok() {
+            self.note_fuel(self.guest.fuel_used() - fuel_before, chunk.len());
+        }
         self.check_generation();
         let (raw, new_states) = match result {
             Ok(BatchFold { outcomes, states }) => (outcomes, states),
@@ -380,7 +410,11 @@ impl ResidentGuest {
             seeds,
             events: vec![batching::KeyedEvent { key: 0, event: types::Event::from(e.event) }],
         };
+        let fuel_before = self.guest.fuel_used();
         let result = self.guest.fold_batch(&batch);
+        if result.is_ok() {
+            self.note_fuel(self.guest.fuel_used() - fuel_before, 1);
+        }
         self.check_generation();
         // Whatever happens, the next batch hands the key's state again unless it is accepted.
         self.unhold(e.key);

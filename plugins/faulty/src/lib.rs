@@ -2,6 +2,7 @@
 //!
 //! - `Ok`: counts and upserts a row into `faults`;
 //! - `Fail`: returns a business error;
+//! - `Spoil`: changes the state, then returns a business error (the change must not stay);
 //! - `Panic`: panics (a trap in WebAssembly);
 //! - `Loop`: never returns (stopped by the fuel limit);
 //! - `Bomb`: allocates without bound (stopped by the memory cap);
@@ -23,6 +24,7 @@ pub struct Seen {
 pub enum Fault {
     Ok,
     Fail,
+    Spoil,
     Panic,
     Loop,
     Bomb,
@@ -39,6 +41,10 @@ impl Projection<Fault> for Seen {
                 cx.upsert("faults", &event.aggregate_id, &json!({ "ok": self.ok }));
             }
             Fault::Fail => return Err(Error::rejected("asked to fail")),
+            Fault::Spoil => {
+                self.ok += 1_000;
+                return Err(Error::rejected("asked to fail after changing the state"));
+            }
             Fault::Panic => panic!("asked to panic at sequence {}", event.sequence),
             Fault::Loop => {
                 let mut n: u64 = event.sequence;
