@@ -50,8 +50,8 @@ pub enum SinkTarget {
 pub enum Sink {
     /// SQLite.
     Sqlite(sqlite::SqliteSink),
-    /// PostgreSQL.
-    Postgres(postgres::PostgresSink),
+    /// PostgreSQL (boxed: the client and its statement cache are large).
+    Postgres(Box<postgres::PostgresSink>),
 }
 
 macro_rules! delegate {
@@ -72,10 +72,10 @@ impl Sink {
                 sqlite::SqliteSink::open(path)
                     .with_context(|| format!("failed to open SQLite {}", path.display()))?,
             ),
-            SinkTarget::Postgres { url, schema } => Sink::Postgres(
+            SinkTarget::Postgres { url, schema } => Sink::Postgres(Box::new(
                 postgres::PostgresSink::open(url, schema)
                     .with_context(|| format!("failed to open PostgreSQL schema {schema}"))?,
-            ),
+            )),
         })
     }
 

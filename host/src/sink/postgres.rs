@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use postgres::{Client, NoTls};
+use postgres::{Client, NoTls, Statement, Transaction};
 
 use super::{Checkpoint, Commit, JETFOLD_TABLES, OutboxMessage, Rejected, merge_patch};
 use crate::manifest::is_identifier;
@@ -11,6 +11,23 @@ use crate::manifest::is_identifier;
 /// A connection to the daemon's PostgreSQL database.
 pub struct PostgresSink {
     client: Client,
+    /// The commit's statements, prepared once per connection (by their text): a statement
+    /// given as text is parsed on every call, a round trip of its own.
+    statements: HashMap<String, Statement>,
+}
+
+/// `sql` prepared on `tx`'s connection, from `cache` after the first time.
+fn prepared(
+    tx: &mut Transaction<'_>,
+    cache: &mut HashMap<String, Statement>,
+    sql: &str,
+) -> Result<Statement, postgres::Error> {
+    if let Some(statement) = cache.get(sql) {
+        return Ok(statement.clone());
+    }
+    let statement = tx.prepare(sql)?;
+    cache.insert(sql.to_string(), statement.clone());
+    Ok(statement)
 }
 
 const SCHEMA: &str = "
@@ -46,7 +63,7 @@ impl PostgresSink {
         client.batch_execute(&format!(
             "BEGIN; {DDL_LOCK}; CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\"; {SCHEMA}; COMMIT;"
         ))?;
-        Ok(PostgresSink { client })
+        Ok(PostgresSink { client, statements: HashMap::new() })
     }
 
     /// Creates the read-model tables a plugin may write.
@@ -132,14 +149,17 @@ impl PostgresSink {
 
     /// Commits one batch atomically.
     pub fn commit(&mut self, batch: &Commit) -> Result<(), postgres::Error> {
-        let mut tx = self.client.transaction()?;
+        let PostgresSink { client, statements } = self;
+        let mut tx = client.transaction()?;
         for (table, plan) in batch.plan() {
             let table = format!("{table}{}", batch.table_suffix);
             for (key, list) in &plan.patches {
-                let current = tx.query_opt(
+                let statement = prepared(
+                    &mut tx,
+                    statements,
                     &format!("SELECT doc::text FROM \"{table}\" WHERE key = $1 FOR UPDATE"),
-                    &[key],
                 )?;
+                let current = tx.query_opt(&statement, &[key])?;
                 if let Some(current) = current {
                     let mut doc: serde_json::Value =
                         serde_json::from_str(current.get::<_, &str>(0)).unwrap_or_default();
@@ -147,19 +167,25 @@ impl PostgresSink {
                         merge_patch(&mut doc, patch);
                     }
                     let seq = list.last().map_or(0, |(seq, _)| *seq);
-                    tx.execute(
-                        &format!("UPDATE \"{table}\" SET doc = CAST($2::text AS jsonb), updated_seq = $3 WHERE key = $1"),
-                        &[key, &doc.to_string(), &seq],
+                    let statement = prepared(
+                        &mut tx,
+                        statements,
+                        &format!(
+                            "UPDATE \"{table}\" SET doc = CAST($2::text AS jsonb), updated_seq = $3 WHERE key = $1"
+                        ),
                     )?;
+                    tx.execute(&statement, &[key, &doc.to_string(), &seq])?;
                 }
             }
             // One statement per table and kind of write, however many rows: a round trip to
             // the server costs more than the rows.
             if !plan.deletes.is_empty() {
-                tx.execute(
+                let statement = prepared(
+                    &mut tx,
+                    statements,
                     &format!("DELETE FROM \"{table}\" WHERE key = ANY($1)"),
-                    &[&plan.deletes],
                 )?;
+                tx.execute(&statement, &[&plan.deletes])?;
             }
             if !plan.upserts.is_empty() {
                 let (mut keys, mut docs, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
@@ -168,25 +194,29 @@ impl PostgresSink {
                     docs.push(doc.as_str());
                     seqs.push(*seq);
                 }
-                tx.execute(
+                let statement = prepared(
+                    &mut tx,
+                    statements,
                     &format!(
                         "INSERT INTO \"{table}\" (key, doc, updated_seq) \
                          SELECT k, CAST(d AS jsonb), s FROM unnest($1::text[], $2::text[], $3::bigint[]) AS u(k, d, s) \
                          ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, updated_seq = excluded.updated_seq"
                     ),
-                    &[&keys, &docs, &seqs],
                 )?;
+                tx.execute(&statement, &[&keys, &docs, &seqs])?;
             }
         }
         if !batch.states.is_empty() {
             let keys: Vec<&str> = batch.states.iter().map(|(k, _)| k.as_str()).collect();
             let states: Vec<&[u8]> = batch.states.iter().map(|(_, s)| s.as_slice()).collect();
-            tx.execute(
+            let statement = prepared(
+                &mut tx,
+                statements,
                 "INSERT INTO jetfold_states (plugin, key, state) \
                  SELECT $1, k, s FROM unnest($2::text[], $3::bytea[]) AS u(k, s) \
                  ON CONFLICT (plugin, key) DO UPDATE SET state = excluded.state",
-                &[&batch.plugin, &keys, &states],
             )?;
+            tx.execute(&statement, &[&batch.plugin, &keys, &states])?;
         }
         if !batch.rejected.is_empty() {
             // One row per sequence (an update of the same row twice in one statement is an
@@ -203,11 +233,16 @@ impl PostgresSink {
             let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
             let codes: Vec<Option<&str>> = rows.iter().map(|r| r.code.as_deref()).collect();
             let messages: Vec<&str> = rows.iter().map(|r| r.message.as_str()).collect();
-            tx.execute(
+            let statement = prepared(
+                &mut tx,
+                statements,
                 "INSERT INTO jetfold_rejected (plugin, seq, key, event_type, kind, code, message) \
                  SELECT $1, s, k, t, n, c, m FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) AS u(s, k, t, n, c, m) \
                  ON CONFLICT (plugin, seq) DO UPDATE SET key = excluded.key, event_type = excluded.event_type, \
                  kind = excluded.kind, code = excluded.code, message = excluded.message",
+            )?;
+            tx.execute(
+                &statement,
                 &[&batch.plugin, &seqs, &keys, &types, &kinds, &codes, &messages],
             )?;
         }
@@ -222,25 +257,37 @@ impl PostgresSink {
             let payloads: Vec<&[u8]> = batch.outbox.iter().map(|m| m.payload.as_slice()).collect();
             // In the batch's order: `id` numbers the rows as they are inserted, and the outbox
             // is published by `id`.
-            tx.execute(
+            let statement = prepared(
+                &mut tx,
+                statements,
                 "INSERT INTO jetfold_outbox (plugin, msg_id, subject, headers, payload) \
                  SELECT $1, i, s, h, p FROM unnest($2::text[], $3::text[], $4::text[], $5::bytea[]) WITH ORDINALITY AS u(i, s, h, p, n) \
                  ORDER BY n ON CONFLICT (msg_id) DO NOTHING",
-                &[&batch.plugin, &ids, &subjects, &headers, &payloads],
             )?;
+            tx.execute(&statement, &[&batch.plugin, &ids, &subjects, &headers, &payloads])?;
         }
         for d in &batch.shadow_diffs {
-            tx.execute(
+            let statement = prepared(
+                &mut tx,
+                statements,
                 "INSERT INTO jetfold_shadow_diffs (plugin, shadow_digest, seq, key, live, shadow) VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (plugin, shadow_digest, seq) DO UPDATE SET live = excluded.live, shadow = excluded.shadow",
+            )?;
+            tx.execute(
+                &statement,
                 &[&batch.plugin, &d.shadow_digest, &(d.seq as i64), &d.key, &d.live, &d.shadow],
             )?;
         }
-        tx.execute(
+        let statement = prepared(
+            &mut tx,
+            statements,
             "INSERT INTO jetfold_checkpoints (plugin, digest, last_seq, state_version, snapshot_seq) \
              VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (plugin) DO UPDATE SET digest = excluded.digest, last_seq = excluded.last_seq, \
              state_version = excluded.state_version, snapshot_seq = excluded.snapshot_seq",
+        )?;
+        tx.execute(
+            &statement,
             &[
                 &batch.checkpoint_name(),
                 &batch.digest,
@@ -258,6 +305,7 @@ impl PostgresSink {
         staging: &str,
         tables: &[String],
     ) -> Result<(), postgres::Error> {
+        self.statements.clear();
         let mut tx = self.client.transaction()?;
         for table in tables {
             assert!(is_identifier(table));
@@ -277,6 +325,7 @@ impl PostgresSink {
         tables: &[String],
         suffix: &str,
     ) -> Result<(), postgres::Error> {
+        self.statements.clear();
         let mut tx = self.client.transaction()?;
         for table in tables {
             let built = format!("{table}{suffix}");
