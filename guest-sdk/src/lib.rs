@@ -28,6 +28,7 @@
 //! - [`event`]: the event a plugin receives, with its payload decoded into your type.
 //! - [`context`]: what a call may do: read its configuration, collect effects and commands.
 //! - [`error`]: business failures, returned as data.
+//! - [`time`]: a faster serde form of `DateTime<Utc>` for states and rows (same text).
 //! - the traits [`Projection`], [`Policy`], [`Upcaster`] and their export macros.
 #![deny(missing_docs)]
 
@@ -35,6 +36,7 @@ pub mod context;
 pub mod error;
 pub mod event;
 mod payload;
+pub mod time;
 
 #[doc(hidden)]
 pub mod __private;

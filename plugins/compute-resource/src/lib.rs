@@ -45,6 +45,7 @@ pub struct AttachedPolicy {
     pub name: String,
     #[serde(default, skip_serializing_if = "Json::is_null")]
     pub rules: Json,
+    #[serde(with = "jetfold_guest::time")]
     pub added_at: DateTime<Utc>,
 }
 
@@ -64,7 +65,10 @@ pub struct Resource {
     pub policies: BTreeMap<String, AttachedPolicy>,
     #[serde(default)]
     pub status_reason: Option<String>,
+    // Written in one piece (the same text as chrono's): see `jetfold_guest::time`.
+    #[serde(with = "jetfold_guest::time")]
     pub registered_at: DateTime<Utc>,
+    #[serde(with = "jetfold_guest::time")]
     pub updated_at: DateTime<Utc>,
     /// Events applied to this resource.
     pub version: u64,
@@ -238,7 +242,7 @@ pub fn row(r: &Resource) -> Json {
         "status": r.status,
         "organization_id": r.organization_id,
         "policy_count": r.policies.len(),
-        "updated_at": r.updated_at,
+        "updated_at": jetfold_guest::time::text(&r.updated_at),
         "version": r.version,
     })
 }
