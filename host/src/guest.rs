@@ -170,6 +170,7 @@ pub struct GuestInstance {
     live: Option<(Store<HostState>, Bound, Option<Migrator>)>,
     instantiations: u64,
     fuel_used: u64,
+    calls: u64,
 }
 
 impl GuestInstance {
@@ -193,6 +194,7 @@ impl GuestInstance {
             live: None,
             instantiations: 0,
             fuel_used: 0,
+            calls: 0,
         };
         guest.ensure_live()?;
         Ok(guest)
@@ -217,6 +219,17 @@ impl GuestInstance {
     /// Fuel the calls have consumed so far (0 unless fuel bounds them).
     pub fn fuel_used(&self) -> u64 {
         self.fuel_used
+    }
+
+    /// Calls made into the guest so far (every export, `init` aside).
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// The limits every call runs within (the manifest's, unless the instance was made with
+    /// others).
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Whether an instance is live (a trap drops it; the next call makes a new one).
@@ -327,6 +340,7 @@ impl GuestInstance {
         ) -> wasmtime::Result<Result<T, types::Error>>,
     ) -> Result<T, GuestError> {
         self.ensure_live()?;
+        self.calls += 1;
         let (store, bound, migration) = self.live.as_mut().expect("instance is live");
         store.data_mut().limits = store_limits(&limits);
         if self.cpu == crate::component::CpuLimit::Fuel {

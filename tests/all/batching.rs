@@ -368,3 +368,77 @@ fn a_second_batch_over_the_same_keys_hands_no_state_in() {
     let state: serde_json::Value = serde_json::from_slice(&fourth.states["r-3"]).unwrap();
     assert_eq!(state["version"], 4, "registered, Active, Maintenance, Active: {state}");
 }
+
+/// One fuel budget (the manifest's `fuel`) bounds a whole batch call, so the host gives a call
+/// no more events than half of it covers at the fuel its events took lately: a long batch of
+/// costly events is a few calls, each within budget, not one call that runs out and is then
+/// folded again one call per event.
+#[test]
+fn a_batch_of_costly_events_is_split_to_fit_the_fuel_budget() {
+    let dir = plugin("compute-resource");
+    let loader = ComponentLoader::new(Some(cache_dir())).unwrap();
+    let manifest = Plugin::open(&dir, &loader).unwrap().manifest;
+    let component = loader.load(manifest.kind, &manifest.wasm_path()).unwrap();
+    let instance = |fuel: u64| {
+        let mut limits = manifest.limits.clone();
+        limits.fuel = fuel;
+        let guest = jetfold_host::guest::GuestInstance::new(
+            &manifest.name,
+            &component,
+            loader.engine(),
+            limits,
+            "{}".into(),
+        )
+        .unwrap();
+        ResidentGuest::new(guest)
+    };
+    let change = |seq: u64| {
+        let to = if seq.is_multiple_of(2) { "Maintenance" } else { "Active" };
+        let reason = "kernel and firmware upgrade; ".repeat(30);
+        (
+            "r-1".to_string(),
+            event(seq, "r-1", "StatusChanged", serde_json::json!({"to": to, "reason": reason})),
+        )
+    };
+    let fold = |resident: &mut ResidentGuest,
+                events: &[(String, Event)],
+                states: &mut HashMap<String, Vec<u8>>| {
+        let keyed: Vec<Keyed<'_>> =
+            events.iter().map(|(key, event)| Keyed { key, event }).collect();
+        let folded = resident.fold(&manifest, &keyed, states);
+        assert!(
+            folded.outcomes.iter().all(Result::is_ok),
+            "{:?}",
+            folded.outcomes.iter().map(outcome).collect::<Vec<_>>()
+        );
+        states.extend(folded.states);
+    };
+    // What one such event takes, in a call of its own, with the manifest's budget.
+    let mut probe = instance(manifest.limits.fuel);
+    let mut states = HashMap::new();
+    let registered = event(
+        1,
+        "r-1",
+        "ResourceRegistered",
+        serde_json::json!({"name": "vm", "kind": "vm", "region": "eu"}),
+    );
+    fold(&mut probe, &[("r-1".to_string(), registered)], &mut states);
+    let before = probe.guest().fuel_used();
+    fold(&mut probe, &[change(3)], &mut states);
+    let per_event = probe.guest().fuel_used() - before;
+
+    // A budget for 40 of them; 400 in one batch, after one event that shows their cost.
+    let mut resident = instance(per_event * 40);
+    fold(&mut resident, &[change(4)], &mut states);
+    let events: Vec<(String, Event)> = (5..405).map(change).collect();
+    let calls = resident.guest().calls();
+    fold(&mut resident, &events, &mut states);
+    let calls = resident.guest().calls() - calls;
+    assert!(calls >= 10, "400 events cannot fit one budget of 40 events' fuel: {calls} calls");
+    assert!(
+        calls <= 40,
+        "400 events took {calls} calls: the batch ran out of fuel and fell back to one call per event"
+    );
+    let state: serde_json::Value = serde_json::from_slice(&states["r-1"]).unwrap();
+    assert_eq!(state["version"], 403, "registered and 402 changes of status: {state}");
+}

@@ -234,7 +234,7 @@ impl ResidentGuest {
         }
         let mut rest = &pending[..];
         while !rest.is_empty() {
-            let n = rest.len().min(self.chunk_within(manifest.limits.fuel));
+            let n = rest.len().min(self.chunk_within(self.guest.limits().fuel));
             let (chunk, after) = rest.split_at(n);
             rest = after;
             if !self.try_chunk(manifest, events, chunk, states, &mut changed, &mut outcomes) {
