@@ -25,7 +25,7 @@ use jetfold_host::{
     daemon::{Daemon, RebuildReport, rebuild_subject, supervise},
     fold::Plugin,
     nats::reader::StreamReader,
-    replay::{BATCH, Range, Replayer, read_events},
+    replay::{Range, Replayer, read_batches},
 };
 
 mod common;
@@ -68,18 +68,12 @@ fn main() {
                 .map(|_| (Plugin::open(&plugin_dir, &loader).unwrap(), None))
                 .collect();
             let mut replayer = Replayer::parallel(instances);
-            let mut batch = Vec::with_capacity(BATCH);
             let started = Instant::now();
-            read_events(&js, "INFRA", &[], &Range::default(), "compute-resource", &[], |_, event, _| {
-                batch.push(event);
-                if batch.len() == BATCH {
-                    replayer.fold(&batch);
-                    batch.clear();
-                }
+            read_batches(&js, "INFRA", &[], &Range::default(), "compute-resource", &[], |_, batch, _| {
+                replayer.fold(batch);
             })
             .await
             .unwrap();
-            replayer.fold(&batch);
             let replay_secs = started.elapsed().as_secs_f64();
             let replay = replayer.events as f64 / replay_secs;
             println!(

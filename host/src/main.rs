@@ -1076,11 +1076,7 @@ impl ReplayTarget {
 }
 
 fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::{
-        event::Event,
-        fold::StepError,
-        replay::{BATCH, Range, Replayer, read_events},
-    };
+    use jetfold_host::replay::{Range, read_batches, read_events};
     let loader = loader(cli)?;
     let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let mut other = match &args.diff {
@@ -1110,51 +1106,41 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 write_error = Some(e);
             }
         };
-        // Without --diff, events are folded a batch at a time; with --effects each one's
-        // effects are printed as the batch ends.
-        // The batch's events and, beside them, their sequences.
-        let (mut batch, mut seqs): (Vec<Result<Event, StepError>>, Vec<u64>) =
-            (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
-        let fold = |batch: &mut Vec<Result<Event, StepError>>, seqs: &mut Vec<u64>, replayer: &mut Replayer, write: &mut dyn FnMut(serde_json::Value)| {
-            let outcomes = replayer.fold(batch);
-            if args.effects {
-                for ((seq, event), (key, outcome)) in seqs.iter().zip(batch.iter()).zip(outcomes) {
-                    let event_type = event.as_ref().map(|e| e.event_type.as_str()).unwrap_or_default();
-                    let mut line = serde_json::json!({"seq": seq, "type": event_type, "key": key});
-                    match (&outcome.effects, &outcome.error) {
-                        (_, Some(e)) => line["error"] = serde_json::to_value(e).unwrap_or_default(),
-                        (Some(fx), None) => line["effects"] = serde_json::to_value(fx).unwrap_or_default(),
-                        (None, None) => {}
+        // --diff compares event by event; without it events are folded a batch at a time, and
+        // with --effects each one's effects are printed as its batch ends.
+        let read = if let Some(other) = &mut other {
+            read_events(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seq, event, total| {
+                let event_type = event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default();
+                let (key, outcome) = replayer.step(&event);
+                let (_, theirs) = other.step(&event);
+                let (a, b) = (serde_json::to_value(&outcome), serde_json::to_value(&theirs));
+                if a.ok() != b.ok() {
+                    differ += 1;
+                    first.get_or_insert((seq, event_type.clone(), key.clone()));
+                    write(serde_json::json!({"seq": seq, "type": event_type, "key": key, "left": outcome, "right": theirs}));
+                }
+                progress.update(replayer.events, total);
+            })
+            .await?
+        } else {
+            read_batches(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seqs, batch, total| {
+                let outcomes = replayer.fold(batch);
+                if args.effects {
+                    for ((seq, event), (key, outcome)) in seqs.iter().zip(batch).zip(outcomes) {
+                        let event_type = event.as_ref().map(|e| e.event_type.as_str()).unwrap_or_default();
+                        let mut line = serde_json::json!({"seq": seq, "type": event_type, "key": key});
+                        match (&outcome.effects, &outcome.error) {
+                            (_, Some(e)) => line["error"] = serde_json::to_value(e).unwrap_or_default(),
+                            (Some(fx), None) => line["effects"] = serde_json::to_value(fx).unwrap_or_default(),
+                            (None, None) => {}
+                        }
+                        write(line);
                     }
-                    write(line);
                 }
-            }
-            batch.clear();
-            seqs.clear();
+                progress.update(replayer.events, total);
+            })
+            .await?
         };
-        let read = read_events(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seq, event, total| {
-            let Some(other) = &mut other else {
-                batch.push(event);
-                seqs.push(seq);
-                if batch.len() == BATCH {
-                    fold(&mut batch, &mut seqs, &mut replayer, &mut write);
-                }
-                progress.update(replayer.events + batch.len() as u64, total);
-                return;
-            };
-            let event_type = event.as_ref().map(|e| e.event_type.clone()).unwrap_or_default();
-            let (key, outcome) = replayer.step(&event);
-            let (_, theirs) = other.step(&event);
-            let (a, b) = (serde_json::to_value(&outcome), serde_json::to_value(&theirs));
-            if a.ok() != b.ok() {
-                differ += 1;
-                first.get_or_insert((seq, event_type.clone(), key.clone()));
-                write(serde_json::json!({"seq": seq, "type": event_type, "key": key, "left": outcome, "right": theirs}));
-            }
-            progress.update(replayer.events, total);
-        })
-        .await?;
-        fold(&mut batch, &mut seqs, &mut replayer, &mut write);
         anyhow::Ok(read)
     })?;
     progress.finish(replayer.events, replayer.events);
@@ -1207,7 +1193,7 @@ fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::replay::{BATCH, Range, read_events};
+    use jetfold_host::replay::{Range, read_batches};
     let loader = loader(cli)?;
     let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let name = plugin.manifest.name.clone();
@@ -1250,29 +1236,23 @@ fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut replayer = target.replayer(plugin, &args.source.plugin, args.source.jobs(), &loader)?;
     let range = Range { to_seq: Some(checkpoint.snapshot_seq), ..Range::default() };
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
-    let mut batch = Vec::with_capacity(BATCH);
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let client = jetfold_host::nats::connect(&target.config).await?;
         let js = async_nats::jetstream::new(client);
-        read_events(
+        read_batches(
             &js,
             &target.stream,
             &target.subjects,
             &range,
             &name,
             &target.verify_keys,
-            |_, event, total| {
-                batch.push(event);
-                if batch.len() == BATCH {
-                    replayer.fold(&batch);
-                    batch.clear();
-                }
-                progress.update(replayer.events + batch.len() as u64, total);
+            |_, batch, total| {
+                replayer.fold(batch);
+                progress.update(replayer.events, total);
             },
         )
         .await?;
-        replayer.fold(&batch);
         anyhow::Ok(())
     })?;
     progress.finish(replayer.events, replayer.events);

@@ -240,3 +240,33 @@ pub async fn read_events(
     }
     Ok(read)
 }
+
+/// [`read_events`] a batch of [`BATCH`] at a time: `each` is given every full batch and then
+/// the rest, the events' sequences beside them, and the stream's total.
+pub async fn read_batches(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subjects: &[String],
+    range: &Range,
+    plugin: &str,
+    verify_keys: &[(String, Vec<u8>)],
+    mut each: impl FnMut(&[u64], &[Result<Event, StepError>], u64),
+) -> anyhow::Result<Read> {
+    let (mut seqs, mut events) = (Vec::with_capacity(BATCH), Vec::with_capacity(BATCH));
+    let mut total = 0;
+    let read = read_events(js, stream, subjects, range, plugin, verify_keys, |seq, event, t| {
+        total = t;
+        seqs.push(seq);
+        events.push(event);
+        if events.len() == BATCH {
+            each(&seqs, &events, t);
+            seqs.clear();
+            events.clear();
+        }
+    })
+    .await?;
+    if !events.is_empty() {
+        each(&seqs, &events, total);
+    }
+    Ok(read)
+}
