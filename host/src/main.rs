@@ -663,14 +663,17 @@ fn write_file(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn run_daemon(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let config = jetfold_host::config::Config::load(&args.config)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    // First of all: a SIGTERM while the config loads and plugins start is taken as a stop once
+    // they have (the default action would kill the process on the spot).
+    let signals = {
+        let _entered = runtime.enter();
+        StopSignals::install()
+    };
+    let config = jetfold_host::config::Config::load(&args.config)?;
     let config_file = Some(args.config.clone());
     let drain_timeout = config.drain_timeout();
     let outcome = runtime.block_on(async {
-        // Before the start: a SIGTERM while plugins start is taken as a stop once they have
-        // (the default action would kill the process on the spot).
-        let signals = StopSignals::install();
         let daemon = jetfold_host::daemon::Daemon::start(config).await?;
         let shutdown = shutdown_signal(signals, drain_timeout);
         jetfold_host::daemon::supervise(daemon, config_file, shutdown).await

@@ -269,11 +269,16 @@ pub(crate) fn fold_offline(name: &str, fixture: &Path) -> Expected {
 }
 
 fn spawn_daemon(dir: &Path, log: &Path) -> Child {
+    spawn_daemon_logging(dir, log, "warn")
+}
+
+/// [`spawn_daemon`] at the log level `level` (`JETFOLD_LOG`).
+fn spawn_daemon_logging(dir: &Path, log: &Path, level: &str) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     Command::new(env!("CARGO_BIN_EXE_jetfold"))
         .args(["run", "--config"])
         .arg(dir.join("jetfold.toml"))
-        .env("JETFOLD_LOG", "warn")
+        .env("JETFOLD_LOG", level)
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -397,10 +402,16 @@ async fn kill_and_compare(default_seed: u64, settings: &str, kills_wanted: usize
     }
     publisher.await.unwrap();
 
-    // The last incarnation finishes the streams and is stopped gracefully.
-    let mut child = spawn_daemon(dir.path(), &log);
+    // The last incarnation finishes the streams and is stopped gracefully, once it runs both
+    // plugins (the killed ones may have finished the streams already: then only its start
+    // tells that it is up, and a process not yet started is not the daemon's to drain).
+    let mut child = spawn_daemon_logging(dir.path(), &log, "warn,jetfold_host::daemon=info");
     let deadline = Instant::now() + Duration::from_secs(300);
-    while checkpoint(&db, "compute-resource") < 15_000 || checkpoint(&db, "person-archive") < 5_000
+    let started_both =
+        || std::fs::read_to_string(&log).unwrap().matches("plugin started").count() >= 2;
+    while checkpoint(&db, "compute-resource") < 15_000
+        || checkpoint(&db, "person-archive") < 5_000
+        || !started_both()
     {
         assert!(
             Instant::now() < deadline,
