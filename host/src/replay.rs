@@ -51,6 +51,13 @@ pub struct Outcome {
     pub error: Option<StepError>,
 }
 
+impl Outcome {
+    /// An event rejected for `error`.
+    fn rejected(error: StepError) -> Self {
+        Outcome { state: None, effects: None, error: Some(error) }
+    }
+}
+
 /// Events [`Replayer::fold`] is given at a time by the tools: what a daemon's batch holds.
 pub const BATCH: usize = 512;
 
@@ -120,8 +127,7 @@ impl Replayer {
             Ok(e) => e,
             Err(e) => {
                 self.rejected += 1;
-                let outcome = Outcome { state: None, effects: None, error: Some(e.clone()) };
-                return (String::new(), outcome);
+                return (String::new(), Outcome::rejected(e.clone()));
             }
         };
         let key = self.manifest.state_key(event);
@@ -133,7 +139,7 @@ impl Replayer {
             }
             Err(e) => {
                 self.rejected += 1;
-                Outcome { state: None, effects: None, error: Some(e) }
+                Outcome::rejected(e)
             }
         };
         (key, outcome)
@@ -167,7 +173,7 @@ impl Replayer {
                 };
                 let outcome = match outcome {
                     Ok(effects) => Outcome { state: None, effects: Some(effects), error: None },
-                    Err(e) => Outcome { state: None, effects: None, error: Some(e) },
+                    Err(e) => Outcome::rejected(e),
                 };
                 (key, outcome)
             })

@@ -58,6 +58,17 @@ async fn replay_folds_the_stream_to_the_state_the_fixture_expects() {
     let one: serde_json::Value = serde_json::from_str(&one.stdout).unwrap();
     assert_eq!(one["state"], serde_json::json!({"r-1": golden["state"]["r-1"]}), "{one}");
 
+    // Several instances, each folding a share of the keys, come to the same states; none is
+    // refused with a clear error.
+    let parallel = jetfold(["replay", &compute, "--config", &config, "--jobs", "3"]);
+    assert_eq!(parallel.code, 0, "{}", parallel.all());
+    let parallel: serde_json::Value = serde_json::from_str(&parallel.stdout).unwrap();
+    assert_eq!(parallel["state"], golden["state"], "{parallel}");
+    assert_eq!(parallel["rejected"], summary["rejected"], "{parallel}");
+    let none = jetfold(["replay", &compute, "--config", &config, "--jobs", "0"]);
+    assert_eq!(none.code, 2, "{}", none.all());
+    assert!(none.stderr.contains("--jobs"), "{}", none.all());
+
     // --effects: one line per event, then the states.
     let effects = jetfold(["replay", &compute, "--config", &config, "--effects"]);
     assert_eq!(effects.code, 0, "{}", effects.all());
