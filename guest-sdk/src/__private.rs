@@ -89,10 +89,10 @@ fn decode_event<T: DeserializeOwned>(raw: RawEvent) -> Result<Event<T>, Error> {
     })
 }
 
-fn decode_state<S: Default + DeserializeOwned>(state: Option<Vec<u8>>) -> Result<S, Error> {
+fn decode_state<S: Default + DeserializeOwned>(state: Option<&[u8]>) -> Result<S, Error> {
     match state {
         None => Ok(S::default()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
             Error::new("invalid-state", format!("cannot decode the stored state: {e}"))
         }),
     }
@@ -114,7 +114,7 @@ where
     E: DeserializeOwned,
     C: Send + Sync + 'static,
 {
-    let mut state: S = decode_state(state)?;
+    let mut state: S = decode_state(state.as_deref())?;
     let event = decode_event::<E>(event)?;
     let mut cx = Context::new(config::<C>()?);
     f(&mut state, event, &mut cx)?;
@@ -142,7 +142,7 @@ where
 {
     let states = states
         .into_iter()
-        .map(|(key, bytes)| Ok((key, decode_state::<P>(Some(bytes))?)))
+        .map(|(key, bytes)| Ok((key, decode_state::<P>(Some(&bytes))?)))
         .collect::<Result<Vec<_>, Error>>()?;
     let request: Json = serde_json::from_str(&request)
         .map_err(|e| Error::new("invalid-request", format!("the query is not JSON: {e}")))?;
@@ -283,10 +283,10 @@ impl<S: Default + DeserializeOwned + serde::Serialize> Undo<S> {
     /// The baseline, decoded or copied (the record keeps it).
     fn restore(&self, backup: &Backup<S>) -> Result<S, Error> {
         match (&self.baseline, backup) {
-            (Baseline::Seed(bytes), _) => decode_state(bytes.clone()),
+            (Baseline::Seed(bytes), _) => decode_state(bytes.as_deref()),
             (Baseline::Copy(s), Backup::Copy(copy)) => Ok(copy(s)),
             (Baseline::Copy(_), Backup::Encoded) => unreachable!("a copy needs a Clone state"),
-            (Baseline::Encoded(bytes), _) => decode_state(Some(bytes.clone())),
+            (Baseline::Encoded(bytes), _) => decode_state(Some(bytes)),
         }
     }
 }
@@ -309,7 +309,7 @@ where
         let mut undo: Vec<Option<Undo<S>>> = (0..keys.len()).map(|_| None).collect();
         for (key, state) in seeds {
             let name = &keys[key as usize];
-            match decode_state::<S>(state.clone()) {
+            match decode_state::<S>(state.as_deref()) {
                 Ok(s) => {
                     held.insert(name.clone(), s);
                     undo[key as usize] =
