@@ -234,7 +234,7 @@ impl ResidentGuest {
         }
         let mut rest = &pending[..];
         while !rest.is_empty() {
-            let n = rest.len().min(self.chunk_within(self.guest.limits().fuel));
+            let n = rest.len().min(self.chunk_within());
             let (chunk, after) = rest.split_at(n);
             rest = after;
             if !self.try_chunk(manifest, events, chunk, states, &mut changed, &mut outcomes) {
@@ -255,11 +255,11 @@ impl ResidentGuest {
 
     /// Events the next call may take: the backed-off chunk, and no more than half the fuel
     /// budget covers at the recent fuel per event.
-    fn chunk_within(&self, fuel: u64) -> usize {
+    fn chunk_within(&self) -> usize {
         if self.fuel_per_event <= 0.0 {
             return self.chunk;
         }
-        let fits = (fuel as f64 / 2.0 / self.fuel_per_event) as usize;
+        let fits = (self.guest.limits().fuel as f64 / 2.0 / self.fuel_per_event) as usize;
         fits.clamp(1, self.chunk)
     }
 
@@ -272,6 +272,18 @@ impl ResidentGuest {
         let per = used as f64 / events as f64;
         self.fuel_per_event =
             if per > self.fuel_per_event { per } else { 0.75 * self.fuel_per_event + 0.25 * per };
+    }
+
+    /// One batch call: the fuel it took per event noted if it returned, and the record of
+    /// what the instance holds dropped if the instance did not survive it.
+    fn call(&mut self, batch: &batching::Batch) -> Result<BatchFold, GuestError> {
+        let fuel_before = self.guest.fuel_used();
+        let result = self.guest.fold_batch(batch);
+        if result.is_ok() {
+            self.note_fuel(self.guest.fuel_used() - fuel_before, batch.events.len());
+        }
+        self.check_generation();
+        result
     }
 
     /// Folds `chunk` (indices into `events`) in one call; false if its outcome cannot stand for
@@ -307,12 +319,7 @@ impl ResidentGuest {
             });
             batch.events.push(batching::KeyedEvent { key, event: types::Event::from(e.event) });
         }
-        let fuel_before = self.guest.fuel_used();
-        let result = self.guest.fold_batch(&batch);
-        if result.is_ok() {
-            self.note_fuel(self.guest.fuel_used() - fuel_before, chunk.len());
-        }
-        self.check_generation();
+        let result = self.call(&batch);
         let (raw, new_states) = match result {
             Ok(BatchFold { outcomes, states }) => (outcomes, states),
             Err(GuestError::OutOfFuel { .. }) => {
@@ -410,12 +417,7 @@ impl ResidentGuest {
             seeds,
             events: vec![batching::KeyedEvent { key: 0, event: types::Event::from(e.event) }],
         };
-        let fuel_before = self.guest.fuel_used();
-        let result = self.guest.fold_batch(&batch);
-        if result.is_ok() {
-            self.note_fuel(self.guest.fuel_used() - fuel_before, 1);
-        }
-        self.check_generation();
+        let result = self.call(&batch);
         // Whatever happens, the next batch hands the key's state again unless it is accepted.
         self.unhold(e.key);
         let BatchFold { outcomes: raw, states: mut new_states } = result?;
