@@ -97,9 +97,10 @@ fn main() {
             commits.len()
         );
         println!(
-            "  p50 {:.2} ms   p90 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms",
+            "  p50 {:.2} ms   p90 {:.2} ms   p95 {:.2} ms   p99 {:.2} ms   p99.9 {:.2} ms   max {:.2} ms",
             pct(0.5),
             pct(0.9),
+            pct(0.95),
             pct(0.99),
             pct(0.999),
             latencies[latencies.len() - 1]
