@@ -174,6 +174,8 @@ pub struct ComponentLoader {
     cache_dir: Option<PathBuf>,
     engine_key: Arc<str>,
     cpu: CpuLimit,
+    /// Say on stderr when a component is compiled (the CLI: a Python component takes ~20 s).
+    announce: bool,
 }
 
 /// How a guest call's CPU is bounded.
@@ -211,7 +213,14 @@ impl ComponentLoader {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let engine_key = format!("{:016x}", hasher.finish()).into();
-        Ok(ComponentLoader { engine, cache_dir, engine_key, cpu })
+        Ok(ComponentLoader { engine, cache_dir, engine_key, cpu, announce: false })
+    }
+
+    /// This loader, saying on stderr when it compiles a component rather than finding it in
+    /// the cache, so that a long first run is not silent.
+    pub fn announcing(mut self) -> Self {
+        self.announce = true;
+        self
     }
 
     /// The default cache directory: `$JETFOLD_CACHE_DIR`, else `$XDG_CACHE_HOME/jetfold`, else
@@ -370,6 +379,14 @@ impl ComponentLoader {
                     tracing::warn!(path = %cached.display(), error = %e, "ignoring unusable precompiled component")
                 }
             }
+        }
+        if self.announce {
+            eprintln!(
+                "compiling {} ({:.1} MB; once per build, then cached in {})…",
+                path.display(),
+                bytes.len() as f64 / 1e6,
+                cached.parent().map_or_else(|| cached.display(), Path::display)
+            );
         }
         let compiled = self.engine.precompile_component(bytes).map_err(compile_error)?;
         if let Err(e) = write_atomically(&cached, &compiled) {

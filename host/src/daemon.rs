@@ -3863,6 +3863,7 @@ impl Folder {
                     tracing::warn!(
                         plugin = %self.name, digest = %self.short_digest(), seq, key = %key,
                         correlation_id = event.correlation_id.as_deref().unwrap_or(""),
+                        kind = %kind, code = code.as_deref().unwrap_or(""),
                         reason = %reason, "event rejected"
                     );
                     let rejected = Rejected {

@@ -41,6 +41,17 @@ pub struct Event {
 /// The default payload media type.
 pub const JSON: &str = "application/json";
 
+/// An RFC 3339 time, as chrono's serde reads it, with an error that names the field and the
+/// form expected.
+fn rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<DateTime<chrono::FixedOffset>>().map(|t| t.with_timezone(&Utc)).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`time` {text:?} is not an RFC 3339 time such as \"2026-03-01T12:00:00Z\" ({e})"
+        ))
+    })
+}
+
 /// The JSON form of an event, one per line in a fixture file.
 ///
 /// Only `subject` and `time` are required; see `wit/README.md` for the defaults.
@@ -53,6 +64,7 @@ pub struct EventRecord {
     /// The subject.
     pub subject: String,
     /// Event time, RFC 3339.
+    #[serde(deserialize_with = "rfc3339")]
     pub time: DateTime<Utc>,
     /// Defaults to the last subject token.
     #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]

@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeMap,
-    fmt::{self, Write as _},
+    fmt,
     path::{Path, PathBuf},
 };
 
@@ -511,16 +511,6 @@ pub fn state_document(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }))
 }
 
-/// A line-by-line diff of two golden texts, `-` expected and `+` actual, with context.
-pub fn golden_diff(expected: &str, actual: &str) -> String {
-    let diff = similar::TextDiff::from_lines(expected, actual);
-    let mut out = String::new();
-    for hunk in diff.unified_diff().context_radius(3).iter_hunks() {
-        let _ = write!(out, "{hunk}");
-    }
-    out
-}
-
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for step in &self.steps {
@@ -554,7 +544,10 @@ impl fmt::Display for Report {
                 }
                 Step::Query { line, request, key, response, error } => {
                     let scope = key.as_deref().map(|k| format!(" [{k}]")).unwrap_or_default();
-                    write!(f, "line {line} · query{scope} {request}")?;
+                    match line {
+                        0 => write!(f, "--query{scope} {request}")?,
+                        _ => write!(f, "line {line} · query{scope} {request}")?,
+                    }
                     match (response, error) {
                         (_, Some(e)) => writeln!(f, " ✗ {}", e.message)?,
                         (Some(r), None) => writeln!(f, "\n    = {r}")?,

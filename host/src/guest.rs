@@ -20,6 +20,8 @@ use crate::manifest::{Limits, PluginKind};
 pub struct HostState {
     limits: StoreLimits,
     wasi: Option<wasmtime_wasi::WasiCtx>,
+    /// What the guest writes to stdout and stderr during a call (WASI guests only).
+    captured: Option<crate::wasi::Captured>,
     table: wasmtime::component::ResourceTable,
 }
 
@@ -247,12 +249,19 @@ impl GuestInstance {
             return Ok(());
         }
         let limits = store_limits(&self.limits);
-        let wasi = self.wasi_name.as_deref().map(crate::wasi::deny_all);
-        let state = HostState { limits, wasi, table: Default::default() };
+        let captured = self.wasi_name.as_ref().map(|_| crate::wasi::Captured::default());
+        let wasi = self
+            .wasi_name
+            .as_deref()
+            .zip(captured.as_ref())
+            .map(|(n, c)| crate::wasi::deny_all(n, c));
+        let state =
+            HostState { limits, wasi, captured: captured.clone(), table: Default::default() };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         self.instantiations += 1;
-        let fail = |e| classify(GuestCall::Init, e, &self.limits);
+        let output = Output { captured: captured.as_ref() };
+        let fail = |e| classify(GuestCall::Init, e, &self.limits, output);
         match self.cpu {
             crate::component::CpuLimit::Fuel => store.set_fuel(self.limits.fuel).map_err(fail)?,
             crate::component::CpuLimit::Epoch => store.set_epoch_deadline(u64::MAX / 2),
@@ -343,8 +352,13 @@ impl GuestInstance {
         self.calls += 1;
         let (store, bound, migration) = self.live.as_mut().expect("instance is live");
         store.data_mut().limits = store_limits(&limits);
+        let captured = store.data().captured.clone();
+        let output = Output { captured: captured.as_ref() };
+        if let Some(c) = &captured {
+            c.clear();
+        }
         if self.cpu == crate::component::CpuLimit::Fuel {
-            store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits))?;
+            store.set_fuel(limits.fuel).map_err(|e| classify(call, e, &limits, output))?;
         }
         let outcome = f(store, bound, migration.as_ref());
         if self.cpu == crate::component::CpuLimit::Fuel {
@@ -355,7 +369,7 @@ impl GuestInstance {
             Ok(Err(e)) => Err(returned(call, e)),
             Err(e) => {
                 self.live = None;
-                Err(classify(call, e, &limits))
+                Err(classify(call, e, &limits, output))
             }
         }
     }
@@ -588,26 +602,74 @@ fn returned(call: GuestCall, e: types::Error) -> GuestError {
     GuestError::Returned { call, code: e.code, message: e.message }
 }
 
-/// Turns a wasmtime error into the failure's cause.
-fn classify(call: GuestCall, error: wasmtime::Error, limits: &Limits) -> GuestError {
-    let backtrace = error.downcast_ref::<wasmtime::WasmBacktrace>().map(|b| b.to_string());
+/// What a guest wrote, without the lines its toolchain's runtime adds to every uncaught
+/// exception (componentize-py's Rust runtime panics after printing the traceback;
+/// componentize-js says how it aborts).
+fn without_noise(text: &str) -> String {
+    const PYTHON: &str = "Python function threw an unexpected exception";
+    const JS: &str = "Redirecting call to abort() to mozalloc_abort";
+    let python = text.lines().any(|l| l == PYTHON);
+    let noise = |line: &str| {
+        line == JS
+            || python
+                && (line.starts_with("thread '<unnamed>'")
+                    || line == PYTHON
+                    || line.starts_with("note: run with `RUST_BACKTRACE=1`"))
+    };
+    let kept: Vec<&str> = text.lines().filter(|l| !noise(l)).collect();
+    kept.join("\n").trim_end().to_string()
+}
+
+/// Where a call's output went: `captured` for a guest that imports WASI (Python,
+/// JavaScript, a Rust guest built for WASI), none for one that cannot write.
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    captured: Option<&'a crate::wasi::Captured>,
+}
+
+/// Turns a wasmtime error into the failure's cause. A trap says what the guest wrote during
+/// the call, if it wrote anything (a Python traceback, a JavaScript exception, a Rust panic
+/// message); the wasm backtrace, which then shows only the interpreter's frames, is kept for
+/// a guest that wrote nothing.
+fn classify(
+    call: GuestCall,
+    error: wasmtime::Error,
+    limits: &Limits,
+    output: Output,
+) -> GuestError {
+    let written = output.captured.and_then(crate::wasi::Captured::text).map(|t| without_noise(&t));
+    let backtrace = match written {
+        Some(_) => None,
+        None => error.downcast_ref::<wasmtime::WasmBacktrace>().map(|b| b.to_string()),
+    };
+    let trap = |message: String| GuestError::Trap {
+        call,
+        message: match &written {
+            Some(text) => format!("{message}; the guest wrote:\n{text}"),
+            None => message,
+        },
+        backtrace: backtrace.clone(),
+    };
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => GuestError::OutOfFuel { call, fuel: limits.fuel },
-        Some(Trap::UnreachableCodeReached) => GuestError::Trap {
-            call,
-            message: "wasm `unreachable` instruction executed (a Rust guest panicked or aborted; \
-                      run its native tests to see the panic message)"
+        Some(Trap::UnreachableCodeReached) => trap(match (output.captured, &written) {
+            (None, _) => "wasm `unreachable` instruction executed (a Rust guest panicked or \
+                          aborted; run its native tests to see the panic message)"
                 .into(),
-            backtrace,
-        },
-        Some(trap) => GuestError::Trap { call, message: trap.to_string(), backtrace },
+            (Some(_), Some(_)) => "the guest aborted (wasm `unreachable`)".into(),
+            (Some(_), None) => "the guest aborted (wasm `unreachable`) and wrote nothing to \
+                                stdout or stderr: in Python or JavaScript, an uncaught \
+                                exception the toolchain could not print"
+                .into(),
+        }),
+        Some(other) => trap(other.to_string()),
         None => {
             // The store limiter's refusal (`trap_on_grow_failure`) surfaces as a plain error.
             let cause = error.root_cause().to_string();
             if cause.contains("growing memory") || cause.contains("memory growth") {
                 GuestError::OutOfMemory { call, mib: limits.memory_mib }
             } else {
-                GuestError::Trap { call, message: cause, backtrace }
+                trap(cause)
             }
         }
     }

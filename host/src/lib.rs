@@ -23,6 +23,7 @@
 //! - [`status`]: what a plugin on a daemon is doing (running, stalled, stopped, …), as a type.
 //! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
+//! - [`golden`]: a run compared with its golden file, by value, and the diff by step.
 //! - [`builder`]: `jetfold build`, source to component.
 //! - [`scaffold`]: `jetfold new`, a plugin that builds and passes its tests as made.
 
@@ -36,6 +37,7 @@ pub mod dlq;
 pub mod effect;
 pub mod event;
 pub mod fold;
+pub mod golden;
 pub mod guest;
 pub mod http;
 pub mod integrity;

@@ -49,7 +49,8 @@ pub fn default_sdk() -> PathBuf {
 
 /// Writes the plugin into `dir` (created; it must not exist or be empty); the files written.
 pub fn scaffold(dir: &Path, plugin: &NewPlugin) -> anyhow::Result<Vec<PathBuf>> {
-    if !is_name(&plugin.name) {
+    // The table it writes is named after it, and a table name starts with a letter.
+    if !is_name(&plugin.name) || !plugin.name.starts_with(|c: char| c.is_ascii_lowercase()) {
         bail!(
             "`{}` is not a plugin name: use lowercase letters, digits and dashes, starting with a letter",
             plugin.name
@@ -153,7 +154,7 @@ fn manifest(plugin: &NewPlugin, wasm: &str, table: &str) -> String {
         ),
         _ => (
             "Asks for a resource to be quarantined at its third failed check in a row",
-            "[allow]\nsubjects = [\"commands.>\"]\neffects = [\"command\"]\n".to_string(),
+            "[allow]\nsubjects = [\"commands.>\"]\neffects = [\"command\", \"log\"]\n".to_string(),
         ),
     };
     format!(

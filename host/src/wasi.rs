@@ -6,7 +6,9 @@
 //! arguments, no sockets or name lookups, stdin at end of file, a wall clock fixed at the Unix
 //! epoch and a monotonic clock that never moves, and "random" bytes from a fixed seed, so the
 //! same call makes the same decisions on every replay. What the guest writes to stdout or
-//! stderr goes to the log under the plugin's name, a line at a time.
+//! stderr goes to the log under the plugin's name, a line at a time, and the last
+//! [`MAX_CAPTURED`] bytes of each call are kept, so that a trap can say what the guest wrote
+//! before it (a Python traceback, a JavaScript exception, a Rust panic message).
 
 use std::{
     pin::Pin,
@@ -28,12 +30,13 @@ pub const WASI_PREFIX: &str = "wasi:";
 /// The bytes every guest's randomness cycles through: fixed, so replays are identical.
 const SEED: [u8; 32] = *b"jetfold: replays see same bytes.";
 
-/// A WASI context that grants nothing, writing the guest's output to the log as `plugin`.
-pub fn deny_all(plugin: &str) -> WasiCtx {
+/// A WASI context that grants nothing, writing the guest's output to the log as `plugin`
+/// and into `captured`.
+pub fn deny_all(plugin: &str, captured: &Captured) -> WasiCtx {
     let plugin: Arc<str> = plugin.into();
     WasiCtx::builder()
-        .stdout(GuestOutput::new(plugin.clone(), "stdout"))
-        .stderr(GuestOutput::new(plugin, "stderr"))
+        .stdout(GuestOutput::new(plugin.clone(), "stdout", captured.clone()))
+        .stderr(GuestOutput::new(plugin, "stderr", captured.clone()))
         .wall_clock(FixedClock)
         .monotonic_clock(FixedClock)
         .secure_random(wasmtime_wasi::Deterministic::new(SEED.to_vec()))
@@ -69,20 +72,60 @@ impl HostMonotonicClock for FixedClock {
 /// The longest line kept whole; longer ones are logged in pieces of this size.
 const MAX_LINE: usize = 16 * 1024;
 
+/// How much of what a guest wrote during one call is kept for its error: the end of it.
+pub const MAX_CAPTURED: usize = 4 * 1024;
+
+/// What a guest wrote to stdout and stderr since [`Captured::clear`], as written, of which the
+/// last [`MAX_CAPTURED`] bytes are kept.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<(Vec<u8>, bool)>>);
+
+impl Captured {
+    /// Forgets what was written (before a call).
+    pub fn clear(&self) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.0.clear();
+        c.1 = false;
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.0.extend_from_slice(bytes);
+        if c.0.len() > MAX_CAPTURED {
+            let cut = c.0.len() - MAX_CAPTURED;
+            c.0.drain(..cut);
+            c.1 = true;
+        }
+    }
+
+    /// What was written, trimmed; `None` if nothing was. A cut start says so.
+    pub fn text(&self) -> Option<String> {
+        let c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&c.0);
+        let text = text.trim_end();
+        if text.trim().is_empty() {
+            return None;
+        }
+        Some(if c.1 { format!("…{text}") } else { text.to_string() })
+    }
+}
+
 /// A guest's stdout or stderr: complete lines go to the log under the plugin's name.
 #[derive(Clone)]
 struct GuestOutput {
     plugin: Arc<str>,
     stream: &'static str,
     pending: Arc<Mutex<Vec<u8>>>,
+    captured: Captured,
 }
 
 impl GuestOutput {
-    fn new(plugin: Arc<str>, stream: &'static str) -> Self {
-        GuestOutput { plugin, stream, pending: Arc::default() }
+    fn new(plugin: Arc<str>, stream: &'static str, captured: Captured) -> Self {
+        GuestOutput { plugin, stream, pending: Arc::default(), captured }
     }
 
     fn take(&self, bytes: &[u8]) {
+        self.captured.push(bytes);
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.extend_from_slice(bytes);
         while let Some(end) = pending.iter().position(|b| *b == b'\n').or_else(|| {
@@ -156,12 +199,32 @@ mod tests {
 
     #[test]
     fn output_is_cut_into_lines() {
-        let out = GuestOutput::new("p".into(), "stdout");
+        let out = GuestOutput::new("p".into(), "stdout", Captured::default());
         out.take(b"hello\nwor");
         assert_eq!(*out.pending.lock().unwrap(), b"wor");
         out.take(b"ld\n");
         assert!(out.pending.lock().unwrap().is_empty());
         out.take(&vec![b'x'; MAX_LINE + 3]);
         assert_eq!(out.pending.lock().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_call_keeps_the_end_of_what_the_guest_wrote() {
+        let captured = Captured::default();
+        let (out, err) = (
+            GuestOutput::new("p".into(), "stdout", captured.clone()),
+            GuestOutput::new("p".into(), "stderr", captured.clone()),
+        );
+        assert_eq!(captured.text(), None);
+        out.take(b"printed\n");
+        err.take(b"Traceback:\n  ValueError: boom\n");
+        assert_eq!(captured.text().unwrap(), "printed\nTraceback:\n  ValueError: boom");
+        captured.clear();
+        assert_eq!(captured.text(), None, "each call starts empty");
+        err.take(&vec![b'x'; MAX_CAPTURED * 2]);
+        err.take(b"the end\n");
+        let text = captured.text().unwrap();
+        assert!(text.starts_with('…') && text.ends_with("the end"), "{text}");
+        assert_eq!(text.len(), '…'.len_utf8() + MAX_CAPTURED - 1);
     }
 }

@@ -176,6 +176,21 @@ async fn what_cannot_be_published_or_read_is_refused_with_the_reason() {
         state.all()
     );
     assert!(!state.stderr.contains("no responders: no responders"), "{}", state.all());
+
+    // A policy answers no queries, and the plugin directory says which kind it is.
+    let policy = dir.path().join("plugins/person-archive");
+    std::fs::create_dir_all(&policy).unwrap();
+    let manifest = crate::support::root().join("plugins/person-archive/plugin.toml");
+    std::fs::copy(manifest, policy.join("plugin.toml")).unwrap();
+    let state = jetfold(["state", "person-archive", "--config", &config]);
+    assert_eq!(state.code, 2, "{}", state.all());
+    assert!(
+        state
+            .stderr
+            .contains("plugin `person-archive` is a policy: only projections answer queries"),
+        "{}",
+        state.all()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

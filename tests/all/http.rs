@@ -238,6 +238,11 @@ async fn a_daemon_run_as_the_systemd_unit_says_serves_metrics_health_logs_and_it
     assert_eq!(rejected.len(), 3, "{rejected:?}");
     let fail = rejected.iter().find(|l| l["fields"]["seq"] == 2).expect("the Fail event's line");
     assert_eq!(fail["fields"]["correlation_id"], "corr-1");
+    // And why: the kind of failure and the plugin's own error code.
+    assert_eq!(
+        (&fail["fields"]["kind"], &fail["fields"]["code"]),
+        (&"error".into(), &"rejected".into())
+    );
     assert_eq!(fail["fields"]["digest"], digest[..12]);
     assert_eq!(fail["level"], "WARN");
 

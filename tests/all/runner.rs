@@ -12,6 +12,26 @@ fn golden_passes(name: &str) {
     assert!(run.stderr.contains("ok: matches"), "{}", run.all());
 }
 
+/// A component met for the first time is compiled, which takes a while for Python: `jetfold
+/// test` says so rather than staying silent, and says nothing once it is cached.
+#[test]
+fn the_first_run_of_a_new_build_says_it_compiles() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = plugin("event-counter");
+    let args = [Path::new("--cache-dir"), cache.path(), Path::new("test"), &dir];
+    let first = jetfold(args);
+    assert_eq!(first.code, 0, "{}", first.all());
+    assert!(
+        first.stderr.contains("compiling ") && first.stderr.contains("event_counter.wasm"),
+        "{}",
+        first.all()
+    );
+    assert!(first.stderr.contains("once per build, then cached"), "{}", first.all());
+    let again = jetfold(args);
+    assert_eq!(again.code, 0, "{}", again.all());
+    assert!(!again.stderr.contains("compiling "), "{}", again.all());
+}
+
 #[test]
 fn compute_resource_matches_its_golden_file() {
     golden_passes("compute-resource");
@@ -87,15 +107,31 @@ fn a_changed_outcome_fails_with_a_readable_diff_and_update_rewrites_it() {
     std::fs::write(&expected, golden.replace("\"r-1\": 2", "\"r-1\": 3")).unwrap();
     let run = jetfold([Path::new("test"), tmp.path(), Path::new("--expect"), &expected]);
     assert_eq!(run.code, 1, "{}", run.all());
-    assert!(run.stderr.contains("differs"), "{}", run.all());
-    assert!(run.stderr.contains("-    \"r-1\": 3,"), "{}", run.all());
-    assert!(run.stderr.contains("+    \"r-1\": 2,"), "{}", run.all());
-    assert_eq!(
-        run.stderr.lines().filter(|l| l.starts_with('+') || l.starts_with('-')).count(),
-        2,
+    assert!(
+        run.stderr.contains(
+            "final state [r-1]:\n    - expected 3\n    + actual   2\n\
+             0 of 3 steps differ; the final state of 1 key differs\n"
+        ),
         "{}",
         run.all()
     );
+
+    // A step that differs is named by its fixture line, event and key, its part shown.
+    let row = "\"row\": {\n            \"events\": 1\n          }";
+    assert_eq!(golden.matches(row).count(), 2, "{golden}");
+    std::fs::write(&expected, golden.replacen(row, &row.replace('1', "5"), 2)).unwrap();
+    let run = jetfold([Path::new("test"), tmp.path(), Path::new("--expect"), &expected]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let wanted = "step 2 of 3, line 2 · #2 ResourceRegistered [r-2]:\n  effects[0]:\n    \
+        - expected {\"effect\":\"upsert\",\"key\":\"r-2\",\"row\":{\"events\":5},\"table\":\"event_counts\"}\n    \
+        + actual   {\"effect\":\"upsert\",\"key\":\"r-2\",\"row\":{\"events\":1},\"table\":\"event_counts\"}\n";
+    assert!(run.stderr.contains(wanted), "{}", run.all());
+    assert!(run.stderr.contains("2 of 3 steps differ\n"), "{}", run.all());
+
+    // Numbers are compared by value: 2.0 is 2 (a port to another language shares the file).
+    std::fs::write(&expected, golden.replace("\"r-1\": 2", "\"r-1\": 2.0")).unwrap();
+    let run = jetfold([Path::new("test"), tmp.path(), Path::new("--expect"), &expected]);
+    assert_eq!(run.code, 0, "{}", run.all());
 
     let run = jetfold([
         Path::new("test"),
@@ -138,6 +174,32 @@ fn command_line_queries_see_the_final_state() {
     assert_eq!(last["step"], "query");
     assert_eq!(last["key"], "r-2");
     assert_eq!(last["response"]["name"], "db-1");
+    // A quick look is not compared with the golden file, nor written into it unless named.
+    assert_eq!(run.code, 0, "{}", run.all());
+    let golden = std::fs::read_to_string(dir.join("fixtures/expected.json")).unwrap();
+    let query = Path::new(r#"{"count_by_status":{}}"#);
+    let text = jetfold([Path::new("test"), &dir, Path::new("--query"), query]);
+    assert_eq!(text.code, 0, "{}", text.all());
+    assert!(text.stdout.contains("--query {\"count_by_status\":{}}"), "{}", text.all());
+    assert!(!text.stdout.contains("line 0"), "{}", text.all());
+    let update =
+        jetfold([Path::new("test"), &dir, Path::new("--query"), query, Path::new("--update")]);
+    assert_eq!(update.code, 2, "{}", update.all());
+    assert!(update.stderr.contains("give --expect FILE"), "{}", update.all());
+    assert_eq!(std::fs::read_to_string(dir.join("fixtures/expected.json")).unwrap(), golden);
+    // --key alone shows that key's final state only.
+    let one = jetfold([
+        Path::new("test"),
+        &dir,
+        Path::new("--key"),
+        Path::new("r-2"),
+        Path::new("--format"),
+        Path::new("json"),
+    ]);
+    assert_eq!(one.code, 0, "{}", one.all());
+    let report: serde_json::Value = serde_json::from_str(&one.stdout).unwrap();
+    let keys: Vec<&String> = report["state"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["r-2"], "{}", one.all());
 
     let run = jetfold([Path::new("test"), &dir, Path::new("--query"), Path::new("{not json")]);
     assert_eq!(run.code, 2, "{}", run.all());
@@ -160,6 +222,10 @@ fn a_line_that_is_not_an_event_names_file_and_line() {
             ":1: not an event: no `aggregate_id`",
         ),
         ("[1,2]\n", ":1: not an event"),
+        (
+            "{\"subject\":\"a.b.c.D\",\"time\":\"yesterday\"}\n",
+            ":1: not an event: `time` \"yesterday\" is not an RFC 3339 time such as \"2026-03-01T12:00:00Z\"",
+        ),
     ];
     for (text, wanted) in cases {
         std::fs::write(&events, text).unwrap();

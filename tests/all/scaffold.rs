@@ -52,6 +52,21 @@ fn rust_scaffolds_build_and_pass_their_golden_files() {
     let root = tempfile::tempdir().unwrap();
     scaffold_build_test(root.path(), "rust", "projection");
     scaffold_build_test(root.path(), "rust", "policy");
+    // The policy may log as well as command: a log line does not reject its event.
+    let dir = root.path().join("new-rust-policy");
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap();
+    let logging = lib.replace(
+        "\"CheckPassed\" => self.failures = 0,",
+        "\"CheckPassed\" => {\n                self.failures = 0;\n                cx.log(LogLevel::Info, \"passed\");\n            }",
+    );
+    assert_ne!(lib, logging, "the policy scaffold changed");
+    std::fs::write(dir.join("src/lib.rs"), logging).unwrap();
+    let (built, log) = build_script(&dir);
+    assert!(built, "{log}");
+    let tested = jetfold(["test", &dir.display().to_string(), "--update"]);
+    assert_eq!(tested.code, 0, "{}", tested.all());
+    let golden = std::fs::read_to_string(dir.join("fixtures/expected.json")).unwrap();
+    assert!(golden.contains("passed") && !golden.contains("not allowed"), "{golden}");
 }
 
 #[test]
@@ -60,6 +75,10 @@ fn a_scaffold_refuses_a_bad_name_and_a_non_empty_directory() {
     let bad = jetfold(["new", "Bad_Name", "--lang", "rust", "--kind", "projection"]);
     assert_eq!(bad.code, 2, "{}", bad.all());
     assert!(bad.stderr.contains("not a plugin name"), "{}", bad.all());
+    // Its table is named after it, so it starts with a letter, as the message says.
+    let digit = jetfold(["new", "2fast", "--lang", "rust", "--kind", "projection"]);
+    assert_eq!(digit.code, 2, "{}", digit.all());
+    assert!(digit.stderr.contains("starting with a letter"), "{}", digit.all());
     std::fs::write(root.path().join("keep.txt"), "mine").unwrap();
     let dir = root.path().display().to_string();
     let taken = jetfold(["new", "p", "--lang", "rust", "--kind", "policy", "--dir", &dir]);
@@ -173,4 +192,53 @@ async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success(), "SIGTERM drains and exits 0");
+}
+
+/// A bug in a Python or JavaScript plugin shows the guest's own error in `jetfold test`: the
+/// exception's message and the line that raised it, with no hint meant for Rust guests.
+#[test]
+fn an_uncaught_exception_shows_the_guests_own_error_in_python_and_javascript() {
+    let root = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "python",
+            "app.py",
+            "    tally = state if state is not None",
+            "    if event.aggregate_id == \"r-2\":\n        raise ValueError(\"boom\")\n",
+            "ValueError: boom",
+        ),
+        (
+            "js",
+            "plugin.js",
+            "  const tally = state === undefined",
+            "  if (event.aggregateId === 'r-2') throw new Error('plain JS error');\n",
+            "plain JS error\nStack:\n  apply@plugin.js:",
+        ),
+    ];
+    for (lang, file, before, bug, message) in cases {
+        let name = format!("buggy-{lang}");
+        let dir = root.path().join(&name);
+        let made = jetfold(
+            ["new", &name, "--lang", lang, "--kind", "projection", "--dir"]
+                .map(String::from)
+                .into_iter()
+                .chain([dir.display().to_string()]),
+        );
+        assert_eq!(made.code, 0, "{}", made.all());
+        let source = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(source.contains(before), "{lang}: the scaffold changed:\n{source}");
+        let source = source.replacen(before, &format!("{bug}{before}"), 1);
+        let last = bug.lines().last().unwrap();
+        let raised = 1 + source.lines().position(|l| l == last).unwrap();
+        std::fs::write(dir.join(file), &source).unwrap();
+        let (built, log) = build_script(&dir);
+        assert!(built, "{lang} does not build:\n{log}");
+        let tested = jetfold(["test".to_string(), dir.display().to_string()]);
+        let out = tested.all();
+        assert_eq!(tested.code, 1, "{lang}: {out}");
+        assert!(out.contains(message), "{lang}: the exception's message is missing:\n{out}");
+        let at = [format!("line {raised}"), format!("{file}:{raised}:")];
+        assert!(at.iter().any(|a| out.contains(a)), "{lang}: no line {raised} in:\n{out}");
+        assert!(!out.contains("Rust guest"), "{lang}: a hint for Rust guests:\n{out}");
+    }
 }

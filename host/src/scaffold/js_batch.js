@@ -5,7 +5,9 @@
 // JSON.parse gives it (undefined for a key never seen), calls `step` for each event in order,
 // and hands the host the states the batch changed, encoded with JSON.stringify, once per call.
 // A `step` that throws {code, message} rejects its event and the key keeps its state: return
-// a new state rather than changing the one you are given in place.
+// a new state rather than changing the one you are given in place. Anything else it throws
+// stops the call: componentize-js writes its message and stack to stderr, which the host
+// shows with the trap.
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -24,6 +26,9 @@ function batches(step) {
         let out;
         try {
           out = step(held.get(key), item.event);
+          if (!Array.isArray(out) || out.length !== 2) {
+            throw new TypeError(`${step.name} must return [state, effects], not ${JSON.stringify(out)}`);
+          }
         } catch (e) {
           if (e && typeof e.code === 'string') {
             outcomes.push({ tag: 'err', val: { code: e.code, message: String(e.message ?? '') } });

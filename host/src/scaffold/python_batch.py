@@ -7,7 +7,8 @@ function `step(state, event) -> (state, effects)` (a projection's `apply`, a pol
 seen), calls `step` for each event in order, and hands the host the states the batch changed,
 encoded with `json.dumps`, once per call. Raising `Err(types.Error(...))` rejects the event
 and keeps its key's state as it was: return a new state rather than changing the one you are
-given in place. Written by `jetfold new`; you should not need to change it.
+given in place. Any other exception stops the call: the host shows its traceback with the
+trap. Written by `jetfold new`; you should not need to change it.
 """
 
 import json
@@ -33,10 +34,15 @@ class Batches:
         for item in batch.events:
             key = keys[item.key]
             try:
-                state, effects = step(held[key], item.event)
+                out = step(held[key], item.event)
             except Err as e:
                 outcomes.append(Err(e.value))
                 continue
+            if not isinstance(out, (tuple, list)) or len(out) != 2:
+                raise TypeError(
+                    f"{step.__name__} must return (state, effects), not {out!r:.200}"
+                )
+            state, effects = out
             held[key] = state
             changed[item.key] = True
             outcomes.append(Ok(effects))
