@@ -35,8 +35,9 @@ pub struct Event<T = serde_json::Value> {
 }
 
 impl<T> Event<T> {
-    /// An event for native unit tests: sequence 1, event time at the Unix epoch, the event
-    /// type taken from the payload's type name. Adjust fields with the `with_*` methods.
+    /// An event for native unit tests: sequence 1, event time at the Unix epoch, an empty
+    /// event type (set it with [`Event::with_type`]; [`crate::testing::event`] sets it and
+    /// decodes the payload from JSON as the host does). Adjust fields with the `with_*` methods.
     pub fn new(aggregate_id: impl Into<String>, payload: T) -> Self {
         let aggregate_id = aggregate_id.into();
         Event {

@@ -29,6 +29,7 @@
 //! - [`context`]: what a call may do: read its configuration, collect effects and commands.
 //! - [`error`]: business failures, returned as data.
 //! - [`time`]: a faster serde form of `DateTime<Utc>` for states and rows (same text).
+//! - [`testing`]: native tests that fold and decode payloads as the host does.
 //! - the traits [`Projection`], [`Policy`], [`Upcaster`] and their export macros.
 #![deny(missing_docs)]
 
@@ -36,6 +37,7 @@ pub mod context;
 pub mod error;
 pub mod event;
 mod payload;
+pub mod testing;
 pub mod time;
 
 #[doc(hidden)]

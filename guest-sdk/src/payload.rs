@@ -120,12 +120,14 @@ impl<'de> VariantAccess<'de> for PayloadOf<'de> {
         whole(self.bytes, |de| de.deserialize_tuple(len, visitor))
     }
 
+    // An absent payload is an empty object: `Shipped {}`, or fields that all have defaults.
     fn struct_variant<V: Visitor<'de>>(
         self,
         fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
-        whole(self.bytes, |de| de.deserialize_struct("", fields, visitor))
+        let bytes = if self.bytes.trim_ascii().is_empty() { b"{}" } else { self.bytes };
+        whole(bytes, |de| de.deserialize_struct("", fields, visitor))
     }
 }
 
