@@ -27,13 +27,15 @@ fn json(bytes: &[u8]) -> serde_json::Deserializer<serde_json::de::SliceRead<'_>>
     serde_json::Deserializer::from_slice(bytes)
 }
 
-/// Runs `f` over a JSON deserializer of `bytes` and checks nothing but whitespace follows.
+/// Runs `f` over a JSON deserializer of `bytes` and checks nothing but whitespace follows. An
+/// absent payload (no bytes) reads as `null`, as Python's and JavaScript's helpers see it.
 fn whole<'a, R>(
     bytes: &'a [u8],
     f: impl FnOnce(
         &mut serde_json::Deserializer<serde_json::de::SliceRead<'a>>,
     ) -> Result<R, serde_json::Error>,
 ) -> Result<R, serde_json::Error> {
+    let bytes = if bytes.trim_ascii().is_empty() { b"null" } else { bytes };
     let mut de = json(bytes);
     let value = f(&mut de)?;
     de.end()?;
@@ -174,5 +176,8 @@ mod tests {
         assert_eq!(v, serde_json::json!({"a": [1]}));
         let o: Option<u8> = decode("X", b"null").unwrap();
         assert_eq!(o, None);
+        // An event without a payload: `null` to a plugin that takes any JSON.
+        let absent: serde_json::Value = decode("Created", b"").unwrap();
+        assert_eq!(absent, serde_json::Value::Null);
     }
 }

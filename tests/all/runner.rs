@@ -32,6 +32,22 @@ fn the_first_run_of_a_new_build_says_it_compiles() {
     assert!(!again.stderr.contains("compiling "), "{}", again.all());
 }
 
+/// An event without a payload reaches a Rust plugin that takes any JSON as `null`, as it
+/// reaches Python and JavaScript ones: it folds, it is not an invalid payload.
+#[test]
+fn an_event_without_a_payload_folds_in_a_plugin_that_takes_any_json() {
+    let tmp = plugin_copy("event-counter");
+    let events = tmp.path().join("bare.jsonl");
+    std::fs::write(
+        &events,
+        "{\"subject\":\"demo.resource.r-1.Created\",\"time\":\"2026-01-05T09:00:00Z\"}\n",
+    )
+    .unwrap();
+    let run = jetfold([Path::new("test"), tmp.path(), Path::new("--events"), &events]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert!(run.stdout.contains("line 1 · #1 Created [r-1] → 1 effect"), "{}", run.all());
+}
+
 #[test]
 fn compute_resource_matches_its_golden_file() {
     golden_passes("compute-resource");

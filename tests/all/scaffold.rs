@@ -51,6 +51,11 @@ fn scaffold_build_test(root: &Path, lang: &str, kind: &str) -> String {
 fn rust_scaffolds_build_and_pass_their_golden_files() {
     let root = tempfile::tempdir().unwrap();
     scaffold_build_test(root.path(), "rust", "projection");
+    // It answers queries, as the Python and JavaScript scaffolds do.
+    let projection = root.path().join("new-rust-projection").display().to_string();
+    let asked = jetfold(["test", &projection, "--query", "{}", "--key", "r-2"]);
+    assert_eq!(asked.code, 0, "{}", asked.all());
+    assert!(asked.stdout.contains("= {\"r-2\":{\"events\":"), "{}", asked.all());
     scaffold_build_test(root.path(), "rust", "policy");
     // The policy may log as well as command: a log line does not reject its event.
     let dir = root.path().join("new-rust-policy");
@@ -195,28 +200,49 @@ async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
 }
 
 /// A bug in a Python or JavaScript plugin shows the guest's own error in `jetfold test`: the
-/// exception's message and the line that raised it, with no hint meant for Rust guests.
+/// exception's message and the line that raised it, with no hint meant for Rust guests; and
+/// effects of the wrong shape are named by the helper module, not by the toolchain.
 #[test]
 fn an_uncaught_exception_shows_the_guests_own_error_in_python_and_javascript() {
     let root = tempfile::tempdir().unwrap();
+    let py_before = "    tally = state if state is not None";
+    let js_before = "  const tally = state === undefined";
     let cases = [
         (
             "python",
             "app.py",
-            "    tally = state if state is not None",
-            "    if event.aggregate_id == \"r-2\":\n        raise ValueError(\"boom\")\n",
+            py_before.to_string(),
+            format!(
+                "    if event.aggregate_id == \"r-2\":\n        raise ValueError(\"boom\")\n{py_before}"
+            ),
             "ValueError: boom",
         ),
         (
             "js",
             "plugin.js",
-            "  const tally = state === undefined",
-            "  if (event.aggregateId === 'r-2') throw new Error('plain JS error');\n",
+            js_before.to_string(),
+            format!(
+                "  if (event.aggregateId === 'r-2') throw new Error('plain JS error');\n{js_before}"
+            ),
             "plain JS error\nStack:\n  apply@plugin.js:",
         ),
+        (
+            "python",
+            "app.py",
+            "    return tally, [upsert]".to_string(),
+            "    return tally, upsert".to_string(),
+            "apply must return its effects as a list, not Effect_Upsert(",
+        ),
+        (
+            "js",
+            "plugin.js",
+            "  return [next, [upsert]];".to_string(),
+            "  return [next, ['not an effect']];".to_string(),
+            "apply's effect #0 is not { tag: 'upsert', val: { table, key, row } } or another effect: \"not an effect\"",
+        ),
     ];
-    for (lang, file, before, bug, message) in cases {
-        let name = format!("buggy-{lang}");
+    for (n, (lang, file, from, to, message)) in cases.into_iter().enumerate() {
+        let name = format!("buggy-{lang}-{n}");
         let dir = root.path().join(&name);
         let made = jetfold(
             ["new", &name, "--lang", lang, "--kind", "projection", "--dir"]
@@ -226,10 +252,11 @@ fn an_uncaught_exception_shows_the_guests_own_error_in_python_and_javascript() {
         );
         assert_eq!(made.code, 0, "{}", made.all());
         let source = std::fs::read_to_string(dir.join(file)).unwrap();
-        assert!(source.contains(before), "{lang}: the scaffold changed:\n{source}");
-        let source = source.replacen(before, &format!("{bug}{before}"), 1);
-        let last = bug.lines().last().unwrap();
-        let raised = 1 + source.lines().position(|l| l == last).unwrap();
+        assert!(source.contains(&from), "{lang}: the scaffold changed:\n{source}");
+        let source = source.replacen(&from, &to, 1);
+        // The line that raises: the last one the bug added (an exception raised by the
+        // helper module has no line of the plugin's own).
+        let added = to.lines().rfind(|l| !from.contains(l));
         std::fs::write(dir.join(file), &source).unwrap();
         let (built, log) = build_script(&dir);
         assert!(built, "{lang} does not build:\n{log}");
@@ -237,8 +264,11 @@ fn an_uncaught_exception_shows_the_guests_own_error_in_python_and_javascript() {
         let out = tested.all();
         assert_eq!(tested.code, 1, "{lang}: {out}");
         assert!(out.contains(message), "{lang}: the exception's message is missing:\n{out}");
-        let at = [format!("line {raised}"), format!("{file}:{raised}:")];
-        assert!(at.iter().any(|a| out.contains(a)), "{lang}: no line {raised} in:\n{out}");
+        if let Some(added) = added.filter(|_| from.lines().count() < to.lines().count()) {
+            let raised = 1 + source.lines().position(|l| l == added).unwrap();
+            let at = [format!("line {raised}"), format!("{file}:{raised}:")];
+            assert!(at.iter().any(|a| out.contains(a)), "{lang}: no line {raised} in:\n{out}");
+        }
         assert!(!out.contains("Rust guest"), "{lang}: a hint for Rust guests:\n{out}");
     }
 }

@@ -11,6 +11,15 @@
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+// For error messages: JSON where it can be (a BigInt cannot), else the value as a string.
+function show(value) {
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return String(value);
+  }
+}
+
 function batches(step) {
   const held = new Map();
   return {
@@ -27,8 +36,16 @@ function batches(step) {
         try {
           out = step(held.get(key), item.event);
           if (!Array.isArray(out) || out.length !== 2) {
-            throw new TypeError(`${step.name} must return [state, effects], not ${JSON.stringify(out)}`);
+            throw new TypeError(`${step.name} must return [state, effects], not ${show(out)}`);
           }
+          if (!Array.isArray(out[1])) {
+            throw new TypeError(`${step.name} must return its effects as an array, not ${show(out[1])}`);
+          }
+          out[1].forEach((effect, i) => {
+            if (!effect || typeof effect.tag !== 'string' || typeof effect.val !== 'object') {
+              throw new TypeError(`${step.name}'s effect #${i} is not { tag: 'upsert', val: { table, key, row } } or another effect: ${show(effect)}`);
+            }
+          });
         } catch (e) {
           if (e && typeof e.code === 'string') {
             outcomes.push({ tag: 'err', val: { code: e.code, message: String(e.message ?? '') } });

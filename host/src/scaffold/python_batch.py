@@ -43,6 +43,16 @@ class Batches:
                     f"{step.__name__} must return (state, effects), not {out!r:.200}"
                 )
             state, effects = out
+            if not isinstance(effects, list):
+                raise TypeError(
+                    f"{step.__name__} must return its effects as a list, not {effects!r:.200}"
+                )
+            for i, effect in enumerate(effects):
+                if not type(effect).__name__.startswith("Effect_"):
+                    raise TypeError(
+                        f"{step.__name__}'s effect #{i} is not a types.Effect_* value "
+                        f"(types.Effect_Upsert(types.UpsertRow(...)), ...): {effect!r:.200}"
+                    )
             held[key] = state
             changed[item.key] = True
             outcomes.append(Ok(effects))

@@ -21,6 +21,11 @@ impl Projection for Tally {
         );
         Ok(())
     }
+
+    /// Every state the host selected (one key's, or all), by key.
+    fn query(states: Vec<(String, Self)>, _request: Json, _config: &NoConfig) -> Result<Json> {
+        Ok(Json::Object(states.into_iter().map(|(key, state)| (key, json!(state))).collect()))
+    }
 }
 
 export_projection!(Tally);
