@@ -48,9 +48,10 @@ class Batches:
                     f"{step.__name__} must return its effects as a list, not {effects!r:.200}"
                 )
             for i, effect in enumerate(effects):
-                if not type(effect).__name__.startswith("Effect_"):
+                # A projection's effects are types.Effect_*, a policy's types.Decision_*.
+                if not type(effect).__name__.startswith(("Effect_", "Decision_")):
                     raise TypeError(
-                        f"{step.__name__}'s effect #{i} is not a types.Effect_* value "
+                        f"{step.__name__}'s effect #{i} is not an effect value "
                         f"(types.Effect_Upsert(types.UpsertRow(...)), ...): {effect!r:.200}"
                     )
             held[key] = state
