@@ -511,12 +511,27 @@ pub fn state_document(bytes: &[u8]) -> Value {
         .unwrap_or_else(|_| serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) }))
 }
 
+/// How a report names an event's step: `line 3 · #3 StatusChanged [r-2]`.
+pub fn event_title(line: usize, sequence: u64, event_type: &str, key: &str) -> String {
+    format!("line {line} · #{sequence} {event_type} [{key}]")
+}
+
+/// How a report names a query: `line 4 · query [r-1] {…}` for a fixture line, `--query {…}`
+/// for one from the command line (line 0).
+pub fn query_title(line: usize, key: Option<&str>, request: &Value) -> String {
+    let scope = key.map(|k| format!(" [{k}]")).unwrap_or_default();
+    match line {
+        0 => format!("--query{scope} {request}"),
+        _ => format!("line {line} · query{scope} {request}"),
+    }
+}
+
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for step in &self.steps {
             match step {
                 Step::Event { line, sequence, event_type, key, effects, upcast, error } => {
-                    write!(f, "line {line} · #{sequence} {event_type} [{key}]")?;
+                    f.write_str(&event_title(*line, *sequence, event_type, key))?;
                     if let Some(e) = error {
                         match &e.code {
                             Some(code) => writeln!(f, " ✗ {code}: {}", e.message)?,
@@ -543,11 +558,7 @@ impl fmt::Display for Report {
                     }
                 }
                 Step::Query { line, request, key, response, error } => {
-                    let scope = key.as_deref().map(|k| format!(" [{k}]")).unwrap_or_default();
-                    match line {
-                        0 => write!(f, "--query{scope} {request}")?,
-                        _ => write!(f, "line {line} · query{scope} {request}")?,
-                    }
+                    f.write_str(&query_title(*line, key.as_deref(), request))?;
                     match (response, error) {
                         (_, Some(e)) => writeln!(f, " ✗ {}", e.message)?,
                         (Some(r), None) => writeln!(f, "\n    = {r}")?,

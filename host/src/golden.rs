@@ -7,6 +7,8 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+use crate::fold::{event_title, query_title};
+
 /// Whether two JSON documents are the same, numbers compared by value.
 pub fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -105,17 +107,22 @@ fn verb(differing: usize) -> &'static str {
     if differing == 1 { "s" } else { "" }
 }
 
-/// Where a step comes from and what it is: `line 3 · #3 StatusChanged [r-2]`.
+/// Where a step comes from and what it is (`line 3 · #3 StatusChanged [r-2]`), named as the
+/// report names it.
 fn title(step: &Value) -> String {
-    let text = |field: &str| step.get(field).map(plain).unwrap_or_default();
-    let key = step.get("key").map(|k| format!(" [{}]", plain(k))).unwrap_or_default();
-    if text("step") != "query" {
-        return format!("line {} · #{} {}{key}", text("line"), text("sequence"), text("type"));
-    }
-    let request = compact(step.get("request").unwrap_or(&Value::Null));
-    match step.get("line").and_then(Value::as_u64) {
-        Some(0) | None => format!("--query{key} {request}"),
-        Some(n) => format!("line {n} · query{key} {request}"),
+    let text = |field: &str| step.get(field).map(plain);
+    let number = |field: &str| step.get(field).and_then(Value::as_u64).unwrap_or(0);
+    let (line, key) = (number("line") as usize, text("key"));
+    match text("step").as_deref() {
+        Some("query") => {
+            query_title(line, key.as_deref(), step.get("request").unwrap_or(&Value::Null))
+        }
+        _ => event_title(
+            line,
+            number("sequence"),
+            &text("type").unwrap_or_default(),
+            &key.unwrap_or_default(),
+        ),
     }
 }
 

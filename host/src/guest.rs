@@ -260,7 +260,7 @@ impl GuestInstance {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         self.instantiations += 1;
-        let output = Output { captured: captured.as_ref() };
+        let output = captured.as_ref();
         let fail = |e| classify(GuestCall::Init, e, &self.limits, output);
         match self.cpu {
             crate::component::CpuLimit::Fuel => store.set_fuel(self.limits.fuel).map_err(fail)?,
@@ -353,8 +353,8 @@ impl GuestInstance {
         let (store, bound, migration) = self.live.as_mut().expect("instance is live");
         store.data_mut().limits = store_limits(&limits);
         let captured = store.data().captured.clone();
-        let output = Output { captured: captured.as_ref() };
-        if let Some(c) = &captured {
+        let output = captured.as_ref();
+        if let Some(c) = output {
             c.clear();
         }
         if self.cpu == crate::component::CpuLimit::Fuel {
@@ -622,24 +622,18 @@ fn without_noise(text: &str) -> String {
     kept.join("\n").trim_end().to_string()
 }
 
-/// Where a call's output went: `captured` for a guest that imports WASI (Python,
-/// JavaScript, a Rust guest built for WASI), none for one that cannot write.
-#[derive(Clone, Copy)]
-struct Output<'a> {
-    captured: Option<&'a crate::wasi::Captured>,
-}
-
-/// Turns a wasmtime error into the failure's cause. A trap says what the guest wrote during
-/// the call, if it wrote anything (a Python traceback, a JavaScript exception, a Rust panic
+/// Turns a wasmtime error into the failure's cause. `output` is what a guest that imports
+/// WASI (Python, JavaScript, a Rust guest built for WASI) wrote during the call; none for one
+/// that cannot write. A trap says what the guest wrote, if it wrote anything (a Python traceback, a JavaScript exception, a Rust panic
 /// message); the wasm backtrace, which then shows only the interpreter's frames, is kept for
 /// a guest that wrote nothing.
 fn classify(
     call: GuestCall,
     error: wasmtime::Error,
     limits: &Limits,
-    output: Output,
+    output: Option<&crate::wasi::Captured>,
 ) -> GuestError {
-    let written = output.captured.and_then(crate::wasi::Captured::text).map(|t| without_noise(&t));
+    let written = output.and_then(crate::wasi::Captured::text).map(|t| without_noise(&t));
     let backtrace = match written {
         Some(_) => None,
         None => error.downcast_ref::<wasmtime::WasmBacktrace>().map(|b| b.to_string()),
@@ -654,7 +648,7 @@ fn classify(
     };
     match error.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => GuestError::OutOfFuel { call, fuel: limits.fuel },
-        Some(Trap::UnreachableCodeReached) => trap(match (output.captured, &written) {
+        Some(Trap::UnreachableCodeReached) => trap(match (output, &written) {
             (None, _) => "wasm `unreachable` instruction executed (a Rust guest panicked or \
                           aborted; run its native tests to see the panic message)"
                 .into(),

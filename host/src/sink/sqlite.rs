@@ -21,6 +21,8 @@ pub struct SqliteSink {
     /// Copies the WAL into the database off this connection's thread, once it has written
     /// (decision 45). Declared first: it stops before `conn` closes.
     checkpointer: Option<Checkpointer>,
+    /// Whether starting it was tried (once: if it cannot start, the automatic checkpoint stays).
+    checkpointer_tried: bool,
     conn: Connection,
     path: PathBuf,
 }
@@ -161,18 +163,24 @@ impl SqliteSink {
         if !has_snapshot {
             conn.execute_batch("ALTER TABLE jetfold_checkpoints ADD COLUMN snapshot_seq INTEGER")?;
         }
-        Ok(SqliteSink { checkpointer: None, conn, path: path.to_path_buf() })
+        Ok(SqliteSink {
+            checkpointer: None,
+            checkpointer_tried: false,
+            conn,
+            path: path.to_path_buf(),
+        })
     }
 
     /// Notes a write for the checkpointer, starting it (and turning off SQLite's automatic
     /// checkpoint on this connection) at the first. If it cannot start, the automatic
-    /// checkpoint stays.
+    /// checkpoint stays, and it is not tried again at every commit.
     fn wrote(&mut self) {
         self.wrote_with(WAL_RESET_FRAMES);
     }
 
     fn wrote_with(&mut self, reset_frames: i64) {
-        if self.checkpointer.is_none() {
+        if !self.checkpointer_tried {
+            self.checkpointer_tried = true;
             match Checkpointer::start(&self.path, reset_frames) {
                 Ok(c) => match self.conn.pragma_update(None, "wal_autocheckpoint", 0) {
                     Ok(()) => self.checkpointer = Some(c),
