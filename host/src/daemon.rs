@@ -4042,7 +4042,7 @@ impl Folder {
         if let Some(code) = &rejected.code {
             h.push((headers::DLQ_CODE.into(), one_line(code)));
         }
-        h.push((headers::DLQ_REASON.into(), one_line(&rejected.message)));
+        h.push((headers::DLQ_REASON.into(), crate::dlq::encode_reason(&rejected.message)));
         h.push((headers::PLUGIN.into(), self.name.clone()));
         h.push((headers::PLUGIN_DIGEST.into(), self.digest.clone()));
         h.push((headers::SOURCE_SEQ.into(), rejected.seq.to_string()));

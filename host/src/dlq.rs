@@ -15,6 +15,46 @@ use futures::StreamExt as _;
 use crate::config::DeadLetterConfig;
 use crate::nats::source::headers;
 
+/// The longest reason a dead letter carries, in characters (a trap's message with the last
+/// 4 KB the guest wrote fits).
+const REASON_CHARS: usize = 8192;
+
+/// A failure's reason as the `Jetfold-Dlq-Reason` header carries it: on one line (a header
+/// value cannot hold a line break), `\n` for each line break and `\\` for a backslash, other
+/// control characters as spaces, at most [`REASON_CHARS`] characters. [`decode_reason`] gives
+/// the lines back.
+pub fn encode_reason(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    for c in reason.chars().take(REASON_CHARS) {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The reason [`encode_reason`] wrote, with its line breaks.
+pub fn decode_reason(header: &str) -> String {
+    let mut out = String::with_capacity(header.len());
+    let mut chars = header.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('\\') => out.push('\\'),
+            // Not an escape (a reason written before they were): kept as it is.
+            other => out.extend(std::iter::once('\\').chain(other)),
+        }
+    }
+    out
+}
+
 /// One dead letter.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -101,7 +141,7 @@ pub async fn list(
             event_type,
             kind: get(headers::DLQ_KIND),
             code: find(headers::DLQ_CODE),
-            reason: get(headers::DLQ_REASON),
+            reason: decode_reason(&get(headers::DLQ_REASON)),
             source_subject,
             payload: message.payload.to_vec(),
             headers: all,
@@ -171,4 +211,29 @@ pub async fn replay(
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A reason reads back as it was, line breaks included, from a header value that is
+        /// one line a NATS header can carry.
+        #[test]
+        fn a_reason_reads_back_with_its_lines(reason in "[a-z \\\\\n:]{0,64}") {
+            let header = encode_reason(&reason);
+            prop_assert!(!header.contains(['\n', '\r']));
+            prop_assert!(crate::nats::header(crate::nats::source::headers::DLQ_REASON, &header).is_ok());
+            prop_assert_eq!(decode_reason(&header), reason);
+        }
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_and_an_old_one_kept() {
+        assert_eq!(encode_reason(&"x".repeat(10_000)).len(), REASON_CHARS);
+        assert_eq!(encode_reason("a\tb"), "a b");
+        assert_eq!(decode_reason("C:\\dir end\\"), "C:\\dir end\\");
+    }
 }

@@ -111,16 +111,20 @@ pub enum EffectRejection {
         reason: String,
     },
     /// The manifest does not allow this kind of effect.
-    #[error("effect #{index}: `{kind}` effects are not allowed by the manifest")]
+    #[error(
+        "effect #{index}: `{kind}` effects are not allowed by the manifest (allow.effects: {declared})"
+    )]
     KindNotAllowed {
         /// Position in the guest's list.
         index: usize,
         /// The effect kind.
         kind: EffectKind,
+        /// The kinds the manifest allows, for the message.
+        declared: String,
     },
     /// The manifest does not allow writing this table.
     #[error(
-        "effect #{index} ({kind}): table `{table}` is not declared in the manifest's allow.tables"
+        "effect #{index} ({kind}): table `{table}` is not declared in the manifest's allow.tables ({declared})"
     )]
     TableNotAllowed {
         /// Position in the guest's list.
@@ -129,10 +133,12 @@ pub enum EffectRejection {
         kind: EffectKind,
         /// The table.
         table: String,
+        /// The tables the manifest declares, for the message (`declared: a, b`).
+        declared: String,
     },
     /// The manifest does not allow publishing to this subject.
     #[error(
-        "effect #{index} ({kind}): subject `{subject}` is not declared in the manifest's allow.subjects"
+        "effect #{index} ({kind}): subject `{subject}` is not declared in the manifest's allow.subjects ({declared})"
     )]
     SubjectNotAllowed {
         /// Position in the guest's list.
@@ -141,6 +147,8 @@ pub enum EffectRejection {
         kind: EffectKind,
         /// The subject.
         subject: String,
+        /// The subject patterns the manifest declares, for the message.
+        declared: String,
     },
     /// A header of an emitted message that NATS cannot carry, or that the host sets itself.
     #[error("effect #{index} ({kind}): header {name:?}: {reason}")]
@@ -164,6 +172,16 @@ pub enum EffectRejection {
         /// `key`, `row`, `patch` or `payload`.
         what: &'static str,
     },
+}
+
+/// The names a manifest declares, for a rejection's message: `declared: a, b`, or `it
+/// declares none`.
+fn declared(names: &[String]) -> String {
+    if names.is_empty() {
+        "it declares none".into()
+    } else {
+        format!("declared: {}", names.join(", "))
+    }
 }
 
 /// Headers the host sets on every emitted message (and `Nats-*`, which steer the server):
@@ -296,7 +314,12 @@ impl Effect {
     pub fn check(&self, index: usize, allow: &Allow) -> Result<(), EffectRejection> {
         let kind = self.kind();
         if !allow.effects.is_empty() && !allow.effects.contains(&kind) {
-            return Err(EffectRejection::KindNotAllowed { index, kind });
+            let kinds: Vec<String> = allow.effects.iter().map(ToString::to_string).collect();
+            return Err(EffectRejection::KindNotAllowed {
+                index,
+                kind,
+                declared: kinds.join(", "),
+            });
         }
         match self {
             Effect::Upsert { table, key, .. }
@@ -307,6 +330,7 @@ impl Effect {
                         index,
                         kind,
                         table: table.clone(),
+                        declared: declared(&allow.tables),
                     });
                 }
                 if key.contains('\0') {
@@ -353,6 +377,7 @@ impl Effect {
                         index,
                         kind,
                         subject: subject.clone(),
+                        declared: declared(&allow.subjects),
                     });
                 }
             }

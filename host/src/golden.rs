@@ -30,35 +30,70 @@ fn integer(n: &serde_json::Number) -> Option<i128> {
     n.as_i64().map(i128::from).or_else(|| n.as_u64().map(i128::from))
 }
 
+/// How many steps of a report (as its golden file holds it) failed.
+pub fn failing_steps(report: &Value) -> usize {
+    steps(report).iter().filter(|s| s.get("error").is_some()).count()
+}
+
+/// The most final states a diff shows; the rest are counted.
+const STATES_SHOWN: usize = 3;
+
 /// How `actual` differs from `expected` (two reports as golden files hold them), step by step:
-/// empty if they are [`same`].
+/// empty if they are [`same`]. Steps are matched by what they are, not by where they are, so a
+/// fixture line added or removed shows as one step more or missing, not as every later step
+/// differing; a step that fails as an earlier one did is named on one line.
 pub fn diff(expected: &Value, actual: &Value) -> String {
     let mut out = String::new();
     let (expected_steps, actual_steps) = (steps(expected), steps(actual));
     let total = expected_steps.len().max(actual_steps.len());
     let mut differing = 0;
-    for i in 0..total {
-        match (expected_steps.get(i), actual_steps.get(i)) {
-            (Some(e), Some(a)) if same(e, a) => {}
-            (Some(e), Some(a)) => {
+    let mut moved = 0;
+    // The failures shown so far, by their step number, so a repeat is named on one line.
+    let mut failures: Vec<(Value, usize)> = Vec::new();
+    for pair in align(&expected_steps, &actual_steps) {
+        match pair {
+            Pair::Both(i, j) => {
+                let (e, a) = (&expected_steps[i], &actual_steps[j]);
+                if same(e, a) {
+                    continue;
+                }
+                if same(&placeless(e), &placeless(a)) {
+                    moved += 1;
+                    continue;
+                }
                 differing += 1;
-                let _ = writeln!(out, "step {} of {total}, {}:", i + 1, title(a));
-                if title(e) != title(a) {
+                let _ = write!(out, "step {} of {total}, {}:", j + 1, title(a));
+                let error = a.get("error").filter(|err| e.get("error") != Some(*err));
+                if let Some(&(_, first)) =
+                    error.and_then(|err| failures.iter().find(|(f, _)| f == err))
+                {
+                    let _ = writeln!(out, " fails as step {first} does");
+                    continue;
+                }
+                out.push('\n');
+                if let Some(err) = error {
+                    failures.push((err.clone(), j + 1));
+                }
+                let what =
+                    |s: &Value| ["step", "type", "key", "request"].map(|f| s.get(f).cloned());
+                if what(e) != what(a) {
                     let _ = writeln!(out, "  expected the step {}", title(e));
                 }
-                parts(&mut out, e, a);
+                // Where each came from is in the titles; the parts say what differs.
+                parts(&mut out, &placeless(e), &placeless(a));
             }
-            (Some(e), None) => {
+            Pair::Expected(i) => {
                 differing += 1;
+                let e = &expected_steps[i];
                 let _ = writeln!(out, "step {} of {total}, {}: missing", i + 1, title(e));
                 let _ = writeln!(out, "  - {}", compact(e));
             }
-            (None, Some(a)) => {
+            Pair::Actual(j) => {
                 differing += 1;
-                let _ = writeln!(out, "step {} of {total}, {}: not expected", i + 1, title(a));
+                let a = &actual_steps[j];
+                let _ = writeln!(out, "step {} of {total}, {}: not expected", j + 1, title(a));
                 let _ = writeln!(out, "  + {}", compact(a));
             }
-            (None, None) => unreachable!("i < the longer list"),
         }
     }
     let empty = serde_json::Map::new();
@@ -74,8 +109,13 @@ pub fn diff(expected: &Value, actual: &Value) -> String {
             continue;
         }
         states += 1;
-        let _ = writeln!(out, "final state [{key}]:");
-        side_by_side(&mut out, e, a);
+        if states <= STATES_SHOWN {
+            let _ = writeln!(out, "final state [{key}]:");
+            side_by_side(&mut out, e, a);
+        }
+    }
+    if states > STATES_SHOWN {
+        let _ = writeln!(out, "final state: {} more keys differ", states - STATES_SHOWN);
     }
     for field in ["plugin", "kind"] {
         let (e, a) = (expected.get(field), actual.get(field));
@@ -84,15 +124,105 @@ pub fn diff(expected: &Value, actual: &Value) -> String {
             side_by_side(&mut out, e, a);
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && moved == 0 {
         return out;
     }
     let _ = write!(out, "{differing} of {total} step{} differ{}", plural(total), verb(differing));
+    if moved > 0 {
+        let _ = write!(
+            out,
+            "; {moved} step{} {} the same but from other fixture lines (lines were added or removed before {})",
+            plural(moved),
+            if moved == 1 { "is" } else { "are" },
+            if moved == 1 { "it" } else { "them" },
+        );
+    }
     if states > 0 {
         let _ = write!(out, "; the final state of {states} key{} differs", plural(states));
     }
     out.push('\n');
     out
+}
+
+/// A step without where it came from (its fixture line and sequence), to match steps across
+/// a fixture that gained or lost lines.
+fn placeless(step: &Value) -> Value {
+    let mut step = step.clone();
+    if let Some(fields) = step.as_object_mut() {
+        fields.remove("line");
+        fields.remove("sequence");
+    }
+    step
+}
+
+/// One place in the alignment of two lists of steps.
+#[derive(Debug, PartialEq)]
+enum Pair {
+    /// Expected step `i` and actual step `j`, the same or one changed into the other.
+    Both(usize, usize),
+    /// An expected step with no actual one.
+    Expected(usize),
+    /// An actual step with no expected one.
+    Actual(usize),
+}
+
+/// The longest fixtures whose steps are aligned by what they are; longer ones are compared
+/// step by step, in order (the alignment takes time and memory as the product of the lengths).
+const ALIGNED_STEPS: usize = 4096;
+
+/// Aligns two lists of steps: the longest common run of steps that are the same wherever they
+/// came from anchors the rest; between two anchors, steps are paired in order (a changed step),
+/// and what is left over is missing or not expected.
+fn align(expected: &[Value], actual: &[Value]) -> Vec<Pair> {
+    let (n, m) = (expected.len(), actual.len());
+    if n > ALIGNED_STEPS || m > ALIGNED_STEPS {
+        return (0..n.max(m))
+            .map(|i| match (i < n, i < m) {
+                (true, true) => Pair::Both(i, i),
+                (true, false) => Pair::Expected(i),
+                _ => Pair::Actual(i),
+            })
+            .collect();
+    }
+    let (e, a): (Vec<Value>, Vec<Value>) =
+        (expected.iter().map(placeless).collect(), actual.iter().map(placeless).collect());
+    // lcs[i][j]: the longest common run of e[i..] and a[j..].
+    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
+    for i in (0..n).rev() {
+        for j in (0..m).rev() {
+            lcs[i][j] = if same(&e[i], &a[j]) {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
+        }
+    }
+    let mut pairs = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    let (mut gap_e, mut gap_a) = (Vec::new(), Vec::new());
+    let flush = |pairs: &mut Vec<Pair>, gap_e: &mut Vec<usize>, gap_a: &mut Vec<usize>| {
+        let both = gap_e.len().min(gap_a.len());
+        pairs.extend(gap_e.iter().zip(gap_a.iter()).map(|(&i, &j)| Pair::Both(i, j)));
+        pairs.extend(gap_e[both..].iter().map(|&i| Pair::Expected(i)));
+        pairs.extend(gap_a[both..].iter().map(|&j| Pair::Actual(j)));
+        gap_e.clear();
+        gap_a.clear();
+    };
+    while i < n || j < m {
+        if i < n && j < m && same(&e[i], &a[j]) {
+            flush(&mut pairs, &mut gap_e, &mut gap_a);
+            pairs.push(Pair::Both(i, j));
+            (i, j) = (i + 1, j + 1);
+        } else if j == m || (i < n && lcs[i + 1][j] >= lcs[i][j + 1]) {
+            gap_e.push(i);
+            i += 1;
+        } else {
+            gap_a.push(j);
+            j += 1;
+        }
+    }
+    flush(&mut pairs, &mut gap_e, &mut gap_a);
+    pairs
 }
 
 fn steps(report: &Value) -> Vec<Value> {
@@ -208,6 +338,55 @@ mod tests {
              1 of 3 steps differs; the final state of 1 key differs\n"
         );
         assert_eq!(diff(&expected, &expected), "");
+    }
+
+    fn seen(line: u64, key: &str, n: u64) -> Value {
+        json!({"step": "event", "line": line, "sequence": line, "type": "Seen", "key": key,
+               "effects": [{"effect": "upsert", "table": "t", "key": key, "row": {"n": n}}]})
+    }
+
+    #[test]
+    fn a_step_added_to_the_fixture_is_one_step_not_expected() {
+        let expected =
+            json!({"steps": [seen(1, "a", 1), seen(2, "b", 1), seen(3, "a", 2)], "state": {}});
+        let actual = json!({"steps": [seen(1, "a", 1), seen(2, "c", 1), seen(3, "b", 1), seen(4, "a", 2)], "state": {}});
+        let text = diff(&expected, &actual);
+        assert_eq!(
+            text,
+            "step 2 of 4, line 2 · #2 Seen [c]: not expected\n  + {\"effects\":[{\"effect\":\"upsert\",\"key\":\"c\",\"row\":{\"n\":1},\"table\":\"t\"}],\"key\":\"c\",\"line\":2,\"sequence\":2,\"step\":\"event\",\"type\":\"Seen\"}\n\
+             1 of 4 steps differs; 2 steps are the same but from other fixture lines (lines were added or removed before them)\n"
+        );
+        // A changed step among moved ones is still compared with its counterpart.
+        let changed = json!({"steps": [seen(1, "a", 1), seen(2, "c", 1), seen(3, "b", 1), seen(4, "a", 9)], "state": {}});
+        let text = diff(&expected, &changed);
+        assert!(text.contains("step 4 of 4, line 4 · #4 Seen [a]:\n  effects[0]:\n"), "{text}");
+        assert!(text.ends_with("2 of 4 steps differ; 1 step is the same but from other fixture lines (lines were added or removed before it)\n"), "{text}");
+    }
+
+    #[test]
+    fn a_failure_repeated_is_named_on_one_line() {
+        let failed = |line: u64, key: &str| {
+            json!({"step": "event", "line": line, "sequence": line, "type": "Seen", "key": key,
+                   "error": {"kind": "rejected-effect", "message": "table `t` is not declared"}})
+        };
+        let keys = ["a", "b", "c", "d", "e", "f", "g"];
+        let expected = json!({"steps": keys.iter().enumerate().map(|(i, k)| seen(i as u64 + 1, k, 1)).collect::<Vec<_>>(),
+                              "state": keys.iter().map(|k| (k.to_string(), json!({"n": 1}))).collect::<serde_json::Map<_, _>>()});
+        let actual = json!({"steps": keys.iter().enumerate().map(|(i, k)| failed(i as u64 + 1, k)).collect::<Vec<_>>(),
+                            "state": {}});
+        let text = diff(&expected, &actual);
+        assert!(text.starts_with("step 1 of 7, line 1 · #1 Seen [a]:\n  effects:\n"), "{text}");
+        assert!(
+            text.contains("step 2 of 7, line 2 · #2 Seen [b]: fails as step 1 does\n"),
+            "{text}"
+        );
+        assert!(text.contains("final state: 4 more keys differ\n"), "{text}");
+        assert!(
+            text.ends_with("7 of 7 steps differ; the final state of 7 keys differs\n"),
+            "{text}"
+        );
+        assert!(text.lines().count() <= 25, "{} lines:\n{text}", text.lines().count());
+        assert_eq!(failing_steps(&actual), 7);
     }
 
     #[test]

@@ -622,6 +622,61 @@ fn without_noise(text: &str) -> String {
     kept.join("\n").trim_end().to_string()
 }
 
+/// A trapped guest's stack, innermost frame first, as an author reads it: function names
+/// without their hashes, the frames of Rust's runtime, panic machinery, the bindings and the
+/// SDK left out (counted), no code offsets (they change with every build). All frames when
+/// none is the plugin's own.
+fn guest_stack(trace: &wasmtime::WasmBacktrace) -> String {
+    const RUNTIME: [&str; 12] = [
+        "core::",
+        "std::",
+        "alloc::",
+        "__rust",
+        "rust_begin_unwind",
+        "rust_panic",
+        "panic_abort",
+        "dlmalloc",
+        "wit_bindgen",
+        "jetfold_guest::",
+        "cabi_",
+        "__wasm",
+    ];
+    let names: Vec<String> = trace
+        .frames()
+        .iter()
+        .map(|frame| match frame.func_name() {
+            Some(name) => match rustc_demangle::try_demangle(name) {
+                Ok(demangled) => format!("{demangled:#}"),
+                Err(_) => name.to_string(),
+            },
+            None => format!("<function {}>", frame.func_index()),
+        })
+        .collect();
+    let runtime = |name: &str| {
+        // `<T as Trait>::f` and `<T>::f` belong to whoever owns T: `<my::State as
+        // jetfold_guest::Projection>::apply` is the plugin's, `<core::… as …>` the runtime's.
+        let owner = name.trim_start_matches('<');
+        RUNTIME.iter().any(|prefix| owner.starts_with(prefix))
+    };
+    let own: Vec<&String> = names.iter().filter(|n| !runtime(n)).collect();
+    let (shown, left_out) = match own.len() {
+        0 => (names.iter().collect(), 0),
+        n => (own, names.len() - n),
+    };
+    let mut out = match left_out {
+        0 => "guest stack, innermost first:".to_string(),
+        n => format!(
+            "guest stack, innermost first ({n} frame{} of Rust's runtime and the SDK left out):",
+            if n == 1 { "" } else { "s" }
+        ),
+    };
+    for name in shown {
+        out.push_str("\n  ");
+        out.push_str(name);
+    }
+    out
+}
+
 /// Turns a wasmtime error into the failure's cause. `output` is what a guest that imports
 /// WASI (Python, JavaScript, a Rust guest built for WASI) wrote during the call; none for one
 /// that cannot write. A trap says what the guest wrote, if it wrote anything (a Python traceback, a JavaScript exception, a Rust panic
@@ -636,7 +691,7 @@ fn classify(
     let written = output.and_then(crate::wasi::Captured::text).map(|t| without_noise(&t));
     let backtrace = match written {
         Some(_) => None,
-        None => error.downcast_ref::<wasmtime::WasmBacktrace>().map(|b| b.to_string()),
+        None => error.downcast_ref::<wasmtime::WasmBacktrace>().map(guest_stack),
     };
     let trap = |message: String| GuestError::Trap {
         call,

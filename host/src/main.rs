@@ -424,7 +424,7 @@ enum Format {
 
 #[derive(clap::Args)]
 struct NewArgs {
-    /// The plugin's name (lowercase letters, digits, dashes); also its directory.
+    /// The plugin's name, in kebab-case (`my-counter`); also its directory.
     name: String,
     /// The source language.
     #[arg(long, value_enum)]
@@ -587,10 +587,21 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
         fold.query(0, q, args.key.clone());
     }
     let mut report = fold.finish();
-    if let (Some(key), true) = (&args.key, args.query.is_empty()) {
-        report.state.retain(|k, _| k == key);
-        if report.state.is_empty() {
-            eprintln!("no key `{key}` has a state after these events");
+    if let Some(key) = &args.key {
+        if !report.state.contains_key(key) {
+            let known: Vec<&str> = report.state.keys().take(5).map(String::as_str).collect();
+            let more = report.state.len().saturating_sub(known.len());
+            eprintln!(
+                "no key `{key}` has a state after these events{}",
+                match (known.is_empty(), more) {
+                    (true, _) => String::new(),
+                    (false, 0) => format!(" (keys: {})", known.join(", ")),
+                    (false, n) => format!(" (keys: {} and {n} more)", known.join(", ")),
+                }
+            );
+        }
+        if args.query.is_empty() {
+            report.state.retain(|k, _| k == key);
         }
     }
     match args.format {
@@ -623,10 +634,15 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
             .filter(|s| !look || matches!(s, jetfold_host::fold::Step::Query { .. }))
             .count();
         if failures > 0 {
-            eprintln!(
-                "{failures} step{} failed (record expected failures in a golden file with --expect FILE --update)",
-                if failures == 1 { "" } else { "s" }
-            );
+            let plural = failures != 1;
+            if look {
+                eprintln!("{failures} quer{} failed", if plural { "ies" } else { "y" });
+            } else {
+                eprintln!(
+                    "{failures} step{} failed (record expected failures in a golden file with --expect FILE --update)",
+                    if plural { "s" } else { "" }
+                );
+            }
             return Ok(ExitCode::from(EXIT_CHECK_FAILED));
         }
         return Ok(ExitCode::SUCCESS);
@@ -649,7 +665,17 @@ fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
     } else {
         eprintln!("golden file {} differs:", expect.display());
         eprint!("{}", jetfold_host::golden::diff(&expected, &actual));
-        eprintln!("if the new behaviour is right, rerun with --update");
+        let failing = jetfold_host::golden::failing_steps;
+        let new_failures = failing(&actual).saturating_sub(failing(&expected));
+        if new_failures > 0 {
+            eprintln!(
+                "{new_failures} more step{} fail than the golden file expects: fix the plugin or its \
+                 manifest, or, if the failures are right, rerun with --update to record them",
+                if new_failures == 1 { "" } else { "s" }
+            );
+        } else {
+            eprintln!("if the new behaviour is right, rerun with --update");
+        }
         Ok(ExitCode::from(EXIT_CHECK_FAILED))
     }
 }
@@ -935,7 +961,12 @@ fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
                     writeln!(
                         out,
                         "dead letter {} · source #{} {} {} ({kind}): {}",
-                        l.seq, l.source_seq, l.source_subject, l.event_type, l.reason
+                        l.seq,
+                        l.source_seq,
+                        l.source_subject,
+                        l.event_type,
+                        // A trap's reason has the lines the guest wrote: indented under it.
+                        l.reason.replace('\n', "\n    ")
                     )?;
                 }
                 writeln!(out, "{} dead letters of {plugin}", letters.len())?;

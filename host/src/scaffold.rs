@@ -31,7 +31,7 @@ const POLICY_GOLDEN: &str = include_str!("scaffold/policy.expected.json");
 /// What to scaffold.
 #[derive(Debug, Clone)]
 pub struct NewPlugin {
-    /// The plugin's name (lowercase letters, digits and dashes).
+    /// The plugin's name (kebab-case: `my-counter`).
     pub name: String,
     /// Its source language.
     pub lang: BuildLang,
@@ -47,12 +47,22 @@ pub fn default_sdk() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-sdk")
 }
 
+/// Whether `name` suits a new plugin: kebab-case words (`my-counter`), as WIT names its
+/// packages, starting with a letter because the table it writes is named after it
+/// (`my_counter`). Manifests accept more (underscores, any dashes); a new plugin keeps to the
+/// form every toolchain takes.
+fn is_new_name(name: &str) -> bool {
+    is_name(name)
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.split('-').all(|word| !word.is_empty() && !word.contains('_'))
+}
+
 /// Writes the plugin into `dir` (created; it must not exist or be empty); the files written.
 pub fn scaffold(dir: &Path, plugin: &NewPlugin) -> anyhow::Result<Vec<PathBuf>> {
-    // The table it writes is named after it, and a table name starts with a letter.
-    if !is_name(&plugin.name) || !plugin.name.starts_with(|c: char| c.is_ascii_lowercase()) {
+    if !is_new_name(&plugin.name) {
         bail!(
-            "`{}` is not a plugin name: use lowercase letters, digits and dashes, starting with a letter",
+            "`{}` is not a plugin name: use words of lowercase letters and digits joined by \
+             single dashes, starting with a letter (like `my-counter`)",
             plugin.name
         );
     }

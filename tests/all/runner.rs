@@ -220,6 +220,80 @@ fn command_line_queries_see_the_final_state() {
     let run = jetfold([Path::new("test"), &dir, Path::new("--query"), Path::new("{not json")]);
     assert_eq!(run.code, 2, "{}", run.all());
     assert!(run.stderr.contains("--query #1 is not JSON"), "{}", run.all());
+
+    // A key with no state is named, with or without a query; a failed query fails the look.
+    let nope = [Path::new("--key"), Path::new("nope")];
+    for args in [&[][..], &[Path::new("--query"), query][..]] {
+        let run =
+            jetfold([Path::new("test"), &dir].into_iter().chain(args.iter().copied()).chain(nope));
+        assert!(
+            run.stderr.contains("no key `nope` has a state after these events (keys: r-1, r-2"),
+            "{}",
+            run.all()
+        );
+    }
+    let failed =
+        jetfold([Path::new("test"), &dir, Path::new("--query"), Path::new(r#"{"no_such":{}}"#)]);
+    assert_eq!(failed.code, 1, "{}", failed.all());
+    assert!(failed.stderr.contains("1 query failed\n"), "{}", failed.all());
+    assert!(!failed.stderr.contains("golden"), "{}", failed.all());
+}
+
+/// Two things an author does to a plugin with a golden file: add a fixture line (one step
+/// not expected, the later ones the same at other lines), and leave a table out of
+/// `[allow]` (one failure shown once, the rest named on a line each, and a hint to fix the
+/// manifest rather than record the failures).
+#[test]
+fn a_golden_diff_stays_short_for_an_added_line_and_a_missing_table() {
+    let tmp = plugin_copy("event-counter");
+    let golden = plugin("event-counter").join("fixtures/expected.json");
+    std::fs::copy(golden, tmp.path().join("fixtures/expected.json")).unwrap();
+    let fixture = tmp.path().join("fixtures/events.jsonl");
+    let lines = std::fs::read_to_string(&fixture).unwrap();
+    let first = lines.lines().next().unwrap().to_string();
+    let added = first.replace("r-1", "r-9");
+    assert_ne!(added, first, "{first}");
+    std::fs::write(&fixture, format!("{first}\n{added}\n{}", &lines[first.len() + 1..])).unwrap();
+    let run = jetfold([Path::new("test"), tmp.path()]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert!(run.stderr.contains("step 2 of 4, line 2 · #2 "), "{}", run.all());
+    assert!(run.stderr.contains("[r-9]: not expected\n"), "{}", run.all());
+    assert!(
+        run.stderr
+            .contains("1 of 4 steps differs; 2 steps are the same but from other fixture lines"),
+        "{}",
+        run.all()
+    );
+    std::fs::write(&fixture, lines).unwrap();
+
+    let manifest = tmp.path().join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let tables = "tables = [\"event_counts\"]";
+    assert!(text.contains(tables), "{text}");
+    std::fs::write(&manifest, text.replace(tables, "tables = [\"counts\"]")).unwrap();
+    let run = jetfold([Path::new("test"), tmp.path()]);
+    assert_eq!(run.code, 1, "{}", run.all());
+    let out = run.all();
+    assert!(
+        out.contains(
+            "table `event_counts` is not declared in the manifest's allow.tables (declared: counts)"
+        ),
+        "{out}"
+    );
+    assert!(run.stderr.contains(": fails as step 1 does\n"), "{out}");
+    assert!(
+        run.stderr.contains(
+            "3 more steps fail than the golden file expects: fix the plugin or its manifest"
+        ),
+        "{out}"
+    );
+    assert!(!run.stderr.contains("if the new behaviour is right"), "{out}");
+    assert!(
+        run.stderr.lines().count() <= 20,
+        "{} lines:\n{}",
+        run.stderr.lines().count(),
+        run.stderr
+    );
 }
 
 #[test]

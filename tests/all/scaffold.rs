@@ -81,9 +81,13 @@ fn a_scaffold_refuses_a_bad_name_and_a_non_empty_directory() {
     assert_eq!(bad.code, 2, "{}", bad.all());
     assert!(bad.stderr.contains("not a plugin name"), "{}", bad.all());
     // Its table is named after it, so it starts with a letter, as the message says.
-    let digit = jetfold(["new", "2fast", "--lang", "rust", "--kind", "projection"]);
-    assert_eq!(digit.code, 2, "{}", digit.all());
-    assert!(digit.stderr.contains("starting with a letter"), "{}", digit.all());
+    for name in ["2fast", "my_plugin", "abc-", "a--b"] {
+        let refused = jetfold(["new", name, "--lang", "rust", "--kind", "projection"]);
+        assert_eq!(refused.code, 2, "{name}: {}", refused.all());
+        let says = "joined by single dashes, starting with a letter (like `my-counter`)";
+        assert!(refused.stderr.contains(says), "{name}: {}", refused.all());
+        assert!(!Path::new(name).exists(), "{name}: a directory was made");
+    }
     std::fs::write(root.path().join("keep.txt"), "mine").unwrap();
     let dir = root.path().display().to_string();
     let taken = jetfold(["new", "p", "--lang", "rust", "--kind", "policy", "--dir", &dir]);
@@ -138,6 +142,15 @@ async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
             .chain([project.display().to_string()]),
     );
     assert_eq!(made.code, 0, "{}", made.all());
+    // A bug the fixture does not reach: an event type it raises on, dead-lettered below.
+    let app = project.join("app.py");
+    let source = std::fs::read_to_string(&app).unwrap();
+    let first = "    tally = state if state is not None";
+    assert!(source.contains(first), "the scaffold changed:\n{source}");
+    let bug = format!(
+        "    if event.event_type == \"Boom\":\n        raise ValueError(\"boom\")\n{first}"
+    );
+    std::fs::write(&app, source.replacen(first, &bug, 1)).unwrap();
     let (built, log) = build_script(&project);
     assert!(built, "{log}");
 
@@ -194,6 +207,32 @@ async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
     let answer: serde_json::Value = serde_json::from_str(&state.stdout).unwrap();
     assert_eq!(answer["r-2"]["events"], 3, "{answer}");
 
+    // The event it raises on is dead-lettered with the traceback, line by line.
+    let boom = daemon.join("boom.jsonl");
+    std::fs::write(&boom, "{\"subject\":\"demo.resource.r-3.Boom\",\"time\":\"2026-01-05T10:00:00Z\",\"payload\":{}}\n").unwrap();
+    let published = jetfold([
+        "publish",
+        &boom.display().to_string(),
+        "--stream",
+        "DEMO",
+        "--config",
+        &config_arg,
+    ]);
+    assert_eq!(published.code, 0, "{}", published.all());
+    crate::support::eventually(120, "the daemon passed the failing event", || {
+        crate::support::checkpoint(&db, "my-counter") == 8
+    })
+    .await;
+    let list = jetfold(["dlq", "list", "my-counter", "--config", &config_arg]);
+    assert_eq!(list.code, 0, "{}", list.all());
+    assert!(list.stdout.contains("1 dead letters of my-counter"), "{}", list.all());
+    let raised =
+        1 + source.replacen(first, &bug, 1).lines().position(|l| l.contains("raise")).unwrap();
+    for line in [format!("app.py\", line {raised}, in apply"), "ValueError: boom".into()] {
+        let indented = |l: &str| l.starts_with("    ") && l.contains(&line);
+        assert!(list.stdout.lines().any(indented), "no {line:?} in:\n{}", list.stdout);
+    }
+
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     assert!(child.wait().unwrap().success(), "SIGTERM drains and exits 0");
@@ -238,7 +277,14 @@ fn an_uncaught_exception_shows_the_guests_own_error_in_python_and_javascript() {
             "plugin.js",
             "  return [next, [upsert]];".to_string(),
             "  return [next, ['not an effect']];".to_string(),
-            "apply's effect #0 is not { tag: 'upsert', val: { table, key, row } } or another effect: \"not an effect\"",
+            "apply's effect #0: it is not { tag: 'upsert', val: { table, key, row } } or another effect: \"not an effect\"",
+        ),
+        (
+            "js",
+            "plugin.js",
+            "row: JSON.stringify(next) }".to_string(),
+            "row: next }".to_string(),
+            "apply's effect #0: its upsert's row must be a string (JSON.stringify it), not {\"events\":1",
         ),
     ];
     for (n, (lang, file, from, to, message)) in cases.into_iter().enumerate() {

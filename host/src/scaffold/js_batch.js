@@ -20,6 +20,42 @@ function show(value) {
   }
 }
 
+// The string fields of each effect's record (componentize-js names them in camelCase), so an
+// effect of the wrong shape is named here, with the plugin's name, rather than failing later
+// inside the generated bindings with "expected a string".
+const EFFECT_FIELDS = {
+  upsert: ['table', 'key', 'row'],
+  update: ['table', 'key', 'patch'],
+  delete: ['table', 'key'],
+  emit: ['kind', 'subject', 'messageType', 'payload'],
+  command: ['kind', 'subject', 'messageType', 'payload'],
+  log: ['level', 'message'],
+};
+
+// Why `effect` is not an effect (or a policy's decision), or null when it is one.
+function effectProblem(effect) {
+  if (!effect || typeof effect.tag !== 'string' || typeof effect.val !== 'object' || effect.val === null) {
+    return "it is not { tag: 'upsert', val: { table, key, row } } or another effect";
+  }
+  if (effect.tag === 'effect') {
+    return effectProblem(effect.val);
+  }
+  const fields = EFFECT_FIELDS[effect.tag];
+  if (!fields) {
+    return `its tag '${effect.tag}' is none of ${Object.keys(EFFECT_FIELDS).join(', ')}, effect`;
+  }
+  for (const field of fields) {
+    if (typeof effect.val[field] !== 'string') {
+      const hint = field === 'row' || field === 'patch' || field === 'payload' ? ' (JSON.stringify it)' : '';
+      return `its ${effect.tag}'s ${field} must be a string${hint}, not ${show(effect.val[field])}`;
+    }
+  }
+  if ((effect.tag === 'emit' || effect.tag === 'command') && !Array.isArray(effect.val.headers)) {
+    return `its ${effect.tag}'s headers must be an array of [name, value] pairs ([] for none), not ${show(effect.val.headers)}`;
+  }
+  return null;
+}
+
 function batches(step) {
   const held = new Map();
   return {
@@ -42,8 +78,9 @@ function batches(step) {
             throw new TypeError(`${step.name} must return its effects as an array, not ${show(out[1])}`);
           }
           out[1].forEach((effect, i) => {
-            if (!effect || typeof effect.tag !== 'string' || typeof effect.val !== 'object') {
-              throw new TypeError(`${step.name}'s effect #${i} is not { tag: 'upsert', val: { table, key, row } } or another effect: ${show(effect)}`);
+            const problem = effectProblem(effect);
+            if (problem) {
+              throw new TypeError(`${step.name}'s effect #${i}: ${problem}: ${show(effect)}`);
             }
           });
         } catch (e) {
