@@ -28,9 +28,7 @@ pub(crate) fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
         DlqCommand::List { plugin, at } | DlqCommand::Replay { plugin, at } => (plugin, at),
     };
     let config = jetfold_host::config::Config::load(&at.config)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&config).await?;
+    with_nats(&config, async |client| {
         let js = async_nats::jetstream::new(client);
         match command {
             DlqCommand::List { .. } => {

@@ -53,9 +53,7 @@ pub(crate) fn run_publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         Some(id) => signing.decoded_keys()?.into_iter().find(|(k, _)| k == id),
         None => None,
     };
-    let runtime = tokio::runtime::Runtime::new()?;
-    let done = runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&config).await?;
+    let done = with_nats(&config, async |client| {
         let js = async_nats::jetstream::new(client);
         let (path, stream) = (&args.events, &args.stream);
         jetfold_host::transfer::import(&js, path, stream, &args.subjects, sign_key.as_ref()).await
@@ -86,18 +84,17 @@ pub(crate) fn run_events(command: &EventsCommand) -> anyhow::Result<ExitCode> {
         EventsCommand::Export { at, .. } | EventsCommand::Import { at, .. } => &at.config,
     };
     let config = jetfold_host::config::Config::load(config_path)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&config).await?;
+    with_nats(&config, async |client| {
         let js = async_nats::jetstream::new(client);
         match command {
             EventsCommand::Export { stream, subjects, .. } => {
                 let mut progress = jetfold_host::progress::ProgressLine::new("export");
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                let done = jetfold_host::transfer::export(&js, stream, subjects, &mut out, |n, t| {
-                    progress.update(n, t)
-                })
-                .await?;
+                let done =
+                    jetfold_host::transfer::export(&js, stream, subjects, &mut out, |n, t| {
+                        progress.update(n, t)
+                    })
+                    .await?;
                 progress.finish(done.events, done.events);
                 eprintln!("exported {} events from {stream}", done.events);
                 if done.unreadable > 0 {
@@ -108,7 +105,8 @@ pub(crate) fn run_events(command: &EventsCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             EventsCommand::Import { file, stream, subjects, .. } => {
-                let done = jetfold_host::transfer::import(&js, file, stream, subjects, None).await?;
+                let done =
+                    jetfold_host::transfer::import(&js, file, stream, subjects, None).await?;
                 print_imported(&done, stream);
             }
         }

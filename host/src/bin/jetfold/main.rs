@@ -214,6 +214,19 @@ struct RegistryArgs {
     config: PathBuf,
 }
 
+/// Runs `work` with a connection to the NATS server `config` names, on a runtime of its own:
+/// what every command that talks to NATS does (the daemon and the demo set up their own).
+fn with_nats<T>(
+    config: &jetfold_host::config::Config,
+    work: impl AsyncFnOnce(async_nats::Client) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = jetfold_host::nats::connect(config).await?;
+        work(client).await
+    })
+}
+
 fn loader(cli: &Cli) -> anyhow::Result<ComponentLoader> {
     let cache = if cli.no_cache {
         None

@@ -114,9 +114,7 @@ pub(crate) fn run_plugin(command: &PluginCommand) -> anyhow::Result<ExitCode> {
         | PluginCommand::Resume { at, .. } => at,
     };
     let config = jetfold_host::config::Config::load(&at.config)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&config).await?;
+    with_nats(&config, async |client| {
         let js = async_nats::jetstream::new(client.clone());
         let registry = Registry::open(&js, &Buckets::named(&config.registry.bucket_prefix)).await?;
         let short = |d: &str| d.chars().take(12).collect::<String>();

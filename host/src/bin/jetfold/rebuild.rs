@@ -17,9 +17,7 @@ pub(crate) fn run_rebuild(args: &RebuildArgs) -> anyhow::Result<ExitCode> {
     use jetfold_host::daemon::{RebuildReport, rebuild_subject};
     let config = jetfold_host::config::Config::load(&args.config)?;
     let subject = rebuild_subject(&config.name, &args.plugin);
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&config).await?;
+    with_nats(&config, async |client| {
         let inbox = client.new_inbox();
         let mut reports = client.subscribe(inbox.clone()).await?;
         client.publish_with_reply(subject.clone(), inbox, "".into()).await?;

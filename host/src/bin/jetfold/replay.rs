@@ -147,9 +147,7 @@ pub(crate) fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCod
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let (mut differ, mut first): (u64, Option<(u64, String, String)>) = (0, None);
     let mut write_error = None;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let last = runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&target.config).await?;
+    let last = with_nats(&target.config, async |client| {
         let js = async_nats::jetstream::new(client);
         let mut write = |line: serde_json::Value| {
             if write_error.is_none()
@@ -175,22 +173,36 @@ pub(crate) fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCod
             })
             .await?
         } else {
-            read_batches(&js, &target.stream, &target.subjects, &range, &name, &target.verify_keys, |seqs, batch, total| {
-                let outcomes = replayer.fold(batch);
-                if args.effects {
-                    for ((seq, event), (key, outcome)) in seqs.iter().zip(batch).zip(outcomes) {
-                        let event_type = event.as_ref().map(|e| e.event_type.as_str()).unwrap_or_default();
-                        let mut line = serde_json::json!({"seq": seq, "type": event_type, "key": key});
-                        match (&outcome.effects, &outcome.error) {
-                            (_, Some(e)) => line["error"] = serde_json::to_value(e).unwrap_or_default(),
-                            (Some(fx), None) => line["effects"] = serde_json::to_value(fx).unwrap_or_default(),
-                            (None, None) => {}
+            read_batches(
+                &js,
+                &target.stream,
+                &target.subjects,
+                &range,
+                &name,
+                &target.verify_keys,
+                |seqs, batch, total| {
+                    let outcomes = replayer.fold(batch);
+                    if args.effects {
+                        for ((seq, event), (key, outcome)) in seqs.iter().zip(batch).zip(outcomes) {
+                            let event_type =
+                                event.as_ref().map(|e| e.event_type.as_str()).unwrap_or_default();
+                            let mut line =
+                                serde_json::json!({"seq": seq, "type": event_type, "key": key});
+                            match (&outcome.effects, &outcome.error) {
+                                (_, Some(e)) => {
+                                    line["error"] = serde_json::to_value(e).unwrap_or_default()
+                                }
+                                (Some(fx), None) => {
+                                    line["effects"] = serde_json::to_value(fx).unwrap_or_default()
+                                }
+                                (None, None) => {}
+                            }
+                            write(line);
                         }
-                        write(line);
                     }
-                }
-                progress.update(replayer.events, total);
-            })
+                    progress.update(replayer.events, total);
+                },
+            )
             .await?
         };
         anyhow::Ok(read)

@@ -25,9 +25,7 @@ pub(crate) fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
             format!("the query is not JSON: {}", args.query.as_deref().unwrap_or(""))
         })?;
     let body = serde_json::to_vec(&QueryRequest { request, key: args.key.clone() })?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let reply = runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&config).await?;
+    let reply = with_nats(&config, async |client| {
         let ask = client.request(subject(&args.plugin), body.into());
         match tokio::time::timeout(std::time::Duration::from_millis(args.timeout_ms), ask).await {
             Ok(Ok(message)) => anyhow::Ok(message.payload),

@@ -51,9 +51,7 @@ pub(crate) fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCod
     let mut replayer = target.replayer(plugin, &args.source.plugin, args.source.jobs(), &loader)?;
     let range = Range { to_seq: Some(checkpoint.snapshot_seq), ..Range::default() };
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = jetfold_host::nats::connect(&target.config).await?;
+    with_nats(&target.config, async |client| {
         let js = async_nats::jetstream::new(client);
         read_batches(
             &js,
