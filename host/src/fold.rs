@@ -534,6 +534,7 @@ impl fmt::Display for Report {
                     f.write_str(&event_title(*line, *sequence, event_type, key))?;
                     if let Some(e) = error {
                         match &e.code {
+                            Some(code) if e.message.is_empty() => writeln!(f, " ✗ {code}")?,
                             Some(code) => writeln!(f, " ✗ {code}: {}", e.message)?,
                             None => writeln!(f, " ✗ {}: {}", e.kind, e.message)?,
                         }

@@ -74,8 +74,6 @@ pub fn diff(expected: &Value, actual: &Value) -> String {
                 if let Some(err) = error {
                     failures.push((err.clone(), j + 1));
                 }
-                let what =
-                    |s: &Value| ["step", "type", "key", "request"].map(|f| s.get(f).cloned());
                 if what(e) != what(a) {
                     let _ = writeln!(out, "  expected the step {}", title(e));
                 }
@@ -155,6 +153,11 @@ fn placeless(step: &Value) -> Value {
     step
 }
 
+/// What a step is, whatever its outcome: its kind, event type, key and query.
+fn what(step: &Value) -> [Option<Value>; 4] {
+    ["step", "type", "key", "request"].map(|f| step.get(f).cloned())
+}
+
 /// One place in the alignment of two lists of steps.
 #[derive(Debug, PartialEq)]
 enum Pair {
@@ -170,9 +173,9 @@ enum Pair {
 /// step by step, in order (the alignment takes time and memory as the product of the lengths).
 const ALIGNED_STEPS: usize = 4096;
 
-/// Aligns two lists of steps: the longest common run of steps that are the same wherever they
-/// came from anchors the rest; between two anchors, steps are paired in order (a changed step),
-/// and what is left over is missing or not expected.
+/// Aligns two lists of steps: the longest common run of steps that are the same step (type,
+/// key, query) anchors the rest; between two anchors, steps are paired in order (a step whose
+/// event changed), and what is left over is missing or not expected.
 fn align(expected: &[Value], actual: &[Value]) -> Vec<Pair> {
     let (n, m) = (expected.len(), actual.len());
     if n > ALIGNED_STEPS || m > ALIGNED_STEPS {
@@ -184,17 +187,17 @@ fn align(expected: &[Value], actual: &[Value]) -> Vec<Pair> {
             })
             .collect();
     }
-    let (e, a): (Vec<Value>, Vec<Value>) =
-        (expected.iter().map(placeless).collect(), actual.iter().map(placeless).collect());
+    // Steps are matched by what they are (an event of this type and key, a query of this
+    // request and key), so a step whose outcome changed is still compared with its
+    // counterpart, and the steps around an added or removed line keep theirs.
+    let (e, a): (Vec<_>, Vec<_>) =
+        (expected.iter().map(what).collect(), actual.iter().map(what).collect());
     // lcs[i][j]: the longest common run of e[i..] and a[j..].
     let mut lcs = vec![vec![0u32; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if same(&e[i], &a[j]) {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
-            };
+            lcs[i][j] =
+                if e[i] == a[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
         }
     }
     let mut pairs = Vec::new();
@@ -209,7 +212,7 @@ fn align(expected: &[Value], actual: &[Value]) -> Vec<Pair> {
         gap_a.clear();
     };
     while i < n || j < m {
-        if i < n && j < m && same(&e[i], &a[j]) {
+        if i < n && j < m && e[i] == a[j] {
             flush(&mut pairs, &mut gap_e, &mut gap_a);
             pairs.push(Pair::Both(i, j));
             (i, j) = (i + 1, j + 1);
@@ -361,6 +364,24 @@ mod tests {
         let text = diff(&expected, &changed);
         assert!(text.contains("step 4 of 4, line 4 · #4 Seen [a]:\n  effects[0]:\n"), "{text}");
         assert!(text.ends_with("2 of 4 steps differ; 1 step is the same but from other fixture lines (lines were added or removed before it)\n"), "{text}");
+    }
+
+    #[test]
+    fn a_repeated_or_removed_line_is_one_step_whose_later_outcomes_differ() {
+        // The scaffold's counter: a repeated line 2 (a's second event) counts one more for a.
+        let expected = json!({"steps": [seen(1, "a", 1), seen(2, "a", 2), seen(3, "b", 1), seen(4, "a", 3)], "state": {}});
+        let repeated = json!({"steps": [seen(1, "a", 1), seen(2, "a", 2), seen(3, "a", 3), seen(4, "b", 1), seen(5, "a", 4)], "state": {}});
+        let text = diff(&expected, &repeated);
+        assert!(text.contains("[a]: not expected\n"), "{text}");
+        assert!(text.contains("step 5 of 5, line 5 · #5 Seen [a]:\n  effects[0]:\n"), "{text}");
+        assert!(!text.contains("[b]"), "b's step only moved: {text}");
+        assert!(text.ends_with("2 of 5 steps differ; 1 step is the same but from other fixture lines (lines were added or removed before it)\n"), "{text}");
+        // Line 3 (b) removed: b's step is missing, a's later one moved.
+        let removed =
+            json!({"steps": [seen(1, "a", 1), seen(2, "a", 2), seen(3, "a", 3)], "state": {}});
+        let text = diff(&expected, &removed);
+        assert!(text.starts_with("step 3 of 4, line 3 · #3 Seen [b]: missing\n"), "{text}");
+        assert!(text.ends_with("1 of 4 steps differs; 1 step is the same but from other fixture lines (lines were added or removed before it)\n"), "{text}");
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Read-model queries against a running daemon: `jetfold.query.<plugin>` (NATS request/reply)
-//! answered by the projection's `query` export over its committed states.
+//! Read-model queries against a running daemon: `jetfold.query.<daemon>.<plugin>` (NATS
+//! request/reply; the daemon is the config's `name`) answered by the projection's `query`
+//! export over its committed states. `jetfold.query.<plugin>` is answered by any one daemon
+//! that runs the plugin (daemons sharing a database answer alike; daemons with databases of
+//! their own do not, so `jetfold state` asks the daemon its config names).
 //!
 //! Request: `{"request": <JSON>, "key": "<state key>"}` (`key` optional: all keys). Reply:
 //! `{"response": <JSON>}` or `{"error": {"kind", "code", "message"}}`. A dedicated instance
@@ -13,9 +16,14 @@ use crate::fold::StepError;
 use crate::guest::GuestInstance;
 use crate::sink::{Sink, SinkTarget};
 
-/// The subject a plugin's queries are served on.
+/// The subject on which any daemon running `plugin` answers its queries.
 pub fn subject(plugin: &str) -> String {
     format!("jetfold.query.{plugin}")
+}
+
+/// The subject on which the daemon named `daemon` answers `plugin`'s queries.
+pub fn daemon_subject(daemon: &str, plugin: &str) -> String {
+    format!("jetfold.query.{daemon}.{plugin}")
 }
 
 /// A query request.
@@ -117,14 +125,19 @@ impl Responder {
 
 type Job = (Vec<u8>, tokio::sync::oneshot::Sender<QueryReply>);
 
-/// Serves `jetfold.query.<plugin>` until the subscription ends or the service is dropped.
+/// Serves `jetfold.query.<daemon>.<plugin>` and `jetfold.query.<plugin>` until the
+/// subscriptions end or the service is dropped.
 pub async fn serve(
     client: async_nats::Client,
+    daemon: &str,
     plugin: String,
     guest: GuestInstance,
     target: SinkTarget,
 ) -> anyhow::Result<()> {
-    let mut requests = client.subscribe(subject(&plugin)).await?;
+    let mut requests = futures::stream::select(
+        client.subscribe(daemon_subject(daemon, &plugin)).await?,
+        client.subscribe(subject(&plugin)).await?,
+    );
     // A plain thread, not the runtime's blocking pool: the PostgreSQL client runs a runtime of
     // its own, which can neither start nor be dropped inside ours. The thread ends when the
     // sender is dropped with this future.

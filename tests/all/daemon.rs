@@ -366,7 +366,11 @@ async fn jetfold_state_asks_the_running_daemon_and_the_projection_answers() {
 
     let nobody = ask(vec!["no-such-plugin".into()]).await.unwrap();
     assert_eq!(nobody.code, 2, "{}", nobody.all());
-    assert!(nobody.stderr.contains("no daemon serves plugin `no-such-plugin`"), "{}", nobody.all());
+    assert!(
+        nobody.stderr.contains("daemon `jetfold` does not serve plugin `no-such-plugin`"),
+        "{}",
+        nobody.all()
+    );
 
     // Latency of the request/reply path, reported (never asserted).
     let client = async_nats::connect(nats.url()).await.unwrap();
@@ -387,6 +391,51 @@ async fn jetfold_state_asks_the_running_daemon_and_the_projection_answers() {
         "query latency over 50 requests: median {:.2} ms, max {:.2} ms",
         times[25], times[49]
     );
+
+    // A second daemon of the plugin, with a database of its own that holds nothing (it starts
+    // at new events): `jetfold state` asks the daemon its config names, never the other.
+    let other_dir = daemon_dir(&["compute-resource"]);
+    let other_config = other_dir.path().join("jetfold.toml");
+    std::fs::write(
+        &other_config,
+        format!(
+            "name = \"other\"\nplugin-dir = \"plugins\"\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
+             [sink]\nsqlite = \"jetfold.db\"\n[plugins.compute-resource]\nstart = \"new\"\n",
+            crate::support::cache_dir().display(),
+            nats.url()
+        ),
+    )
+    .unwrap();
+    let other = jetfold_host::config::Config::load(&other_config).unwrap();
+    let (stop_other, other_task) = start_daemon(other);
+    let query = r#"{"count_by_status":{}}"#;
+    let other_answer = || {
+        let other_config = other_config.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            crate::support::jetfold(["state", "compute-resource", query, "--config", &other_config])
+        })
+    };
+    let mut empty = other_answer().await.unwrap();
+    for _ in 0..100 {
+        if empty.code == 0 {
+            break;
+        }
+        // Until the other daemon's query service is up.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        empty = other_answer().await.unwrap();
+    }
+    assert_eq!(empty.code, 0, "{}", empty.all());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&empty.stdout).unwrap(),
+        serde_json::json!({})
+    );
+    for _ in 0..8 {
+        let counts = ask(vec!["compute-resource".into(), query.into()]).await.unwrap();
+        let counts: serde_json::Value = serde_json::from_str(&counts.stdout).unwrap();
+        assert_eq!(counts, serde_json::json!({"Decommissioned": 1, "Provisioning": 1}));
+    }
+    stop_other.send(()).unwrap();
+    other_task.await.unwrap().unwrap();
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }

@@ -115,6 +115,26 @@ async fn an_exported_stream_imports_into_another_server_unchanged() {
     let missing = jetfold(["events", "export", "NOPE", "--config", &config_a]);
     assert_eq!(missing.code, 2, "{}", missing.all());
     assert!(missing.stderr.contains("no stream `NOPE`"), "{}", missing.all());
+
+    // A reader that closes the pipe (`| head`) ends the export quietly: far more events than
+    // a pipe holds, so jetfold is still writing when `head` exits.
+    create_stream(&js, "BIG", &["big.>"]).await;
+    let pad = "x".repeat(1_000);
+    for i in 0..400 {
+        let payload = format!("{{\"pad\":\"{pad}\"}}");
+        js.publish(format!("big.r.r-{i}.Padded"), payload.into()).await.unwrap().await.unwrap();
+    }
+    let command = format!(
+        "{} events export BIG --config {config_a} | head -1 > /dev/null",
+        env!("CARGO_BIN_EXE_jetfold")
+    );
+    let run = std::process::Command::new("bash")
+        .args(["-o", "pipefail", "-c", &command])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,7 +190,7 @@ async fn what_cannot_be_published_or_read_is_refused_with_the_reason() {
     assert_eq!(state.code, 2, "{}", state.all());
     assert!(
         state.stderr.contains(
-            "no daemon serves plugin `compute-resource` (nothing listens on jetfold.query.compute-resource)"
+            "daemon `jetfold` does not serve plugin `compute-resource` (nothing listens on jetfold.query.jetfold.compute-resource)"
         ),
         "{}",
         state.all()
@@ -521,6 +541,51 @@ fn dlq_daemon(
     .unwrap();
     let config = jetfold_host::config::Config::load(&path).unwrap();
     (dir, config)
+}
+
+/// Dead letters of one plugin name on two streams, at the same sequences, are two dead letters:
+/// their message ids name the stream (they were dropped as duplicates of each other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_of_one_plugin_on_two_streams_are_kept_apart() {
+    use crate::support::{plugin, publish_fixture, root};
+    plugin("compute-resource");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "INFRA", &["infra.>"]).await;
+    create_stream(&js, "OTHER", &["other.>"]).await;
+    let fixture = root().join("plugins/compute-resource/fixtures/events.jsonl");
+    let n = publish_fixture(&js, &fixture).await as u64;
+    let tmp = tempfile::tempdir().unwrap();
+    let other = tmp.path().join("other.jsonl");
+    let text = std::fs::read_to_string(&fixture).unwrap();
+    std::fs::write(&other, text.replace("\"subject\":\"infra.", "\"subject\":\"other.")).unwrap();
+    assert_eq!(publish_fixture(&js, &other).await as u64, n, "the same sequences on OTHER");
+    let golden: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("plugins/compute-resource/fixtures/expected.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let failed = golden["steps"].as_array().unwrap().iter().filter(|s| s.get("error").is_some());
+    let failed = failed.count() as u64;
+    assert!(failed > 0);
+
+    let (_dir_a, config_a) = dlq_daemon(&nats, "a", &["compute-resource"]);
+    let (dir_b, _) = dlq_daemon(&nats, "b", &["compute-resource"]);
+    let path_b = dir_b.path().join("jetfold.toml");
+    let mut text_b = std::fs::read_to_string(&path_b).unwrap();
+    text_b.push_str("[plugins.compute-resource]\nstream = \"OTHER\"\nsubjects = [\"other.>\"]\n");
+    std::fs::write(&path_b, text_b).unwrap();
+    let config_b = jetfold_host::config::Config::load(&path_b).unwrap();
+    for config in [config_a.clone(), config_b] {
+        let daemon = jetfold_host::daemon::Daemon::start(config).await.unwrap();
+        let mut p = daemon.progress("compute-resource").unwrap();
+        p.wait_for(|p| p.committed_seq == n).await.unwrap();
+        daemon.stop().await.unwrap();
+    }
+    let letters = jetfold_host::dlq::list(&js, &config_a.dead_letter, "compute-resource");
+    let letters = letters.await.unwrap();
+    let from = |stream: &str| letters.iter().filter(|l| l.source_stream == stream).count() as u64;
+    assert_eq!((from("INFRA"), from("OTHER")), (failed, failed), "{letters:?}");
 }
 
 /// `dlq replay` reaches only the plugin that failed, and each event once: a second plugin on

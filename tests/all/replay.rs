@@ -313,6 +313,18 @@ async fn replay_to_a_time_folds_every_event_at_or_before_it_whatever_the_stream_
     let none: serde_json::Value = serde_json::from_str(&none.stdout).unwrap();
     assert_eq!(none["events"], 0, "{none}");
     assert_eq!(none["later"], 60, "{none}");
+
+    // A time without its offset is refused with one that has it.
+    let local =
+        jetfold(["replay", &counter, "--config", &config, "--to-time", "2026-01-01T00:15:00"]);
+    assert_eq!(local.code, 2, "{}", local.all());
+    assert!(
+        local
+            .stderr
+            .contains("give an RFC 3339 time with its offset, such as 2026-03-01T12:00:00Z"),
+        "{}",
+        local.all()
+    );
 }
 
 /// `verify` with a partitioned daemon's config checks that partition: its checkpoint, the

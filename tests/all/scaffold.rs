@@ -286,6 +286,31 @@ fn an_uncaught_exception_shows_the_guests_own_error_in_python_and_javascript() {
             "row: next }".to_string(),
             "apply's effect #0: its upsert's row must be a string (JSON.stringify it), not {\"events\":1",
         ),
+        (
+            "python",
+            "app.py",
+            "row=json.dumps(tally)".to_string(),
+            "row=tally".to_string(),
+            "apply's effect #0: its row must be a str (json.dumps it), not dict {'events': 1",
+        ),
+        (
+            "js",
+            "plugin.js",
+            js_before.to_string(),
+            // On one line: the helper raises this, so no line of the plugin's own is named.
+            format!(
+                "  if (event.aggregateId === 'r-2') throw {{ code: 42, message: 'numeric' }}; {}",
+                js_before.trim_start()
+            ),
+            "apply threw { code, message } with a code that is not a string: {\"code\":42,\"message\":\"numeric\"}",
+        ),
+        (
+            "js",
+            "plugin.js",
+            "  return [next, [upsert]];".to_string(),
+            "  return [{ ...next, seq: event.sequence }, [upsert]];".to_string(),
+            "cannot be kept as JSON: BigInt value can't be serialized in JSON (a BigInt, such as event.sequence, needs Number() or String())",
+        ),
     ];
     for (n, (lang, file, from, to, message)) in cases.into_iter().enumerate() {
         let name = format!("buggy-{lang}-{n}");

@@ -115,7 +115,9 @@ impl Folder {
             let s: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
             s.chars().take(1024).collect()
         };
-        let msg_id = format!("{}:{}:dead-letter", self.name, rejected.seq);
+        // The stream too: the same plugin name on another stream has the same sequences, and the
+        // dead-letter stream would drop its letters as duplicates.
+        let msg_id = format!("{}:{}:{}:dead-letter", self.name, self.plugin.stream, rejected.seq);
         let mut h: Vec<(String, String)> = Vec::new();
         let mut source_msg_id = None;
         if let Some(headers) = &message.headers {
@@ -166,7 +168,8 @@ impl Folder {
         }
         match effect {
             Effect::Emit { kind, subject, message_type, payload, headers: extra } => {
-                let msg_id = format!("{}:{}:{index}", self.name, event.sequence);
+                let msg_id =
+                    format!("{}:{}:{}:{index}", self.name, self.plugin.stream, event.sequence);
                 let kind = match kind {
                     effect::MessageKind::Event => "event",
                     effect::MessageKind::Command => "command",

@@ -137,12 +137,11 @@ impl Daemon {
         guest: GuestInstance,
     ) -> tokio::task::JoinHandle<()> {
         let name = plugin.manifest.name.clone();
-        let service = crate::query::serve(
-            self.client.clone(),
-            name.clone(),
-            guest,
-            self.config.sink_target(),
-        );
+        let daemon = self.config.name.clone();
+        let client = self.client.clone();
+        let (plugin_name, target) = (name.clone(), self.config.sink_target());
+        let service =
+            async move { crate::query::serve(client, &daemon, plugin_name, guest, target).await };
         tokio::spawn(async move {
             if let Err(e) = service.await {
                 tracing::error!(plugin = %name, error = %format!("{e:#}"), "query service stopped");

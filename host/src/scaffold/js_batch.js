@@ -84,6 +84,9 @@ function batches(step) {
             }
           });
         } catch (e) {
+          if (e && typeof e === 'object' && 'code' in e && typeof e.code !== 'string') {
+            throw new TypeError(`${step.name} threw { code, message } with a code that is not a string: ${show(e)}`);
+          }
           if (e && typeof e.code === 'string') {
             outcomes.push({ tag: 'err', val: { code: e.code, message: String(e.message ?? '') } });
             continue;
@@ -94,7 +97,15 @@ function batches(step) {
         changed.add(item.key);
         outcomes.push({ tag: 'ok', val: out[1] });
       }
-      const states = [...changed].map((k) => ({ key: k, state: encoder.encode(JSON.stringify(held.get(keys[k]))) }));
+      const states = [...changed].map((k) => {
+        let json;
+        try {
+          json = JSON.stringify(held.get(keys[k]));
+        } catch (e) {
+          throw new TypeError(`the state ${step.name} returned for key ${keys[k]} cannot be kept as JSON: ${e.message} (a BigInt, such as event.sequence, needs Number() or String())`);
+        }
+        return { key: k, state: encoder.encode(json) };
+      });
       return { outcomes, states };
     },
     forget(keys) {

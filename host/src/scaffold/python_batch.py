@@ -16,6 +16,43 @@ import json
 from componentize_py_types import Err, Ok
 
 
+# The string fields of each effect's record, so an effect of the wrong shape is named here,
+# with the plugin's line, rather than failing later inside componentize-py's runtime.
+_FIELDS = {
+    "UpsertRow": ("table", "key", "row"),
+    "UpdateRow": ("table", "key", "patch"),
+    "DeleteRow": ("table", "key"),
+    "Message": ("subject", "message_type", "payload"),
+    "LogRecord": ("message",),
+}
+_DOCUMENTS = ("row", "patch", "payload")
+
+
+def _effect_problem(effect):
+    """Why `effect` is not an effect (a projection's types.Effect_*, a policy's
+    types.Decision_*), or None."""
+    name = type(effect).__name__
+    if not name.startswith(("Effect_", "Decision_")):
+        return "it is not an effect value (types.Effect_Upsert(types.UpsertRow(...)), ...)"
+    value = getattr(effect, "value", None)
+    if name == "Decision_Effect":
+        return _effect_problem(value)
+    fields = _FIELDS.get(type(value).__name__)
+    if fields is None:
+        return f"its value is not a record of the contract: {value!r:.100}"
+    for field in fields:
+        got = getattr(value, field, None)
+        if not isinstance(got, str):
+            hint = " (json.dumps it)" if field in _DOCUMENTS else ""
+            return f"its {field} must be a str{hint}, not {type(got).__name__} {got!r:.100}"
+    headers = getattr(value, "headers", [])
+    if not isinstance(headers, list) or not all(
+        isinstance(h, tuple) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in headers
+    ):
+        return f"its headers must be a list of (name, value) str pairs, not {headers!r:.100}"
+    return None
+
+
 class Batches:
     def __init__(self, step):
         self.step = step
@@ -48,12 +85,9 @@ class Batches:
                     f"{step.__name__} must return its effects as a list, not {effects!r:.200}"
                 )
             for i, effect in enumerate(effects):
-                # A projection's effects are types.Effect_*, a policy's types.Decision_*.
-                if not type(effect).__name__.startswith(("Effect_", "Decision_")):
-                    raise TypeError(
-                        f"{step.__name__}'s effect #{i} is not an effect value "
-                        f"(types.Effect_Upsert(types.UpsertRow(...)), ...): {effect!r:.200}"
-                    )
+                problem = _effect_problem(effect)
+                if problem:
+                    raise TypeError(f"{step.__name__}'s effect #{i}: {problem}: {effect!r:.200}")
             held[key] = state
             changed[item.key] = True
             outcomes.append(Ok(effects))

@@ -182,7 +182,8 @@ pub struct Rejected {
 /// A message to publish after the commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
-    /// `Nats-Msg-Id`: `<plugin>:<source seq>:<index>`, so a re-publish is dropped by JetStream.
+    /// `Nats-Msg-Id`: `<plugin>:<source stream>:<source seq>:<index>`, so a re-publish is dropped
+    /// by JetStream.
     pub msg_id: String,
     /// Subject.
     pub subject: String,

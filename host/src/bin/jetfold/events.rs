@@ -70,11 +70,13 @@ pub(crate) fn print_imported(done: &jetfold_host::transfer::Imported, stream: &s
         );
         return;
     }
-    println!("published {} events to {stream} (last sequence {})", done.stored, done.last_seq);
+    let events = |n: u64| format!("{n} event{}", if n == 1 { "" } else { "s" });
+    println!("published {} to {stream} (last sequence {})", events(done.stored), done.last_seq);
     if done.duplicates > 0 {
         println!(
-            "{} events were already in the stream (same message id, or the same message) and were not stored again",
-            done.duplicates
+            "{} {} already in the stream (same message id, or the same message) and not stored again",
+            events(done.duplicates),
+            if done.duplicates == 1 { "was" } else { "were" }
         );
     }
 }

@@ -40,7 +40,7 @@ pub(crate) struct ReplayArgs {
     /// Fold only the events whose event time is at or before this (RFC 3339), wherever they
     /// are in the stream: event time is not stream order, so the whole stream (from
     /// --from-seq) is read and later events are passed by (counted as `later`).
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", value_parser = rfc3339)]
     pub(crate) to_time: Option<chrono::DateTime<chrono::Utc>>,
     /// Print each event's effects (one JSON line per event) before the states.
     #[arg(long)]
@@ -254,4 +254,11 @@ pub(crate) fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCod
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// An RFC 3339 time for `--to-time`, with a message that shows one.
+fn rfc3339(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&chrono::Utc)).map_err(|e| {
+        format!("{e}: give an RFC 3339 time with its offset, such as 2026-03-01T12:00:00Z or 2026-03-01T14:00:00+02:00")
+    })
 }

@@ -18,7 +18,7 @@ pub(crate) struct StateArgs {
 }
 
 pub(crate) fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::query::{QueryReply, QueryRequest, subject};
+    use jetfold_host::query::{QueryReply, QueryRequest, daemon_subject};
     let config = jetfold_host::config::Config::load(&args.config)?;
     let request: serde_json::Value = serde_json::from_str(args.query.as_deref().unwrap_or("{}"))
         .with_context(|| {
@@ -26,7 +26,10 @@ pub(crate) fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
         })?;
     let body = serde_json::to_vec(&QueryRequest { request, key: args.key.clone() })?;
     let reply = with_nats(&config, async |client| {
-        let ask = client.request(subject(&args.plugin), body.into());
+        // The daemon this config is (its `name`): daemons of one plugin with databases of their own
+        // answer differently.
+        let subject = daemon_subject(&config.name, &args.plugin);
+        let ask = client.request(subject.clone(), body.into());
         match tokio::time::timeout(std::time::Duration::from_millis(args.timeout_ms), ask).await {
             Ok(Ok(message)) => anyhow::Ok(message.payload),
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
@@ -39,9 +42,9 @@ pub(crate) fn run_state(args: &StateArgs) -> anyhow::Result<ExitCode> {
                     )
                 }
                 anyhow::bail!(
-                    "no daemon serves plugin `{}` (nothing listens on {})",
+                    "daemon `{}` does not serve plugin `{}` (nothing listens on {subject})",
+                    config.name,
                     args.plugin,
-                    subject(&args.plugin)
                 )
             }
             Ok(Err(e)) => anyhow::bail!("cannot ask plugin `{}`: {e}", args.plugin),

@@ -178,9 +178,9 @@ pub(crate) fn run_test(cli: &Cli, args: &TestArgs) -> anyhow::Result<ExitCode> {
         let new_failures = failing(&actual).saturating_sub(failing(&expected));
         if new_failures > 0 {
             eprintln!(
-                "{new_failures} more step{} fail than the golden file expects: fix the plugin or its \
+                "{new_failures} more {} than the golden file expects: fix the plugin or its \
                  manifest, or, if the failures are right, rerun with --update to record them",
-                if new_failures == 1 { "" } else { "s" }
+                if new_failures == 1 { "step fails" } else { "steps fail" }
             );
         } else {
             eprintln!("if the new behaviour is right, rerun with --update");
