@@ -110,6 +110,19 @@ impl Captured {
     }
 }
 
+/// Lines the Python and JavaScript toolchains' runtimes write around every uncaught exception
+/// (the exception itself is written before them): not logged. Kept in what a trap reports,
+/// which drops them with more context (`guest::without_noise`).
+fn toolchain_noise(line: &str) -> bool {
+    line == "Redirecting call to abort() to mozalloc_abort"
+        || line == "Python function threw an unexpected exception"
+        || line.contains("/sources/initializer.js:")
+        // componentize-py's runtime panicking after the traceback (its message on the next
+        // line, the exception above it).
+        || line.starts_with("thread '<unnamed>'") && line.contains("runtime/src/lib.rs") && line.ends_with(':')
+        || line.starts_with("note: run with `RUST_BACKTRACE=1`")
+}
+
 /// A guest's stdout or stderr: complete lines go to the log under the plugin's name.
 #[derive(Clone)]
 struct GuestOutput {
@@ -138,7 +151,9 @@ impl GuestOutput {
             }
             let line = String::from_utf8_lossy(&line);
             let line = line.trim_end_matches('\r');
-            tracing::info!(plugin = %self.plugin, stream = self.stream, "guest: {line}");
+            if !toolchain_noise(line) {
+                tracing::info!(plugin = %self.plugin, stream = self.stream, "guest: {line}");
+            }
         }
     }
 }

@@ -180,10 +180,12 @@ async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
         again.all()
     );
 
+    let log = daemon.join("run.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_jetfold"))
         .args(["run", "--config", &config_arg])
+        .env_remove("JETFOLD_LOG")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let db = daemon.join("jetfold.db");
@@ -232,6 +234,15 @@ async fn a_scaffolded_plugin_runs_in_a_daemon_as_the_guide_says() {
         let indented = |l: &str| l.starts_with("    ") && l.contains(&line);
         assert!(list.stdout.lines().any(indented), "no {line:?} in:\n{}", list.stdout);
     }
+    // The daemon's log has what the guest wrote, each line in the span of the call that wrote
+    // it (the event's sequence), without the toolchain's own lines.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let written: Vec<&str> = text.lines().filter(|l| l.contains("guest: ")).collect();
+    assert!(
+        written.iter().any(|l| l.contains("guest call{seq=8}") && l.contains("ValueError: boom")),
+        "{text}"
+    );
+    assert!(!text.contains("Python function threw an unexpected exception"), "{text}");
 
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

@@ -319,7 +319,14 @@ impl ResidentGuest {
             });
             batch.events.push(batching::KeyedEvent { key, event: types::Event::from(e.event) });
         }
-        let result = self.call(&batch);
+        // What the guest writes during the call is logged inside this span: which events it
+        // was folding (a batch that fails is folded again one event at a time, each in a span
+        // of its own, so a line written twice is told apart).
+        let span = tracing::info_span!(
+            "guest call",
+            seq = %format!("{}..={}", events[chunk[0]].event.sequence, events[chunk[chunk.len() - 1]].event.sequence)
+        );
+        let result = span.in_scope(|| self.call(&batch));
         let (raw, new_states) = match result {
             Ok(BatchFold { outcomes, states }) => (outcomes, states),
             Err(GuestError::OutOfFuel { .. }) => {
@@ -404,6 +411,7 @@ impl ResidentGuest {
         states: &HashMap<String, Vec<u8>>,
         changed: &mut HashMap<String, Vec<u8>>,
     ) -> Outcome {
+        let _span = tracing::info_span!("guest call", seq = e.event.sequence).entered();
         // Seeded unless the instance holds it; by its name, so that what the instance holds
         // afterwards is that key's.
         let seeds = if self.held.contains_key(e.key) {
