@@ -44,7 +44,14 @@ pub const JSON: &str = "application/json";
 /// An RFC 3339 time, as chrono's serde reads it, with an error that names the field and the
 /// form expected.
 fn rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
-    let text = String::deserialize(d)?;
+    let text = match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(text) => text,
+        other => {
+            return Err(serde::de::Error::custom(format!(
+                "`time` {other} is not an RFC 3339 time such as \"2026-03-01T12:00:00Z\" (a string)"
+            )));
+        }
+    };
     text.parse::<DateTime<chrono::FixedOffset>>().map(|t| t.with_timezone(&Utc)).map_err(|e| {
         serde::de::Error::custom(format!(
             "`time` {text:?} is not an RFC 3339 time such as \"2026-03-01T12:00:00Z\" ({e})"

@@ -231,6 +231,9 @@ pub(crate) struct Expected {
 
 pub(crate) fn fold_offline(name: &str, fixture: &Path) -> Expected {
     let loader = ComponentLoader::new(Some(cache_dir())).unwrap();
+    // The daemon's message ids name the stream it read: the manifest's.
+    let manifest = jetfold_host::manifest::Manifest::load(&plugin(name)).unwrap();
+    let stream = manifest.source.stream.clone().expect("the plugin names its stream");
     let mut fold = Fold::new(Plugin::open(&plugin(name), &loader).unwrap());
     for (line, entry) in read_fixture(fixture).unwrap() {
         if let FixtureLine::Event(e) = entry {
@@ -255,7 +258,7 @@ pub(crate) fn fold_offline(name: &str, fixture: &Path) -> Expected {
                     expected.rows.insert(key.clone(), serde_json::from_str(row.get()).unwrap());
                 }
                 Effect::Emit { subject, payload, .. } => {
-                    let id = format!("{name}:{sequence}:{index}");
+                    let id = format!("{name}:{stream}:{sequence}:{index}");
                     expected.commands.insert(
                         id,
                         (subject.clone(), serde_json::from_str(payload.get()).unwrap()),

@@ -142,7 +142,7 @@ async fn a_scaffolded_policy_publishes_its_command_on_a_fresh_server() {
     assert!(text.contains("created a stream for the subjects the plugin may publish to"), "{text}");
     assert_eq!(stop(child), Some(0), "{}", log(&daemon));
     let commands = stored(&js, "JETFOLD_COMMANDS").await;
-    let (subject, payload) = &commands["my-policy:7:0"];
+    let (subject, payload) = &commands["my-policy:DEMO:7:0"];
     assert_eq!(subject, "commands.r-1.Quarantine");
     assert_eq!(payload, &serde_json::json!({"id": "r-1", "failures": 3}));
     assert_eq!(commands.len(), 1, "{commands:?}");

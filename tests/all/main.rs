@@ -15,6 +15,7 @@ mod http;
 mod languages;
 mod loading;
 mod migrate;
+mod query;
 mod readme;
 mod replay;
 mod runner;

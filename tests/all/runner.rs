@@ -316,6 +316,10 @@ fn a_line_that_is_not_an_event_names_file_and_line() {
             "{\"subject\":\"a.b.c.D\",\"time\":\"yesterday\"}\n",
             ":1: not an event: `time` \"yesterday\" is not an RFC 3339 time such as \"2026-03-01T12:00:00Z\"",
         ),
+        (
+            "{\"subject\":\"a.b.c.D\",\"time\":1767603600}\n",
+            ":1: not an event: `time` 1767603600 is not an RFC 3339 time such as \"2026-03-01T12:00:00Z\" (a string)",
+        ),
     ];
     for (text, wanted) in cases {
         std::fs::write(&events, text).unwrap();
