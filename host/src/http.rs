@@ -12,8 +12,8 @@ use hyper::{Method, Request, Response, StatusCode, body::Bytes, header};
 use serde::Serialize;
 use tokio::{net::TcpListener, sync::watch};
 
-use crate::daemon::{Histogram, RecentFailure};
 use crate::registry::PluginStatus;
+use crate::telemetry::{Histogram, RecentFailure};
 
 /// How long an observation stays fresh: older, `/healthz` says the supervisor is stuck.
 pub const STALE_AFTER_SECS: i64 = 10;
@@ -68,7 +68,7 @@ pub struct PluginObserved {
     pub commit_seconds: f64,
     /// Time per stage of the pipeline (in `/metrics`; the status JSON leaves it out).
     #[serde(skip)]
-    pub stages: crate::daemon::Stages,
+    pub stages: crate::telemetry::Stages,
     /// The last failures, newest last.
     pub recent_failures: Vec<RecentFailure>,
 }

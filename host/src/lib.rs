@@ -22,6 +22,10 @@
 //! - [`dlq`]: dead letters: listing them, replaying them after a fix.
 //! - [`status`]: what a plugin on a daemon is doing (running, stalled, stopped, …), as a type.
 //! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
+//! - [`plugin_dir`]: the versions a plugin's directory keeps beside its manifest (shadow,
+//!   previous, promotion sequence), for the registry and the daemon.
+//! - [`telemetry`]: what workers report (progress, failures, histograms, stage times), read by
+//!   the daemon's status and the HTTP endpoint.
 //! - [`fold`]: the offline runner behind `jetfold test`, and its golden-file report.
 //! - [`golden`]: a run compared with its golden file, by value, and the diff by step.
 //! - [`builder`]: `jetfold build`, source to component.
@@ -44,6 +48,7 @@ pub mod integrity;
 pub mod manifest;
 pub mod nats;
 pub mod pipeline;
+pub mod plugin_dir;
 pub mod progress;
 pub mod query;
 pub mod registry;
@@ -51,6 +56,7 @@ pub mod replay;
 pub mod scaffold;
 pub mod sink;
 pub mod status;
+pub mod telemetry;
 pub mod transfer;
 pub mod upcast;
 pub mod wasi;

@@ -474,7 +474,7 @@ impl Registry {
                 }
                 continue;
             }
-            let shadow_dir = plugin_dir.join(crate::daemon::SHADOW_DIR);
+            let shadow_dir = plugin_dir.join(crate::plugin_dir::SHADOW_DIR);
             let shadow_installed = match &d.shadow {
                 Some(shadow) => installed(shadow, &shadow_dir, PREVIOUS_DEPTH),
                 None => !shadow_dir.exists(),
@@ -495,7 +495,7 @@ impl Registry {
                 continue;
             }
             if let Some(shadow) = &d.shadow {
-                let staged_shadow = staged.join(crate::daemon::SHADOW_DIR);
+                let staged_shadow = staged.join(crate::plugin_dir::SHADOW_DIR);
                 let outcome = async {
                     self.materialise(shadow, &staged_shadow, trusted, PREVIOUS_DEPTH).await?;
                     check(staging.clone()).await
@@ -535,7 +535,7 @@ impl Registry {
         std::fs::create_dir_all(plugin_dir)?;
         if let Some(previous) = d.before_at_seq().filter(|_| depth < PREVIOUS_DEPTH) {
             let at = d.at_seq.unwrap_or_default();
-            let previous_dir = plugin_dir.join(crate::daemon::PREVIOUS_DIR);
+            let previous_dir = plugin_dir.join(crate::plugin_dir::PREVIOUS_DIR);
             Box::pin(self.materialise(&previous, &previous_dir, trusted, depth + 1))
                 .await
                 .with_context(|| {
@@ -544,7 +544,7 @@ impl Registry {
         }
         let bytes = self.component(&d.digest).await?;
         if let Some(seq) = d.at_seq {
-            let at_seq_file = plugin_dir.join(crate::daemon::AT_SEQ_FILE);
+            let at_seq_file = plugin_dir.join(crate::plugin_dir::AT_SEQ_FILE);
             write_atomically(&at_seq_file, format!("{seq}\n").as_bytes())?;
         }
         write_atomically(&plugin_dir.join(file), &bytes)?;
@@ -604,8 +604,8 @@ fn installed(d: &Desired, plugin_dir: &Path, depth: usize) -> bool {
     let Ok((text, file)) = installed_manifest(d, plugin_dir) else { return false };
     let present = std::fs::read(plugin_dir.join(file)).ok().map(|b| PluginDigest::of(&b).hex());
     let manifest_now = std::fs::read_to_string(plugin_dir.join(MANIFEST_FILE)).ok();
-    let at_seq_now = crate::daemon::read_at_seq(plugin_dir).ok().flatten();
-    let previous_dir = plugin_dir.join(crate::daemon::PREVIOUS_DIR);
+    let at_seq_now = crate::plugin_dir::read_at_seq(plugin_dir).ok().flatten();
+    let previous_dir = plugin_dir.join(crate::plugin_dir::PREVIOUS_DIR);
     let previous = match d.before_at_seq().filter(|_| depth < PREVIOUS_DEPTH) {
         Some(previous) => installed(&previous, &previous_dir, depth + 1),
         None => !previous_dir.exists(),

@@ -41,8 +41,6 @@
 //!   takes over when caught up.
 //! - [`reporting`]: what the daemon says of itself: plugin status, lag, the status page's
 //!   observations, reports to the registry.
-//! - [`telemetry`]: what a worker reports: progress, recent failures, the guest-call histogram,
-//!   time per stage.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -80,14 +78,14 @@ mod rebuild;
 mod reload;
 mod reporting;
 mod supervise;
-mod telemetry;
 mod worker;
 
+pub use crate::plugin_dir::{AT_SEQ_FILE, PREVIOUS_DIR, SHADOW_DIR, read_at_seq};
+pub use crate::telemetry::*;
 use commit::*;
 pub use discover::*;
 use folder::*;
 pub use supervise::*;
-pub use telemetry::*;
 use worker::*;
 
 /// Makes a native step (one per worker).
@@ -163,26 +161,56 @@ impl Role {
     }
 }
 
-/// The directory beside a manifest that holds a shadow version.
-pub const SHADOW_DIR: &str = "shadow";
-
-/// The directory beside a manifest that holds the version a promoted one replaces.
-pub const PREVIOUS_DIR: &str = "previous";
-
-/// The file beside a manifest that holds a version's promotion sequence.
-pub const AT_SEQ_FILE: &str = "promote-at-seq";
-
-/// The promotion sequence in a plugin directory's [`AT_SEQ_FILE`], if it has one.
-pub fn read_at_seq(dir: &std::path::Path) -> anyhow::Result<Option<u64>> {
-    let path = dir.join(AT_SEQ_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(Some(
-            text.trim()
-                .parse::<u64>()
-                .with_context(|| format!("{}: not a stream sequence: {text:?}", path.display()))?,
-        )),
-        Err(_) => Ok(None),
-    }
+/// What a plugin has done since the daemon started, updated after every commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The last stream sequence committed (the checkpoint).
+    pub committed_seq: u64,
+    /// The version that committed it.
+    pub digest: String,
+    /// Events folded and committed (rejected ones included).
+    pub events: u64,
+    /// Events the plugin rejected.
+    pub rejected: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Transient failures retried so far: commits, publishes of emitted messages, state
+    /// reads, binding the source.
+    pub retries: u64,
+    /// Time spent folding (guest calls and effect checks).
+    pub fold_time: Duration,
+    /// Time spent committing, publishing and acking.
+    pub commit_time: Duration,
+    /// Versions swapped in and folding (counted at the new version's first event).
+    pub swaps: u64,
+    /// The last swap's pause: from the end of the old version's last event to the start of
+    /// the new version's first (idle time included, if no event was waiting).
+    pub last_swap_pause: Option<Duration>,
+    /// The last version refused since the running one was loaded, and why.
+    pub refused: Option<Refusal>,
+    /// The transient failure the plugin is retrying now (its stream missing, the database or
+    /// NATS unreachable), if any: cleared when the retried operation succeeds.
+    pub stalled: Option<String>,
+    /// The stream sequence of the first event the last swapped-in version folded.
+    pub swapped_at_seq: Option<u64>,
+    /// The shadow version folding beside the live one, if any.
+    pub shadow: Option<ShadowProgress>,
+    /// A new version rebuilding its states and read model from the stream start, if any.
+    pub rebuild: Option<RebuildProgress>,
+    /// Events rejected, by kind of failure.
+    pub failures: BTreeMap<String, u64>,
+    /// Effects accepted, by kind.
+    pub effects: BTreeMap<String, u64>,
+    /// Events sent to the dead-letter subject.
+    pub dead_letters: u64,
+    /// Fuel the guest calls consumed.
+    pub fuel: u64,
+    /// Durations of the guest calls that folded events.
+    pub calls: Histogram,
+    /// Where the time went, stage by stage (see [`Stages`]).
+    pub stages: Stages,
+    /// The last failures (at most [`RECENT_FAILURES`]), oldest first.
+    pub recent_failures: std::collections::VecDeque<RecentFailure>,
 }
 
 impl DaemonPlugin {

@@ -1,58 +1,7 @@
-//! What a worker reports: progress, recent failures, the guest-call histogram, time per stage.
+//! What a daemon's workers report beside their progress: recent failures, the guest-call
+//! histogram, time per stage. Below the daemon and the HTTP endpoint, which both read it.
 
-use super::*;
-
-/// What a plugin has done since the daemon started, updated after every commit.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// The last stream sequence committed (the checkpoint).
-    pub committed_seq: u64,
-    /// The version that committed it.
-    pub digest: String,
-    /// Events folded and committed (rejected ones included).
-    pub events: u64,
-    /// Events the plugin rejected.
-    pub rejected: u64,
-    /// Batches committed.
-    pub batches: u64,
-    /// Transient failures retried so far: commits, publishes of emitted messages, state
-    /// reads, binding the source.
-    pub retries: u64,
-    /// Time spent folding (guest calls and effect checks).
-    pub fold_time: Duration,
-    /// Time spent committing, publishing and acking.
-    pub commit_time: Duration,
-    /// Versions swapped in and folding (counted at the new version's first event).
-    pub swaps: u64,
-    /// The last swap's pause: from the end of the old version's last event to the start of
-    /// the new version's first (idle time included, if no event was waiting).
-    pub last_swap_pause: Option<Duration>,
-    /// The last version refused since the running one was loaded, and why.
-    pub refused: Option<Refusal>,
-    /// The transient failure the plugin is retrying now (its stream missing, the database or
-    /// NATS unreachable), if any: cleared when the retried operation succeeds.
-    pub stalled: Option<String>,
-    /// The stream sequence of the first event the last swapped-in version folded.
-    pub swapped_at_seq: Option<u64>,
-    /// The shadow version folding beside the live one, if any.
-    pub shadow: Option<ShadowProgress>,
-    /// A new version rebuilding its states and read model from the stream start, if any.
-    pub rebuild: Option<RebuildProgress>,
-    /// Events rejected, by kind of failure.
-    pub failures: BTreeMap<String, u64>,
-    /// Effects accepted, by kind.
-    pub effects: BTreeMap<String, u64>,
-    /// Events sent to the dead-letter subject.
-    pub dead_letters: u64,
-    /// Fuel the guest calls consumed.
-    pub fuel: u64,
-    /// Durations of the guest calls that folded events.
-    pub calls: Histogram,
-    /// Where the time went, stage by stage (see [`Stages`]).
-    pub stages: Stages,
-    /// The last failures (at most [`RECENT_FAILURES`]), oldest first.
-    pub recent_failures: std::collections::VecDeque<RecentFailure>,
-}
+use std::time::Duration;
 
 /// How many recent failures a plugin's progress keeps.
 pub const RECENT_FAILURES: usize = 20;
@@ -133,7 +82,7 @@ pub struct Stages {
 }
 
 impl Stages {
-    pub(super) fn add(&mut self, other: &Stages) {
+    pub(crate) fn add(&mut self, other: &Stages) {
         self.read += other.read;
         self.decode += other.decode;
         self.states += other.states;
