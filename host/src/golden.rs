@@ -57,7 +57,8 @@ pub fn diff(expected: &Value, actual: &Value) -> String {
                 if same(e, a) {
                     continue;
                 }
-                if same(&placeless(e), &placeless(a)) {
+                let (placeless_e, placeless_a) = (placeless(e), placeless(a));
+                if same(&placeless_e, &placeless_a) {
                     moved += 1;
                     continue;
                 }
@@ -78,7 +79,7 @@ pub fn diff(expected: &Value, actual: &Value) -> String {
                     let _ = writeln!(out, "  expected the step {}", title(e));
                 }
                 // Where each came from is in the titles; the parts say what differs.
-                parts(&mut out, &placeless(e), &placeless(a));
+                parts(&mut out, &placeless_e, &placeless_a);
             }
             Pair::Expected(i) => {
                 differing += 1;

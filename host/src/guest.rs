@@ -606,17 +606,9 @@ fn returned(call: GuestCall, e: types::Error) -> GuestError {
 /// exception (componentize-py's Rust runtime panics after printing the traceback;
 /// componentize-js says how it aborts).
 fn without_noise(text: &str) -> String {
-    const PYTHON: &str = "Python function threw an unexpected exception";
-    const JS: &str = "Redirecting call to abort() to mozalloc_abort";
-    let python = text.lines().any(|l| l == PYTHON);
+    let python = crate::wasi::python_uncaught(text);
     let noise = |line: &str| {
-        line == JS
-            // Frames of componentize-js's generated bindings, in a build directory of its own.
-            || line.contains("/sources/initializer.js:")
-            || python
-                && (line.starts_with("thread '<unnamed>'")
-                    || line == PYTHON
-                    || line.starts_with("note: run with `RUST_BACKTRACE=1`"))
+        crate::wasi::js_runtime_line(line) || python && crate::wasi::python_runtime_line(line)
     };
     let kept: Vec<&str> = text.lines().filter(|l| !noise(l)).collect();
     kept.join("\n").trim_end().to_string()

@@ -110,17 +110,40 @@ impl Captured {
     }
 }
 
-/// Lines the Python and JavaScript toolchains' runtimes write around every uncaught exception
-/// (the exception itself is written before them): not logged. Kept in what a trap reports,
-/// which drops them with more context (`guest::without_noise`).
-fn toolchain_noise(line: &str) -> bool {
+/// The line componentize-py's runtime writes after a Python traceback it could not handle.
+const PYTHON_UNCAUGHT: &str = "Python function threw an unexpected exception";
+
+/// A line componentize-js's runtime writes around every uncaught exception: how it aborts, and
+/// frames of its generated bindings (in a build directory of its own).
+pub(crate) fn js_runtime_line(line: &str) -> bool {
     line == "Redirecting call to abort() to mozalloc_abort"
-        || line == "Python function threw an unexpected exception"
         || line.contains("/sources/initializer.js:")
-        // componentize-py's runtime panicking after the traceback (its message on the next
-        // line, the exception above it).
-        || line.starts_with("thread '<unnamed>'") && line.contains("runtime/src/lib.rs") && line.ends_with(':')
+}
+
+/// A line componentize-py's runtime writes after an uncaught exception's traceback (its Rust
+/// runtime panicking, and that panic's advice), noise once the traceback is there.
+pub(crate) fn python_runtime_line(line: &str) -> bool {
+    line.starts_with("thread '<unnamed>'")
+        || line == PYTHON_UNCAUGHT
         || line.starts_with("note: run with `RUST_BACKTRACE=1`")
+}
+
+/// Whether a trap's output came from componentize-py's runtime after a traceback, so that its
+/// [`python_runtime_line`]s are noise.
+pub(crate) fn python_uncaught(text: &str) -> bool {
+    text.lines().any(|l| l == PYTHON_UNCAUGHT)
+}
+
+/// Lines the Python and JavaScript toolchains' runtimes write around every uncaught exception
+/// (the exception itself is written before them): not logged. A line at a time, so a
+/// `thread '<unnamed>'` panic line is noise only when its message is on the next line (the
+/// runtime's own panic), not when it carries one. What a trap reports drops them by the same
+/// rules, knowing the whole output (`guest::without_noise`).
+fn toolchain_noise(line: &str) -> bool {
+    js_runtime_line(line)
+        || python_runtime_line(line)
+            && (!line.starts_with("thread '<unnamed>'")
+                || line.contains("runtime/src/lib.rs") && line.ends_with(':'))
 }
 
 /// A guest's stdout or stderr: complete lines go to the log under the plugin's name.

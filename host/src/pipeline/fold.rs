@@ -322,10 +322,9 @@ impl ResidentGuest {
         // What the guest writes during the call is logged inside this span: which events it
         // was folding (a batch that fails is folded again one event at a time, each in a span
         // of its own, so a line written twice is told apart).
-        let span = tracing::info_span!(
-            "guest call",
-            seq = %format!("{}..={}", events[chunk[0]].event.sequence, events[chunk[chunk.len() - 1]].event.sequence)
-        );
+        let (first, last) =
+            (events[chunk[0]].event.sequence, events[chunk[chunk.len() - 1]].event.sequence);
+        let span = tracing::info_span!("guest call", seq = first, to = last);
         let result = span.in_scope(|| self.call(&batch));
         let (raw, new_states) = match result {
             Ok(BatchFold { outcomes, states }) => (outcomes, states),

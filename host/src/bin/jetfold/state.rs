@@ -9,7 +9,7 @@ pub(crate) struct StateArgs {
     /// Ask only this state key.
     #[arg(long, value_name = "KEY")]
     pub(crate) key: Option<String>,
-    /// The daemon's configuration file (for its NATS connection).
+    /// The daemon's configuration file: its NATS connection, and its `name`, the daemon asked.
     #[arg(long, short, value_name = "FILE", default_value = "jetfold.toml")]
     pub(crate) config: PathBuf,
     /// Give up after this many milliseconds.
