@@ -5,6 +5,8 @@
 //!
 //! A replayed dead letter is for its plugin alone: it carries `Jetfold-Replay-For: <plugin>`,
 //! and every other plugin reading the subject passes it by (the daemon and `replay` alike).
+//! It says which event it is a copy of (`Jetfold-Replay-Of`), and a fold of its plugin folds
+//! it only in place of that event, where the fold rejected it, once.
 //! Copies of one dead letter (two daemons of the plugin failed on the same event, further
 //! apart than the dead-letter stream's duplicate window) are published once.
 
@@ -13,7 +15,7 @@ use async_nats::jetstream;
 use futures::StreamExt as _;
 
 use crate::config::DeadLetterConfig;
-use crate::nats::source::headers;
+use crate::nats::source::{self, headers};
 
 /// The longest reason a dead letter carries, in characters (a trap's message with the last
 /// 4 KB the guest wrote fits).
@@ -66,6 +68,9 @@ pub struct DeadLetter {
     pub source_subject: String,
     /// The stream it was read from.
     pub source_stream: String,
+    /// When the event was itself a replayed dead letter: the sequence of the event it is a
+    /// copy of.
+    pub copy_of: Option<u64>,
     /// Its event type: the `Event-Type` header, else the payload's `type`, else the last
     /// subject token (as the daemon read it).
     pub event_type: String,
@@ -119,8 +124,10 @@ pub async fn list(
                 }
             }
         }
+        // The last value: the event's own provenance headers (an event a plugin emitted) come
+        // before the dead letter's of the same names.
         let find = |name: &str| {
-            all.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+            all.iter().rev().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
         };
         let get = |name: &str| find(name).unwrap_or_default();
         let source_subject = get(headers::DLQ_SOURCE_SUBJECT);
@@ -138,6 +145,7 @@ pub async fn list(
             seq: info.stream_sequence,
             source_seq: get(headers::SOURCE_SEQ).parse().unwrap_or(0),
             source_stream: get(headers::DLQ_SOURCE_STREAM),
+            copy_of: find(headers::REPLAY_OF).and_then(|of| source::replay_of_seq(&of)),
             event_type,
             kind: get(headers::DLQ_KIND),
             code: find(headers::DLQ_CODE),
@@ -161,9 +169,16 @@ pub struct Replayed {
 
 /// Publishes every dead letter of `plugin` again to the subject it came from, for `plugin`
 /// alone, and removes it from the dead-letter stream. Each event is published once however
-/// many copies of its dead letter there are, with its original headers, a message id of its
-/// own (`<original id>:replay:<plugin>`, so the stream stores it and a replay interrupted and
-/// run again within the stream's duplicate window stores it once) and `Jetfold-Replay-For`.
+/// many copies of its dead letter there are, with its original headers (signature included),
+/// `Jetfold-Replay-For: <plugin>`, `Jetfold-Replay-Of: <stream>:<sequence>` (where the event it
+/// is a copy of is; for the dead letter of a copy that failed again, the first event) and its
+/// original `Nats-Msg-Id` as `Jetfold-Replay-Msg-Id`. Its own message id is
+/// `<original id>:replay:<plugin>:<dead letter's sequence>`, so the stream stores it, and a
+/// replay interrupted and run again within the stream's duplicate window stores it once.
+///
+/// A fold of `plugin` folds the copy only if it rejected the event it is a copy of and has not
+/// folded a copy of it yet (see `docs/decisions.md`, 48): a replay, a rebuild or a new daemon
+/// reading the stream from the start does not fold the event twice.
 pub async fn replay(
     js: &jetstream::Context,
     config: &DeadLetterConfig,
@@ -173,31 +188,32 @@ pub async fn replay(
     let stream = js.get_stream(&config.stream).await?;
     let mut done = Replayed::default();
     // The copies of one event's dead letter, in the order of the first.
-    let mut events: Vec<(String, u64, Vec<&DeadLetter>)> = Vec::new();
+    let mut events: Vec<(Original, Vec<&DeadLetter>)> = Vec::new();
     for letter in &letters {
-        let at = (letter.source_stream.clone(), letter.source_seq);
-        match events.iter_mut().find(|(s, q, _)| (s, q) == (&at.0, &at.1) && at.1 > 0) {
-            Some((_, _, copies)) => copies.push(letter),
-            None => events.push((at.0, at.1, vec![letter])),
+        let original = Original::of(letter);
+        match events.iter_mut().find(|(o, _)| o.seq > 0 && o.place() == original.place()) {
+            Some((_, copies)) => copies.push(letter),
+            None => events.push((original, vec![letter])),
         }
     }
-    for (source_stream, source_seq, copies) in events {
+    for (original, copies) in events {
         let letter = copies[0];
         let mut h = async_nats::HeaderMap::new();
-        let mut original_id = None;
-        for (k, v) in &letter.headers {
-            if k.eq_ignore_ascii_case(headers::DLQ_SOURCE_MSG_ID) {
-                original_id = Some(v.clone());
-            } else if !k.starts_with("Jetfold-") && !k.eq_ignore_ascii_case(headers::MSG_ID) {
-                h.append(k.as_str(), v.as_str());
-            }
+        for (k, v) in letter.event_headers() {
+            h.append(k, v);
         }
-        let id = original_id.unwrap_or_else(|| match source_seq {
+        let id = original.msg_id.clone().unwrap_or_else(|| match original.seq {
             0 => format!("dead-letter-{}", letter.seq),
-            seq => format!("{source_stream}:{seq}"),
+            seq => format!("{}:{seq}", original.stream),
         });
-        h.insert(headers::MSG_ID, format!("{id}:replay:{plugin}").as_str());
+        h.insert(headers::MSG_ID, format!("{id}:replay:{plugin}:{}", letter.seq).as_str());
         h.insert(headers::REPLAY_FOR, plugin);
+        if original.seq > 0 {
+            h.insert(headers::REPLAY_OF, format!("{}:{}", original.stream, original.seq).as_str());
+        }
+        if let Some(id) = &original.msg_id {
+            h.insert(headers::REPLAY_MSG_ID, id.as_str());
+        }
         js.publish_with_headers(letter.source_subject.clone(), h, letter.payload.clone().into())
             .await?
             .await
@@ -211,6 +227,68 @@ pub async fn replay(
         }
     }
     Ok(done)
+}
+
+/// The event a dead letter is of: the one the plugin failed on, or, when that was a replayed
+/// copy, the event it is a copy of.
+struct Original {
+    stream: String,
+    /// 0 when the dead letter does not say.
+    seq: u64,
+    /// Its `Nats-Msg-Id`, if it had one.
+    msg_id: Option<String>,
+}
+
+impl Original {
+    fn of(letter: &DeadLetter) -> Original {
+        let find = |name: &str| {
+            letter.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        };
+        match find(headers::REPLAY_OF) {
+            Some(of) => Original {
+                stream: of.rsplit_once(':').map_or(of.as_str(), |(s, _)| s).to_string(),
+                seq: source::replay_of_seq(of).unwrap_or(0),
+                msg_id: find(headers::REPLAY_MSG_ID).cloned(),
+            },
+            None => Original {
+                stream: letter.source_stream.clone(),
+                seq: letter.source_seq,
+                msg_id: find(headers::DLQ_SOURCE_MSG_ID).cloned(),
+            },
+        }
+    }
+
+    fn place(&self) -> (&str, u64) {
+        (&self.stream, self.seq)
+    }
+}
+
+impl DeadLetter {
+    /// The headers the event itself carried: without the dead letter's own (its id, why, by
+    /// whom, from where) and a replayed copy's.
+    pub fn event_headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        // The dead letter appends its provenance after the event's headers of the same names.
+        let last =
+            |name: &str| self.headers.iter().rposition(|(k, _)| k.eq_ignore_ascii_case(name));
+        let theirs = [headers::PLUGIN, headers::PLUGIN_DIGEST, headers::SOURCE_SEQ].map(last);
+        self.headers.iter().enumerate().filter_map(move |(i, (k, v))| {
+            let own = [
+                headers::MSG_ID,
+                headers::DLQ_KIND,
+                headers::DLQ_CODE,
+                headers::DLQ_REASON,
+                headers::DLQ_SOURCE_MSG_ID,
+                headers::DLQ_SOURCE_STREAM,
+                headers::DLQ_SOURCE_SUBJECT,
+                headers::REPLAY_FOR,
+                headers::REPLAY_OF,
+                headers::REPLAY_MSG_ID,
+            ]
+            .iter()
+            .any(|h| k.eq_ignore_ascii_case(h));
+            (!own && !theirs.contains(&Some(i))).then_some((k.as_str(), v.as_str()))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::fold::{Plugin, StepError, state_document};
 use crate::manifest::Manifest;
 use crate::nats::{
     reader::StreamReader,
-    source::{event_from_message, replayed_for_another},
+    source::{self, event_from_message, replayed_for_another},
 };
 use crate::pipeline::{
     fold::Keyed,
@@ -49,12 +49,30 @@ pub struct Outcome {
     /// Why the event was rejected.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<StepError>,
+    /// Why the plugin was not given the event: a dead letter replayed for it whose original
+    /// this fold did not reject, or folded a copy of already.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passed_by: Option<String>,
 }
 
 impl Outcome {
     /// An event rejected for `error`.
     fn rejected(error: StepError) -> Self {
-        Outcome { state: None, effects: None, error: Some(error) }
+        Outcome { state: None, effects: None, error: Some(error), passed_by: None }
+    }
+
+    /// A replayed copy of the event at `original`, not folded.
+    fn passed_by(original: u64, folded: bool) -> Self {
+        let why = if folded {
+            format!("a replayed dead letter of sequence {original}, which a copy before it folded")
+        } else {
+            format!("a replayed dead letter of sequence {original}, which this fold did not reject")
+        };
+        Outcome { state: None, effects: None, error: None, passed_by: Some(why) }
+    }
+
+    fn folded(state: Option<serde_json::Value>, effects: Vec<Effect>) -> Self {
+        Outcome { state, effects: Some(effects), error: None, passed_by: None }
     }
 }
 
@@ -69,6 +87,10 @@ pub struct Replayer {
     instances: usize,
     step: Box<dyn Step>,
     states: HashMap<String, Vec<u8>>,
+    /// Events this fold rejected, by sequence, that a replayed copy may come for: whether a
+    /// copy folded it (the daemon's rule: a copy is folded in place of a rejected original,
+    /// once).
+    copies: HashMap<u64, bool>,
     /// Events folded.
     pub events: u64,
     /// Events rejected.
@@ -100,6 +122,7 @@ impl Replayer {
             instances: shards.len(),
             step: Parallel::of(shards),
             states: HashMap::new(),
+            copies: HashMap::new(),
             events: 0,
             rejected: 0,
         }
@@ -120,36 +143,96 @@ impl Replayer {
         self.instances
     }
 
+    /// The original a replayed copy is of, and whether to pass the copy by (and why).
+    fn copy(&self, event: &Result<Event, StepError>) -> Option<(u64, Option<Outcome>)> {
+        let original = source::event_copy_of(event.as_ref().ok()?, &self.manifest.name)?;
+        let passed = match self.copies.get(&original) {
+            Some(false) => None,
+            Some(true) => Some(Outcome::passed_by(original, true)),
+            None => Some(Outcome::passed_by(original, false)),
+        };
+        Some((original, passed))
+    }
+
+    /// Notes what an event's outcome means for a replayed copy of it (or, for a copy, of its
+    /// original).
+    fn note(&mut self, event: &Result<Event, StepError>, copy_of: Option<u64>, outcome: &Outcome) {
+        let Ok(event) = event else { return };
+        match (copy_of, &outcome.error) {
+            (Some(original), None) => {
+                self.copies.insert(original, true);
+            }
+            (Some(_), Some(_)) => {} // its original stays rejected
+            (None, Some(_)) => {
+                self.copies.insert(event.sequence, false);
+            }
+            (None, None) => {}
+        }
+    }
+
     /// Folds one event; `Err` carries why it was rejected before the plugin saw it.
     pub fn step(&mut self, event: &Result<Event, StepError>) -> (String, Outcome) {
+        let key = event.as_ref().map(|e| self.manifest.state_key(e)).unwrap_or_default();
+        let copy_of = match self.copy(event) {
+            Some((_, Some(passed))) => return (key, passed),
+            Some((original, None)) => Some(original),
+            None => None,
+        };
         self.events += 1;
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                self.rejected += 1;
-                return (String::new(), Outcome::rejected(e.clone()));
-            }
+        let outcome = match event {
+            Err(e) => Outcome::rejected(e.clone()),
+            Ok(event) => match self.step.step(&self.manifest, self.states.get(&key), event) {
+                Ok((new_state, effects)) => {
+                    let doc = state_document(&new_state);
+                    self.states.insert(key.clone(), new_state);
+                    Outcome::folded(Some(doc), effects)
+                }
+                Err(e) => Outcome::rejected(e),
+            },
         };
-        let key = self.manifest.state_key(event);
-        let outcome = match self.step.step(&self.manifest, self.states.get(&key), event) {
-            Ok((new_state, effects)) => {
-                let doc = state_document(&new_state);
-                self.states.insert(key.clone(), new_state);
-                Outcome { state: Some(doc), effects: Some(effects), error: None }
-            }
-            Err(e) => {
-                self.rejected += 1;
-                Outcome::rejected(e)
-            }
-        };
+        if outcome.error.is_some() {
+            self.rejected += 1;
+        }
+        self.note(event, copy_of, &outcome);
         (key, outcome)
     }
 
     /// Folds `events` in order as one batch (through the plugin's batch calls where it has
     /// them, the instances in parallel): per event its key and outcome, without the state
     /// ([`Outcome::state`]); the outcomes and states are those of folding the events one at
-    /// a time.
+    /// a time. A dead letter replayed for the plugin is folded after the events before it, as
+    /// their outcomes decide.
     pub fn fold(&mut self, events: &[Result<Event, StepError>]) -> Vec<(String, Outcome)> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut rest = events;
+        while let Some(at) = rest.iter().position(|e| self.copy(e).is_some()) {
+            outcomes.extend(self.fold_plain(&rest[..at]));
+            let copy = &rest[at];
+            match self.copy(copy) {
+                Some((_, Some(passed))) => {
+                    let key = copy.as_ref().map(|e| self.manifest.state_key(e)).unwrap_or_default();
+                    outcomes.push((key, passed));
+                }
+                Some((original, None)) => {
+                    let folded = self.fold_plain(std::slice::from_ref(copy));
+                    for (_, outcome) in &folded {
+                        self.note(copy, Some(original), outcome);
+                    }
+                    outcomes.extend(folded);
+                }
+                None => unreachable!("found as a copy above"),
+            }
+            rest = &rest[at + 1..];
+        }
+        outcomes.extend(self.fold_plain(rest));
+        outcomes
+    }
+
+    /// [`Replayer::fold`] of events none of which is a replayed copy.
+    fn fold_plain(&mut self, events: &[Result<Event, StepError>]) -> Vec<(String, Outcome)> {
+        if events.is_empty() {
+            return Vec::new();
+        }
         let keys: Vec<String> = events
             .iter()
             .map(|e| e.as_ref().map(|e| self.manifest.state_key(e)).unwrap_or_default())
@@ -172,13 +255,20 @@ impl Replayer {
                     Ok(_) => folded.next().expect("one outcome per event folded"),
                 };
                 let outcome = match outcome {
-                    Ok(effects) => Outcome { state: None, effects: Some(effects), error: None },
+                    Ok(effects) => Outcome::folded(None, effects),
                     Err(e) => Outcome::rejected(e),
                 };
                 (key, outcome)
             })
             .collect();
         self.rejected += outcomes.iter().filter(|(_, o)| o.error.is_some()).count() as u64;
+        for (event, (_, outcome)) in events.iter().zip(&outcomes) {
+            if outcome.error.is_some()
+                && let Ok(event) = event
+            {
+                self.copies.insert(event.sequence, false);
+            }
+        }
         outcomes
     }
 

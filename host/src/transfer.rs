@@ -345,23 +345,40 @@ fn outgoing<'a>(
             Err(m) => return Some(Err(at(m))),
         };
         position += 1;
-        Some(to_outgoing(*record, position, sign).map_err(at))
+        // The time as the line writes it (its offset kept: the record holds it in UTC).
+        #[derive(serde::Deserialize)]
+        struct Time {
+            time: Option<String>,
+        }
+        let time = serde_json::from_str::<Time>(&line).ok().and_then(|t| t.time);
+        Some(to_outgoing(*record, position, time, sign).map_err(at))
     });
     Ok(lines)
 }
 
 /// The message of one record: its stored headers as they are, else the documented headers of
-/// its event; signed with `sign` (replacing any signature it had).
+/// its event, `Event-Time` as `time_text` writes it; signed with `sign` (replacing any
+/// signature it had).
 fn to_outgoing(
     record: EventRecord,
     position: u64,
+    time_text: Option<String>,
     sign: Option<&(String, Vec<u8>)>,
 ) -> Result<Outgoing, String> {
     let stored = record.stored_headers.clone();
     let event = record.into_event(position).map_err(|m| format!("not an event: {m}"))?;
     let mut headers = match stored {
         Some(stored) => stored,
-        None => crate::nats::event_headers(&event),
+        None => {
+            let mut headers = crate::nats::event_headers(&event);
+            if let Some(text) = time_text {
+                let h = crate::nats::source::headers::EVENT_TIME;
+                for (_, v) in headers.iter_mut().filter(|(k, _)| k == h) {
+                    *v = text.trim().to_string();
+                }
+            }
+            headers
+        }
     };
     if let Some((id, key)) = sign {
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case(crate::integrity::SIGNATURE));

@@ -442,3 +442,113 @@ fn a_batch_of_costly_events_is_split_to_fit_the_fuel_budget() {
     let state: serde_json::Value = serde_json::from_slice(&states["r-1"]).unwrap();
     assert_eq!(state["version"], 403, "registered and 402 changes of status: {state}");
 }
+
+/// `events` with dead letters replayed into them as `jetfold dlq replay` publishes them: after
+/// the events `picks` names, a copy of an earlier one (not a copy), for this plugin, naming
+/// its original; sequences renumbered in stream order.
+fn with_copies(
+    plugin: &str,
+    events: Vec<(String, Event)>,
+    picks: &[Option<usize>],
+) -> Vec<(String, Event)> {
+    let mut out: Vec<(String, Event)> = Vec::new();
+    let mut originals: Vec<usize> = Vec::new();
+    for (i, (key, mut event)) in events.into_iter().enumerate() {
+        event.sequence = out.len() as u64 + 1;
+        event.message_id = format!("m-{}", event.sequence);
+        originals.push(out.len());
+        out.push((key, event));
+        if let Some(Some(pick)) = picks.get(i) {
+            let (key, original) = &out[originals[pick % originals.len()]];
+            let mut copy = original.clone();
+            copy.sequence = out.len() as u64 + 1;
+            copy.headers.push(("Jetfold-Replay-For".into(), plugin.into()));
+            copy.headers.push(("Jetfold-Replay-Of".into(), format!("TEST:{}", original.sequence)));
+            copy.headers.sort();
+            out.push((key.clone(), copy));
+        }
+    }
+    out
+}
+
+/// The rule, plainly: one call per event, and a copy folded only where its original was
+/// rejected and no copy of it folded yet.
+fn one_at_a_time_with_copies(
+    plugin: &mut Plugin,
+    events: &[(String, Event)],
+) -> (Vec<String>, HashMap<String, Vec<u8>>) {
+    let mut states: HashMap<String, Vec<u8>> = HashMap::new();
+    let (mut rejected, mut copied) =
+        (std::collections::HashSet::new(), std::collections::HashSet::new());
+    let mut outcomes = Vec::new();
+    for (key, event) in events {
+        let original = event
+            .headers
+            .iter()
+            .find(|(k, _)| k == "Jetfold-Replay-Of")
+            .map(|(_, v)| v.rsplit(':').next().unwrap().parse::<u64>().unwrap());
+        if let Some(of) = original
+            && (!rejected.contains(&of) || copied.contains(&of))
+        {
+            outcomes.push("passed".to_string());
+            continue;
+        }
+        match checked_step(&mut plugin.guest, &plugin.manifest, states.get(key), event) {
+            Ok((state, effects)) => {
+                states.insert(key.clone(), state);
+                outcomes.push(outcome(&Ok(effects)));
+                if let Some(of) = original {
+                    copied.insert(of);
+                }
+            }
+            Err(e) => {
+                outcomes.push(outcome(&Err(e)));
+                if original.is_none() {
+                    rejected.insert(event.sequence);
+                }
+            }
+        }
+    }
+    (outcomes, states)
+}
+
+/// One replayed outcome, comparable with [`one_at_a_time_with_copies`]'s.
+fn replayed_outcome(o: jetfold_host::replay::Outcome) -> String {
+    match (o.passed_by, o.effects, o.error) {
+        (Some(_), _, _) => "passed".to_string(),
+        (None, _, Some(e)) => outcome(&Err(e)),
+        (None, effects, None) => outcome(&Ok(effects.expect("an accepted event has effects"))),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Replayed dead letters mixed into a stream fold by the rule (the copy of a rejected
+    /// event folds once, where it is; other copies are passed by) the same one event at a
+    /// time (`replay --diff`), in batches of any size, and over parallel instances (`replay`,
+    /// `verify`). compute-resource rejects transitions that its state does not allow yet, so
+    /// a copy may fold where its original failed, and a later copy must then be passed by.
+    #[test]
+    fn replayed_dead_letters_fold_once_in_batches_and_alone(
+        compute in compute_resource_stream(),
+        picks in prop::collection::vec(prop::option::weighted(0.3, any::<usize>()), 120),
+    ) {
+        let name = "compute-resource";
+        let events = with_copies(name, compute, &picks);
+        let (want, want_states) = one_at_a_time_with_copies(&mut open(name), &events);
+        let mut alone = Replayer::new(open(name));
+        let got: Vec<String> = events.iter().map(|(_, e)| replayed_outcome(alone.step(&Ok(e.clone())).1)).collect();
+        prop_assert_eq!(&want, &got, "one event at a time");
+        let states: HashMap<String, Vec<u8>> = alone.states().into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        prop_assert_eq!(&want_states, &states);
+        for (size, jobs) in [(1, 1), (7, 2), (500, 3)] {
+            let mut replayer = Replayer::parallel((0..jobs).map(|_| (open(name), None)).collect());
+            let all: Vec<Result<Event, StepError>> = events.iter().map(|(_, e)| Ok(e.clone())).collect();
+            let got: Vec<String> = all.chunks(size).flat_map(|chunk| replayer.fold(chunk)).map(|(_, o)| replayed_outcome(o)).collect();
+            prop_assert_eq!(&want, &got, "batches of {} over {} instances", size, jobs);
+            let states: HashMap<String, Vec<u8>> = replayer.states().into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(&want_states, &states, "batches of {} over {} instances", size, jobs);
+        }
+    }
+}

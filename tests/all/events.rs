@@ -457,10 +457,15 @@ async fn a_repeated_import_or_publish_stores_nothing_twice_beyond_the_duplicate_
     .await
     .unwrap();
     let events = dir.path().join("other.jsonl");
+    // Times as the file writes them, offsets included.
+    let times =
+        ["2026-01-01T00:00:01Z", "2026-01-01T02:00:02+02:00", "2026-01-01T00:00:03.5-00:30"];
     std::fs::write(
         &events,
-        (1..=3)
-            .map(|i| format!("{{\"subject\":\"other.thing.t-{i}.Made\",\"time\":\"2026-01-01T00:00:0{i}Z\"}}\n"))
+        times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{{\"subject\":\"other.thing.t-{i}.Made\",\"time\":\"{t}\"}}\n"))
             .collect::<String>(),
     )
     .unwrap();
@@ -471,7 +476,12 @@ async fn a_repeated_import_or_publish_stores_nothing_twice_beyond_the_duplicate_
     let twice = publish();
     assert_eq!(twice.code, 0, "{}", twice.all());
     assert!(twice.stdout.contains("all 3 events were already in FIXTURE"), "{}", twice.all());
-    assert_eq!(stored(&far, "FIXTURE").await.len(), 3);
+    let fixture = stored(&far, "FIXTURE").await;
+    assert_eq!(fixture.len(), 3);
+    for ((_, headers, _), time) in fixture.iter().zip(times) {
+        let stored = headers.iter().find(|(k, _)| k == "Event-Time").map(|(_, v)| v.as_str());
+        assert_eq!(stored, Some(time), "{headers:?}");
+    }
 }
 
 /// `--stream` names where the events go: events the stream does not capture are refused

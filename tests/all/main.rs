@@ -7,6 +7,7 @@ mod auth;
 mod batching;
 mod crash;
 mod daemon;
+mod dlq;
 mod emit;
 mod events;
 mod faults;

@@ -69,6 +69,12 @@ impl Folder {
         if (self.shadow.is_some() && !self.catching_up) || promotes || self.tripped.is_some() {
             return Some(None);
         }
+        // A replayed dead letter is folded or passed by as its original's fate says, which
+        // the batch's own outcomes may decide.
+        let name = &self.plugin.manifest.name;
+        if messages.iter().any(|m| source::replay_copy_of(m, name).is_some()) {
+            return Some(None);
+        }
         // The same tests as the loop's, in its order, without their side effects: what fails
         // one is left to the loop.
         let decoding = Instant::now();
@@ -81,7 +87,7 @@ impl Folder {
                 continue;
             }
             folded = seq;
-            if source::replayed_for_another(message, &self.name) || self.verify(message).is_err() {
+            if source::replayed_for_another(message, name) || self.verify(message).is_err() {
                 continue;
             }
             // Decoded with the metadata just read (parsing it again costs as much).
@@ -202,9 +208,22 @@ impl Folder {
             commit.last_seq = seq;
             events += 1;
             read += 1;
-            if source::replayed_for_another(message, &self.name) {
+            // (A rebuild's name is its staging one: dead letters are replayed for the plugin's.)
+            if source::replayed_for_another(message, &self.plugin.manifest.name) {
                 events -= 1;
                 continue; // a dead letter replayed for another plugin
+            }
+            let copy_of = source::replay_copy_of(message, &self.plugin.manifest.name);
+            if let Some(original) = copy_of {
+                match self.folds_copy(original, seq) {
+                    Err(Stopping) => return None,
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!(plugin = %self.name, seq, original, "a replayed dead letter passed by: this fold did not reject its original, or folded a copy of it already");
+                        events -= 1;
+                        continue;
+                    }
+                }
             }
             let prepared = batch.as_mut().and_then(|b| b.take(index));
             let (event, precomputed) = if let Some((event, outcome)) = prepared {
@@ -331,6 +350,12 @@ impl Folder {
                         self.states.insert(key.clone(), new_state);
                     }
                     dirty.insert(key);
+                    if let Some(original) = copy_of {
+                        self.note_copy(original, true, seq);
+                        if !self.catching_up {
+                            commit.replayed.push((original, seq));
+                        }
+                    }
                     self.consecutive_failures = 0;
                     self.consecutive_errors = 0;
                 }

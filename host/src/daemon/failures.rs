@@ -17,6 +17,40 @@ impl Folder {
         crate::integrity::verify_message(message, &self.verify_keys)
     }
 
+    /// Whether to fold a dead letter replayed for this plugin, the copy at `seq` of the event
+    /// at `original`: only if this fold rejected that event and has not folded a copy of it,
+    /// so that a fold from before the original (a new daemon, a rebuild, after a restart)
+    /// folds the event once, where it folded it the first time. `Err` when the daemon stops
+    /// while the database cannot be read.
+    pub(super) fn folds_copy(&mut self, original: u64, seq: u64) -> Result<bool, Stopping> {
+        if let Some((folded, _)) = self.copies.get(&original) {
+            return Ok(!folded);
+        }
+        let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
+        let rejection =
+            retry_sink(name, "cannot read a rejection", env, OnStop::GiveUp, reader, |r| {
+                r.rejection(name, original)
+            })
+            .ok_or(Stopping)?;
+        Ok(match rejection {
+            None => false,
+            Some(None) => true,
+            // Folding the committed events again after a restart: the copies up to the one that
+            // folded it were folded then.
+            Some(Some(replayed)) => replayed >= seq,
+        })
+    }
+
+    /// Notes what a copy of `original` may find: that this fold rejected it (`folded` false)
+    /// or that a copy folded it, in the batch ending at `at`; forgets what the database holds.
+    pub(super) fn note_copy(&mut self, original: u64, folded: bool, at: u64) {
+        if self.copies.len() >= 4096 {
+            let committed = self.env.progress.borrow().committed_seq;
+            self.copies.retain(|_, (_, noted)| *noted > committed);
+        }
+        self.copies.insert(original, (folded, at));
+    }
+
     /// Handles an event the plugin failed on, by its `on-error`: records it (and dead-letters
     /// it, and counts it toward the circuit breaker when `counts`), or halts before it. True if
     /// the plugin halted: the caller ends the batch. `at` is the sequence folded before the
@@ -38,6 +72,12 @@ impl Folder {
         }
         if self.dead_letter(commit, message, &rejected) {
             self.stats.dead_letters += 1;
+        }
+        // A copy of it may come; a copy that fails leaves its original's rejection as it is.
+        if !self.catching_up
+            && source::replay_copy_of(message, &self.plugin.manifest.name).is_none()
+        {
+            self.note_copy(rejected.seq, false, rejected.seq);
         }
         if counts && !self.catching_up {
             self.count_failure(&rejected);

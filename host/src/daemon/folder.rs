@@ -93,6 +93,11 @@ pub(super) struct Folder {
     pub(super) pull_expiry: Duration,
     /// Time taken waiting for and taking messages since the last batch (see [`Stages::read`]).
     pub(super) read_time: Duration,
+    /// Rejected events a replayed copy may still come for, by their sequence, in this
+    /// process's batches not yet committed (the database answers for the rest): whether a
+    /// copy folded it, and the sequence of the batch that recorded that (see
+    /// [`Folder::folds_copy`]).
+    pub(super) copies: HashMap<u64, (bool, u64)>,
 }
 
 impl Folder {
@@ -177,6 +182,7 @@ impl Folder {
             ack_wait: config.ack_wait(),
             pull_expiry: config.fetch_wait(),
             read_time: Duration::ZERO,
+            copies: HashMap::new(),
             plugin,
         };
         // The version folding is shown from the start, before its first commit.

@@ -14,6 +14,9 @@
 //! | schema version | `Schema-Version` | `schema_version` | 1 |
 //! | event time | `Event-Time` (RFC 3339) | `time` | the stream's timestamp of the message |
 //! | content type | `Content-Type` | | `application/json` |
+//!
+//! A dead letter replayed by `jetfold dlq replay` has the message id of the event it is a copy
+//! of: `Jetfold-Replay-Msg-Id`, else the `<stream>:<seq>` of `Jetfold-Replay-Of`.
 
 use std::time::Duration;
 
@@ -65,11 +68,56 @@ pub mod headers {
     /// On a dead letter published again by `jetfold dlq replay`: the one plugin it is for
     /// (every other plugin reading the subject passes it by).
     pub const REPLAY_FOR: &str = "Jetfold-Replay-For";
+    /// On a replayed dead letter: where the event it is a copy of is, `<stream>:<sequence>`.
+    pub const REPLAY_OF: &str = "Jetfold-Replay-Of";
+    /// On a replayed dead letter: the `Nats-Msg-Id` of the event it is a copy of, when it had
+    /// one (the copy's own id is new, so that the stream stores it).
+    pub const REPLAY_MSG_ID: &str = "Jetfold-Replay-Msg-Id";
+}
+
+/// The header `name` of a message, if it has it (first value).
+fn header_of<'a>(message: &'a async_nats::Message, name: &str) -> Option<&'a str> {
+    message.headers.as_ref()?.get(name).map(|v| v.as_str())
+}
+
+/// The sequence of the event a `Jetfold-Replay-Of` value names.
+pub fn replay_of_seq(value: &str) -> Option<u64> {
+    value.rsplit_once(':')?.1.trim().parse().ok()
+}
+
+/// The sequence of the event `message` is a replayed copy of, when it is a dead letter
+/// replayed for `plugin` (by this version of `jetfold dlq replay`: earlier copies do not say
+/// and are folded as new events).
+pub fn replay_copy_of(message: &async_nats::Message, plugin: &str) -> Option<u64> {
+    if header_of(message, headers::REPLAY_FOR)? != plugin {
+        return None;
+    }
+    replay_of_seq(header_of(message, headers::REPLAY_OF)?)
+}
+
+/// [`replay_copy_of`] of a decoded event (its other headers hold the replay's).
+pub fn event_copy_of(event: &Event, plugin: &str) -> Option<u64> {
+    let find = |name: &str| {
+        event.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    };
+    if find(headers::REPLAY_FOR)? != plugin {
+        return None;
+    }
+    replay_of_seq(find(headers::REPLAY_OF)?)
+}
+
+/// The `Nats-Msg-Id` the event had (and its signature covers): a replayed copy's is its
+/// original's, `""` when the original had none.
+pub fn signed_msg_id(message: &async_nats::Message) -> &str {
+    match header_of(message, headers::REPLAY_OF) {
+        Some(_) => header_of(message, headers::REPLAY_MSG_ID).unwrap_or(""),
+        None => header_of(message, headers::MSG_ID).unwrap_or(""),
+    }
 }
 
 /// The plugin a replayed dead letter is for, if the message is one.
 pub fn replayed_for(message: &async_nats::Message) -> Option<&str> {
-    message.headers.as_ref()?.get(headers::REPLAY_FOR).map(|v| v.as_str())
+    header_of(message, headers::REPLAY_FOR)
 }
 
 /// Whether `plugin` passes `message` by: a dead letter replayed for another plugin.
@@ -273,9 +321,21 @@ pub fn decode_event(message: &async_nats::Message, at: Position<'_>) -> anyhow::
             .with_timezone(&Utc),
         None => fields.time.unwrap_or(at.published),
     };
+    // A replayed dead letter is the event it is a copy of, with the id that event had.
+    let copy_of = other_headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(headers::REPLAY_OF))
+        .map(|(_, of)| of.clone());
+    let message_id = match copy_of {
+        Some(of) => other_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(headers::REPLAY_MSG_ID))
+            .map_or(of, |(_, id)| id.clone()),
+        None => known.msg_id.unwrap_or_else(|| format!("{}:{}", at.stream, at.sequence)),
+    };
     Ok(Event {
         sequence: at.sequence,
-        message_id: known.msg_id.unwrap_or_else(|| format!("{}:{}", at.stream, at.sequence)),
+        message_id,
         event_type: known
             .event_type
             .or(fields.event_type)

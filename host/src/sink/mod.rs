@@ -12,7 +12,8 @@
 //!
 //! Table layout: every table a manifest allows is `"<table>"(key TEXT PRIMARY KEY,
 //! doc TEXT NOT NULL, updated_seq INTEGER NOT NULL)`, `doc` the row as a JSON object.
-//! jetfold's own tables are `jetfold_checkpoints`, `jetfold_states`, `jetfold_rejected`,
+//! jetfold's own tables are `jetfold_checkpoints`, `jetfold_states`, `jetfold_rejected`
+//! (with `replayed_seq`: the replayed copy that folded the event since, if one did),
 //! `jetfold_outbox` and `jetfold_shadow_diffs` (plugin, shadow digest, seq, key, live and
 //! shadow outcomes).
 
@@ -101,6 +102,12 @@ impl Sink {
         keys: &[&str],
     ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         delegate!(self, s => s.states_of(plugin, keys))
+    }
+
+    /// Whether the plugin rejected the event at `seq`, and if so the sequence of the replayed
+    /// copy of it that it folded, if any (`Some(None)`: rejected, no copy folded).
+    pub fn rejection(&mut self, plugin: &str, seq: u64) -> anyhow::Result<Option<Option<u64>>> {
+        delegate!(self, s => s.rejection(plugin, seq))
     }
 
     /// Every committed state of a plugin.
@@ -218,6 +225,9 @@ pub struct Commit {
     pub snapshot_seq: u64,
     /// Rejected events.
     pub rejected: Vec<Rejected>,
+    /// Rejected events folded since, by a replayed copy (`jetfold dlq replay`): the rejected
+    /// event's sequence and the copy's.
+    pub replayed: Vec<(u64, u64)>,
     /// Messages to publish.
     pub outbox: Vec<OutboxMessage>,
     /// Events where a shadow version disagreed with the live one.

@@ -30,10 +30,12 @@ fn prepared(
     Ok(statement)
 }
 
+/// jetfold's tables, and the columns added since a table was first created. A column is added
+/// only where it is missing: `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes the table's
+/// exclusive lock even when it does nothing, and taken while a daemon's commit holds rows of
+/// two of these tables it deadlocks with that commit.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jetfold_checkpoints (plugin TEXT PRIMARY KEY, digest TEXT NOT NULL, last_seq BIGINT NOT NULL);
-ALTER TABLE jetfold_checkpoints ADD COLUMN IF NOT EXISTS state_version INTEGER NOT NULL DEFAULT 1;
-ALTER TABLE jetfold_checkpoints ADD COLUMN IF NOT EXISTS snapshot_seq BIGINT;
 CREATE TABLE IF NOT EXISTS jetfold_states (plugin TEXT NOT NULL, key TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (plugin, key));
 CREATE TABLE IF NOT EXISTS jetfold_rejected (plugin TEXT NOT NULL, seq BIGINT NOT NULL, key TEXT NOT NULL, event_type TEXT NOT NULL,
     kind TEXT NOT NULL, code TEXT, message TEXT NOT NULL, PRIMARY KEY (plugin, seq));
@@ -41,6 +43,14 @@ CREATE TABLE IF NOT EXISTS jetfold_shadow_diffs (plugin TEXT NOT NULL, shadow_di
     live TEXT NOT NULL, shadow TEXT NOT NULL, PRIMARY KEY (plugin, shadow_digest, seq));
 CREATE TABLE IF NOT EXISTS jetfold_outbox (id BIGSERIAL, plugin TEXT NOT NULL, msg_id TEXT PRIMARY KEY, subject TEXT NOT NULL,
     headers TEXT NOT NULL, payload BYTEA NOT NULL);
+DO $$ BEGIN
+    PERFORM 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'jetfold_checkpoints' AND column_name = 'state_version';
+    IF NOT FOUND THEN ALTER TABLE jetfold_checkpoints ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1; END IF;
+    PERFORM 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'jetfold_checkpoints' AND column_name = 'snapshot_seq';
+    IF NOT FOUND THEN ALTER TABLE jetfold_checkpoints ADD COLUMN snapshot_seq BIGINT; END IF;
+    PERFORM 1 FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'jetfold_rejected' AND column_name = 'replayed_seq';
+    IF NOT FOUND THEN ALTER TABLE jetfold_rejected ADD COLUMN replayed_seq BIGINT; END IF;
+END $$;
 ";
 
 /// Held (for a transaction) by whoever creates schemas and tables: `CREATE … IF NOT EXISTS`
@@ -101,6 +111,19 @@ impl PostgresSink {
             &[&plugin, &key],
         )?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// See [`super::Sink::rejection`].
+    pub fn rejection(
+        &mut self,
+        plugin: &str,
+        seq: u64,
+    ) -> Result<Option<Option<u64>>, postgres::Error> {
+        let row = self.client.query_opt(
+            "SELECT replayed_seq FROM jetfold_rejected WHERE plugin = $1 AND seq = $2",
+            &[&plugin, &(seq as i64)],
+        )?;
+        Ok(row.map(|r| r.get::<_, Option<i64>>(0).map(|s| s as u64)))
     }
 
     /// The committed states of `keys` (those that have one), in one query.
@@ -244,6 +267,13 @@ impl PostgresSink {
             tx.execute(
                 &statement,
                 &[&batch.plugin, &seqs, &keys, &types, &kinds, &codes, &messages],
+            )?;
+        }
+        for (seq, copy) in &batch.replayed {
+            tx.execute(
+                "UPDATE jetfold_rejected SET replayed_seq = $3 \
+                 WHERE plugin = $1 AND seq = $2 AND replayed_seq IS NULL",
+                &[&batch.plugin, &(*seq as i64), &(*copy as i64)],
             )?;
         }
         if !batch.outbox.is_empty() {

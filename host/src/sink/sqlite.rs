@@ -113,6 +113,7 @@ CREATE TABLE IF NOT EXISTS jetfold_rejected (
     kind TEXT NOT NULL,
     code TEXT,
     message TEXT NOT NULL,
+    replayed_seq INTEGER,
     PRIMARY KEY (plugin, seq)
 );
 CREATE TABLE IF NOT EXISTS jetfold_shadow_diffs (
@@ -162,6 +163,15 @@ impl SqliteSink {
         )?;
         if !has_snapshot {
             conn.execute_batch("ALTER TABLE jetfold_checkpoints ADD COLUMN snapshot_seq INTEGER")?;
+        }
+        // Databases written before replayed dead letters were tracked: none was folded.
+        let has_replayed: bool = conn.query_row(
+            "SELECT COUNT(*) > 0 FROM pragma_table_info('jetfold_rejected') WHERE name = 'replayed_seq'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_replayed {
+            conn.execute_batch("ALTER TABLE jetfold_rejected ADD COLUMN replayed_seq INTEGER")?;
         }
         Ok(SqliteSink {
             checkpointer: None,
@@ -231,6 +241,17 @@ impl SqliteSink {
                 "SELECT state FROM jetfold_states WHERE plugin = ?1 AND key = ?2",
                 [plugin, key],
                 |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// See [`super::Sink::rejection`].
+    pub fn rejection(&mut self, plugin: &str, seq: u64) -> rusqlite::Result<Option<Option<u64>>> {
+        self.conn
+            .query_row(
+                "SELECT replayed_seq FROM jetfold_rejected WHERE plugin = ?1 AND seq = ?2",
+                params![plugin, seq as i64],
+                |r| Ok(r.get::<_, Option<i64>>(0)?.map(|s| s as u64)),
             )
             .optional()
     }
@@ -340,8 +361,10 @@ impl SqliteSink {
         }
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO jetfold_rejected (plugin, seq, key, event_type, kind, code, message) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO jetfold_rejected (plugin, seq, key, event_type, kind, code, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (plugin, seq) DO UPDATE SET key = excluded.key, event_type = excluded.event_type, \
+                 kind = excluded.kind, code = excluded.code, message = excluded.message",
             )?;
             for r in &batch.rejected {
                 stmt.execute(params![
@@ -353,6 +376,15 @@ impl SqliteSink {
                     r.code,
                     r.message
                 ])?;
+            }
+        }
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jetfold_rejected SET replayed_seq = ?3 \
+                 WHERE plugin = ?1 AND seq = ?2 AND replayed_seq IS NULL",
+            )?;
+            for (seq, copy) in &batch.replayed {
+                stmt.execute(params![batch.plugin, *seq as i64, *copy as i64])?;
             }
         }
         {
@@ -604,6 +636,7 @@ mod tests {
                 headers: vec![("h".into(), "v".into())],
                 payload: b"{}".to_vec(),
             }],
+            replayed: Vec::new(),
         };
         sink.commit(&batch).unwrap();
         assert_eq!(
@@ -632,5 +665,34 @@ mod tests {
         assert_eq!(diffs, 1);
         sink.clear_outbox(&["p:1:0".into()]).unwrap();
         assert!(sink.outbox("p").unwrap().is_empty());
+
+        // A replayed copy folds the rejected event: the rejection says which, once.
+        assert_eq!(sink.rejection("p", 2).unwrap(), Some(None));
+        assert_eq!(sink.rejection("p", 3).unwrap(), None);
+        for copy in [5, 6] {
+            let folded = Commit {
+                plugin: "p".into(),
+                digest: "d1".into(),
+                last_seq: copy,
+                state_version: 2,
+                snapshot_seq: 3,
+                replayed: vec![(2, copy)],
+                ..Default::default()
+            };
+            sink.commit(&folded).unwrap();
+        }
+        assert_eq!(sink.rejection("p", 2).unwrap(), Some(Some(5)));
+        // Recorded again (a redelivered batch), it keeps the copy that folded it.
+        let again = Commit {
+            plugin: "p".into(),
+            digest: "d1".into(),
+            last_seq: 7,
+            state_version: 2,
+            snapshot_seq: 3,
+            rejected: batch.rejected.clone(),
+            ..Default::default()
+        };
+        sink.commit(&again).unwrap();
+        assert_eq!(sink.rejection("p", 2).unwrap(), Some(Some(5)));
     }
 }

@@ -11,10 +11,12 @@ pub(crate) enum DlqCommand {
         at: RegistryArgs,
     },
     /// After a fix: publish a plugin's dead letters again to the subjects they came from, for
-    /// that plugin only (original payload and headers, a new message id, and
-    /// `Jetfold-Replay-For: <plugin>`, which every other plugin passes by), each event once
-    /// however many copies of its dead letter there are, and remove them from the
-    /// dead-letter stream.
+    /// that plugin only (original payload and headers, a new message id,
+    /// `Jetfold-Replay-For: <plugin>`, which every other plugin passes by, and
+    /// `Jetfold-Replay-Of: <stream>:<seq>`), each event once however many copies of its dead
+    /// letter there are, and remove them from the dead-letter stream. A fold of the plugin
+    /// folds such a copy only where it rejected the event it is a copy of, once: a replay,
+    /// rebuild or new daemon that folds the event itself passes the copy by.
     Replay {
         /// The plugin's name.
         plugin: String,
@@ -39,9 +41,13 @@ pub(crate) fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
                         Some(code) => format!("{}, {code}", l.kind),
                         None => l.kind.clone(),
                     };
+                    let of = match l.copy_of {
+                        Some(seq) => format!(" (a replayed copy of #{seq})"),
+                        None => String::new(),
+                    };
                     writeln!(
                         out,
-                        "dead letter {} · source #{} {} {} ({kind}): {}",
+                        "dead letter {} · source #{}{of} {} {} ({kind}): {}",
                         l.seq,
                         l.source_seq,
                         l.source_subject,

@@ -195,7 +195,11 @@ pub(crate) fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCod
                                 (Some(fx), None) => {
                                     line["effects"] = serde_json::to_value(fx).unwrap_or_default()
                                 }
-                                (None, None) => {}
+                                (None, None) => {
+                                    if let Some(why) = &outcome.passed_by {
+                                        line["passed_by"] = why.as_str().into();
+                                    }
+                                }
                             }
                             write(line);
                         }
