@@ -22,6 +22,22 @@ fn signed_config(dir: &Path, nats: &NatsServer, name: &str, db: &str) -> std::pa
     path
 }
 
+/// A NATS server with the stream TEST, and a daemon directory with `faulty` limited to payloads
+/// of 1 KiB: its manifest's path and its text without the limit (the fix).
+async fn limited_faulty()
+-> (NatsServer, async_nats::jetstream::Context, tempfile::TempDir, std::path::PathBuf, String) {
+    plugin("faulty");
+    let nats = NatsServer::start();
+    let js = nats.jetstream().await;
+    create_stream(&js, "TEST", &["test.>"]).await;
+    let dir = daemon_dir(&["faulty"]);
+    let manifest = dir.path().join("plugins/faulty/plugin.toml");
+    let fixed = std::fs::read_to_string(&manifest).unwrap();
+    let limited = fixed.replace("[limits]", "[limits]\nmax-payload-bytes = 1024");
+    std::fs::write(&manifest, limited).unwrap();
+    (nats, js, dir, manifest, fixed)
+}
+
 /// The `faulty` plugin's count of `Ok` events (key `a`) in `db`, and its rejected events: their
 /// sequences and the copies that folded them since.
 fn folded(db: &Path) -> (serde_json::Value, Vec<(i64, Option<i64>)>) {
@@ -46,15 +62,7 @@ fn folded(db: &Path) -> (serde_json::Value, Vec<(i64, Option<i64>)>) {
 /// rejects them, as it rejected the event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_dead_letter_is_folded_once_by_every_fold_of_the_stream() {
-    plugin("faulty");
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    create_stream(&js, "TEST", &["test.>"]).await;
-    let dir = daemon_dir(&["faulty"]);
-    let manifest = dir.path().join("plugins/faulty/plugin.toml");
-    let fixed = std::fs::read_to_string(&manifest).unwrap();
-    let limited = fixed.replace("[limits]", "[limits]\nmax-payload-bytes = 1024");
-    std::fs::write(&manifest, &limited).unwrap();
+    let (nats, js, dir, manifest, fixed) = limited_faulty().await;
     // The version before the fix, kept for a replay.
     let before = dir.path().join("before/faulty");
     std::fs::create_dir_all(&before).unwrap();
@@ -206,15 +214,7 @@ async fn a_replayed_dead_letter_is_folded_once_by_every_fold_of_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_sigkill_the_copies_since_the_snapshot_fold_as_they_did() {
     use crate::support::{DaemonProcess, checkpoint};
-    plugin("faulty");
-    let nats = NatsServer::start();
-    let js = nats.jetstream().await;
-    create_stream(&js, "TEST", &["test.>"]).await;
-    let dir = daemon_dir(&["faulty"]);
-    let manifest = dir.path().join("plugins/faulty/plugin.toml");
-    let fixed = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, fixed.replace("[limits]", "[limits]\nmax-payload-bytes = 1024"))
-        .unwrap();
+    let (nats, js, dir, manifest, fixed) = limited_faulty().await;
     let config = dir.path().join("jetfold.toml");
     let text = format!(
         "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\nsnapshot-interval = 1000\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
