@@ -179,12 +179,18 @@ pub struct Replayed {
 /// A fold of `plugin` folds the copy only if it rejected the event it is a copy of and has not
 /// folded a copy of it yet (see `docs/decisions.md`, 48): a replay, a rebuild or a new daemon
 /// reading the stream from the start does not fold the event twice.
+///
+/// With `stream`, only the dead letters of events read from that stream (the dead-letter
+/// subject is the plugin's name only, so deployments sharing a NATS server and a plugin name
+/// share it, unless each sets its own `subject-prefix`).
 pub async fn replay(
     js: &jetstream::Context,
     config: &DeadLetterConfig,
     plugin: &str,
+    stream: Option<&str>,
 ) -> anyhow::Result<Replayed> {
-    let letters = list(js, config, plugin).await?;
+    let mut letters = list(js, config, plugin).await?;
+    letters.retain(|l| l.is_from(stream));
     let stream = js.get_stream(&config.stream).await?;
     let mut done = Replayed::default();
     // The copies of one event's dead letter, in the order of the first.
@@ -264,6 +270,12 @@ impl Original {
 }
 
 impl DeadLetter {
+    /// Whether it is of an event read from `stream` (any, when `None`; a dead letter that does
+    /// not say counts as from every stream).
+    pub fn is_from(&self, stream: Option<&str>) -> bool {
+        stream.is_none_or(|s| self.source_stream.is_empty() || self.source_stream == s)
+    }
+
     /// The headers the event itself carried: without the dead letter's own (its id, why, by
     /// whom, from where) and a replayed copy's.
     pub fn event_headers(&self) -> impl Iterator<Item = (&str, &str)> {

@@ -234,8 +234,17 @@ async fn after_a_sigkill_the_copies_since_the_snapshot_fold_as_they_did() {
     daemon.wait(60, "the first four events", || checkpoint(&db, "faulty") == 4).await;
     daemon.stop();
     std::fs::write(&manifest, &fixed).unwrap();
-    let daemon = DaemonProcess::start(&config, &log);
+    // Before the replay, verify with the fixed version tells why the states differ.
     let arg = config.display().to_string();
+    let plugin_dir = dir.path().join("plugins/faulty").display().to_string();
+    let verify = jetfold(["verify", &plugin_dir, "--config", &arg]);
+    assert_eq!(verify.code, 1, "{}", verify.all());
+    assert!(
+        verify.stdout.contains("1 event the daemon rejected folds with this version (sequence 2)"),
+        "{}",
+        verify.all()
+    );
+    let daemon = DaemonProcess::start(&config, &log);
     let replay = jetfold(["dlq", "replay", "faulty", "--config", &arg]);
     assert_eq!(replay.code, 0, "{}", replay.all());
     daemon.wait(60, "the two copies", || checkpoint(&db, "faulty") == 6).await;
@@ -271,4 +280,45 @@ async fn after_a_sigkill_the_copies_since_the_snapshot_fold_as_they_did() {
         letters.iter().map(|l| (l.source_seq, l.copy_of)).collect::<Vec<_>>(),
         vec![(6, Some(3))]
     );
+}
+
+/// Killed after rejecting an event, and started again with the fix: the events since the last
+/// snapshot are folded again by the fixed version, which folds the rejected one where it is;
+/// its copy, replayed after, is passed by (the rejection record says the event folded itself),
+/// so the event counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_deployed_across_a_crash_folds_the_event_once_with_its_copy() {
+    use crate::support::{DaemonProcess, checkpoint};
+    let (nats, js, dir, manifest, fixed) = limited_faulty().await;
+    let config = dir.path().join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\nsnapshot-interval = 1000\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
+         [sink]\nsqlite = \"jetfold.db\"\n[plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+        cache_dir().display(),
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    let (db, log) = (dir.path().join("jetfold.db"), dir.path().join("run.log"));
+    let daemon = DaemonProcess::start(&config, &log);
+    js.publish("test.fault.a.Ok", "{}".into()).await.unwrap().await.unwrap();
+    daemon.wait(60, "the first event", || checkpoint(&db, "faulty") == 1).await;
+    let big = serde_json::json!({ "pad": "x".repeat(2_000) }).to_string();
+    js.publish("test.fault.a.Ok", big.into()).await.unwrap().await.unwrap();
+    daemon.wait(60, "the large event's rejection", || checkpoint(&db, "faulty") == 2).await;
+    daemon.signal("KILL");
+    drop(daemon);
+
+    std::fs::write(&manifest, &fixed).unwrap();
+    let daemon = DaemonProcess::start(&config, &log);
+    let arg = config.display().to_string();
+    let replay = jetfold(["dlq", "replay", "faulty", "--config", &arg]);
+    assert_eq!(replay.code, 0, "{}", replay.all());
+    daemon.wait(60, "the copy", || checkpoint(&db, "faulty") == 3).await;
+    assert_eq!(daemon.stop(), Some(0));
+    let (doc, rejected) = folded(&db);
+    assert_eq!(doc["ok"], 2, "the large event counts once");
+    assert_eq!(rejected, vec![(2, Some(2))], "it folded itself, after the crash");
+    let plugin_dir = dir.path().join("plugins/faulty").display().to_string();
+    let verify = jetfold(["verify", &plugin_dir, "--config", &arg]);
+    assert_eq!(verify.code, 0, "{}", verify.all());
 }

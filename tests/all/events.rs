@@ -579,7 +579,7 @@ async fn dead_letters_of_one_plugin_on_two_streams_are_kept_apart() {
     let failed = failed.count() as u64;
     assert!(failed > 0);
 
-    let (_dir_a, config_a) = dlq_daemon(&nats, "a", &["compute-resource"]);
+    let (dir_a, config_a) = dlq_daemon(&nats, "a", &["compute-resource"]);
     let (dir_b, _) = dlq_daemon(&nats, "b", &["compute-resource"]);
     let path_b = dir_b.path().join("jetfold.toml");
     let mut text_b = std::fs::read_to_string(&path_b).unwrap();
@@ -596,6 +596,36 @@ async fn dead_letters_of_one_plugin_on_two_streams_are_kept_apart() {
     let letters = letters.await.unwrap();
     let from = |stream: &str| letters.iter().filter(|l| l.source_stream == stream).count() as u64;
     assert_eq!((from("INFRA"), from("OTHER")), (failed, failed), "{letters:?}");
+
+    // Each deployment's `dlq` sees and replays the dead letters of its own stream only.
+    let (arg_a, arg_b) =
+        (dir_a.path().join("jetfold.toml").display().to_string(), path_b.display().to_string());
+    let list = jetfold(["dlq", "list", "compute-resource", "--config", &arg_a]);
+    assert_eq!(list.code, 0, "{}", list.all());
+    assert!(
+        list.stdout.contains(&format!("{failed} dead letters of compute-resource\n")),
+        "{}",
+        list.all()
+    );
+    assert!(list.stdout.contains(&format!("({failed} more on jetfold.dlq.compute-resource, of events from OTHER: another deployment's")), "{}", list.all());
+    assert!(!list.stdout.contains("other.resource"), "{}", list.all());
+    let infra_last = || async {
+        js.get_stream("INFRA").await.unwrap().get_info().await.unwrap().state.last_sequence
+    };
+    let before = infra_last().await;
+    let replay = jetfold(["dlq", "replay", "compute-resource", "--config", &arg_b]);
+    assert_eq!(replay.code, 0, "{}", replay.all());
+    assert!(
+        replay.stdout.contains(&format!("replayed {failed} dead letters of compute-resource")),
+        "{}",
+        replay.all()
+    );
+    assert!(
+        replay.stdout.contains(&format!("left {failed} dead letters of events from INFRA")),
+        "{}",
+        replay.all()
+    );
+    assert_eq!(infra_last().await, before, "nothing published to the other deployment's stream");
 }
 
 /// `dlq replay` reaches only the plugin that failed, and each event once: a second plugin on

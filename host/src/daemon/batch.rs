@@ -342,10 +342,24 @@ impl Folder {
             };
             match outcome {
                 Ok((new_state, effects)) => {
+                    // Rejected before a crash, folded now (a fixed version deployed before the
+                    // restart): its effects were never committed, so they go with the next
+                    // commit, and its copies are passed by.
+                    let refold =
+                        copy_of.is_none() && self.catching_up && self.rejected_before.remove(&seq);
+                    let mut carried = std::mem::take(&mut self.carried);
+                    let into = if refold { &mut carried } else { &mut commit };
+                    self.catching_up &= !refold;
                     for (index, effect) in effects.into_iter().enumerate() {
                         *self.stats.effects.entry(effect.kind().as_str()).or_default() += 1;
-                        self.route(&mut commit, &event, index, effect);
+                        self.route(into, &event, index, effect);
                     }
+                    self.catching_up |= refold;
+                    if refold {
+                        carried.replayed.push((seq, seq));
+                        self.note_copy(seq, true, u64::MAX);
+                    }
+                    self.carried = carried;
                     if let Some(new_state) = new_state {
                         self.states.insert(key.clone(), new_state);
                     }
@@ -409,6 +423,14 @@ impl Folder {
             self.snapshot_due = false;
         }
         commit.snapshot_seq = self.snapshot_seq;
+        if !self.catching_up && !self.carried.replayed.is_empty() {
+            // What events folded again after a crash owe (see `refold` above), before this
+            // batch's own.
+            let carried = std::mem::take(&mut self.carried);
+            commit.effects.splice(0..0, carried.effects);
+            commit.outbox.splice(0..0, carried.outbox);
+            commit.replayed.extend(carried.replayed);
+        }
         // A promotion may have swapped versions inside the batch: the checkpoint names the
         // version that folded its last event.
         commit.digest.clone_from(&self.digest);

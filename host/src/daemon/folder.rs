@@ -98,6 +98,13 @@ pub(super) struct Folder {
     /// copy folded it, and the sequence of the batch that recorded that (see
     /// [`Folder::folds_copy`]).
     pub(super) copies: HashMap<u64, (bool, u64)>,
+    /// While catching up: the events the committed fold rejected since the snapshot. One this
+    /// fold folds instead (a fixed version deployed before the restart) is noted as folded, so
+    /// that its copies are passed by.
+    pub(super) rejected_before: HashSet<u64>,
+    /// What such events owe the next commit: their effects, and the record that they folded
+    /// themselves (where no copy folded them).
+    pub(super) carried: Commit,
 }
 
 impl Folder {
@@ -183,6 +190,8 @@ impl Folder {
             pull_expiry: config.fetch_wait(),
             read_time: Duration::ZERO,
             copies: HashMap::new(),
+            rejected_before: HashSet::new(),
+            carried: Commit::default(),
             plugin,
         };
         // The version folding is shown from the start, before its first commit.
@@ -330,6 +339,15 @@ impl Folder {
         let (from, to) = (self.snapshot_seq, self.folded);
         let started = Instant::now();
         tracing::info!(plugin = %self.name, snapshot_seq = from, checkpoint = to, "folding the events since the last snapshot again (effects suppressed)");
+        let (reader, env, name) = (&mut self.reader, &self.env, &self.name);
+        let Some(rejected) =
+            retry_sink(name, "cannot read the rejections", env, OnStop::GiveUp, reader, |r| {
+                r.rejections_between(name, from, to)
+            })
+        else {
+            return false;
+        };
+        self.rejected_before = rejected.into_iter().collect();
         self.folded = from;
         self.catching_up = true;
         let mut backoff = Backoff::new();
@@ -385,6 +403,7 @@ impl Folder {
             }
         }
         self.catching_up = false;
+        self.rejected_before.clear();
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(plugin = %self.name, events = self.since_snapshot, keys = self.pending.len(), took_ms, "caught up with the checkpoint");
         true

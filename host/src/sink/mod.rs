@@ -110,6 +110,16 @@ impl Sink {
         delegate!(self, s => s.rejection(plugin, seq))
     }
 
+    /// The events the plugin rejected after sequence `after` up to `upto`, by sequence.
+    pub fn rejections_between(
+        &mut self,
+        plugin: &str,
+        after: u64,
+        upto: u64,
+    ) -> anyhow::Result<Vec<u64>> {
+        delegate!(self, s => s.rejections_between(plugin, after, upto))
+    }
+
     /// Every committed state of a plugin.
     pub fn states(&mut self, plugin: &str) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         delegate!(self, s => s.states(plugin))

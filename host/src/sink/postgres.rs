@@ -126,6 +126,20 @@ impl PostgresSink {
         Ok(row.map(|r| r.get::<_, Option<i64>>(0).map(|s| s as u64)))
     }
 
+    /// See [`super::Sink::rejections_between`].
+    pub fn rejections_between(
+        &mut self,
+        plugin: &str,
+        after: u64,
+        upto: u64,
+    ) -> Result<Vec<u64>, postgres::Error> {
+        let rows = self.client.query(
+            "SELECT seq FROM jetfold_rejected WHERE plugin = $1 AND seq > $2 AND seq <= $3 ORDER BY seq",
+            &[&plugin, &(after as i64), &(upto as i64)],
+        )?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect())
+    }
+
     /// The committed states of `keys` (those that have one), in one query.
     pub fn states_of(
         &mut self,

@@ -256,6 +256,22 @@ impl SqliteSink {
             .optional()
     }
 
+    /// See [`super::Sink::rejections_between`].
+    pub fn rejections_between(
+        &mut self,
+        plugin: &str,
+        after: u64,
+        upto: u64,
+    ) -> rusqlite::Result<Vec<u64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq FROM jetfold_rejected WHERE plugin = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![plugin, after as i64, upto as i64], |r| {
+            r.get::<_, i64>(0).map(|s| s as u64)
+        })?;
+        rows.collect()
+    }
+
     /// The committed states of `keys` (those that have one), in one query.
     pub fn states_of(
         &mut self,

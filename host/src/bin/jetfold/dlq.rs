@@ -3,7 +3,10 @@ use super::*;
 #[derive(Subcommand)]
 pub(crate) enum DlqCommand {
     /// Show a plugin's dead letters: dead-letter sequence, source sequence and subject, event
-    /// type, failure kind and code, why.
+    /// type, failure kind and code, why. Only those of events from the plugin's stream (as
+    /// the config and its manifest name it): another deployment on the same NATS server with a
+    /// plugin of the same name shares the dead-letter subject unless it sets its own
+    /// `[dead-letter] subject-prefix`.
     List {
         /// The plugin's name.
         plugin: String,
@@ -14,7 +17,8 @@ pub(crate) enum DlqCommand {
     /// that plugin only (original payload and headers, a new message id,
     /// `Jetfold-Replay-For: <plugin>`, which every other plugin passes by, and
     /// `Jetfold-Replay-Of: <stream>:<seq>`), each event once however many copies of its dead
-    /// letter there are, and remove them from the dead-letter stream. A fold of the plugin
+    /// letter there are, and remove them from the dead-letter stream (those of events from the
+    /// plugin's stream only, as `list` shows them). A fold of the plugin
     /// folds such a copy only where it rejected the event it is a copy of, once: a replay,
     /// rebuild or new daemon that folds the event itself passes the copy by.
     Replay {
@@ -30,11 +34,30 @@ pub(crate) fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
         DlqCommand::List { plugin, at } | DlqCommand::Replay { plugin, at } => (plugin, at),
     };
     let config = jetfold_host::config::Config::load(&at.config)?;
+    // The plugin's stream, as the daemon would read it: this deployment's dead letters are
+    // those of events from it.
+    let stream = config.plugins.get(plugin.as_str()).and_then(|o| o.stream.clone()).or_else(|| {
+        jetfold_host::manifest::Manifest::load(&config.resolve(&config.plugin_dir).join(plugin))
+            .ok()
+            .and_then(|m| m.source.stream)
+    });
+    let others = |letters: &[jetfold_host::dlq::DeadLetter]| {
+        let mut streams: Vec<&str> = letters
+            .iter()
+            .filter(|l| !l.is_from(stream.as_deref()))
+            .map(|l| l.source_stream.as_str())
+            .collect();
+        streams.sort_unstable();
+        streams.dedup();
+        streams.join(", ")
+    };
     with_nats(&config, async |client| {
         let js = async_nats::jetstream::new(client);
         match command {
             DlqCommand::List { .. } => {
-                let letters = jetfold_host::dlq::list(&js, &config.dead_letter, plugin).await?;
+                let all = jetfold_host::dlq::list(&js, &config.dead_letter, plugin).await?;
+                let (letters, elsewhere): (Vec<_>, Vec<_>) =
+                    all.iter().partition(|l| l.is_from(stream.as_deref()));
                 let mut out = std::io::stdout().lock();
                 for l in &letters {
                     let kind = match &l.code {
@@ -57,9 +80,28 @@ pub(crate) fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
                     )?;
                 }
                 writeln!(out, "{} dead letters of {plugin}", letters.len())?;
+                if !elsewhere.is_empty() {
+                    writeln!(
+                        out,
+                        "({} more on {}, of events from {}: another deployment's, not shown; give each deployment its own [dead-letter] subject-prefix)",
+                        elsewhere.len(),
+                        config.dead_letter.subject(plugin),
+                        others(&all)
+                    )?;
+                }
             }
             DlqCommand::Replay { .. } => {
-                let done = jetfold_host::dlq::replay(&js, &config.dead_letter, plugin).await?;
+                let all = jetfold_host::dlq::list(&js, &config.dead_letter, plugin).await?;
+                let elsewhere = all.iter().filter(|l| !l.is_from(stream.as_deref())).count();
+                let done =
+                    jetfold_host::dlq::replay(&js, &config.dead_letter, plugin, stream.as_deref())
+                        .await?;
+                if elsewhere > 0 {
+                    println!(
+                        "left {elsewhere} dead letters of events from {}: another deployment's",
+                        others(&all)
+                    );
+                }
                 let copies = done.letters - done.events;
                 println!(
                     "replayed {} dead letters of {plugin}{}",

@@ -141,7 +141,9 @@ enum Command {
     Replay(ReplayArgs),
     /// Replay a plugin's stream up to the sequence its stored states are as of (its checkpoint,
     /// or the last snapshot before it) and compare with those states: any difference means
-    /// non-determinism or a changed component. Exit 1 on a difference. With a partitioned
+    /// non-determinism, a changed component or manifest, or events the daemon rejected that
+    /// this version folds (named; their replayed dead letters fold them later). Exit 1 on a
+    /// difference. With a partitioned
     /// daemon's config, its partition: that partition's checkpoint and the keys it folds.
     Verify(VerifyArgs),
     /// Rebuild a running plugin's read model from the stream start, blue/green: a running

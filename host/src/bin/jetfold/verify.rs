@@ -48,6 +48,10 @@ pub(crate) fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCod
             "plugin `{name}` has no checkpoint in the sink: nothing to verify (for a partitioned daemon, give its config, which names its [partition])"
         );
     };
+    // The events the daemon rejected: those this version folds explain differences.
+    let rejected: std::collections::HashSet<u64> =
+        sink.rejections_between(&name, 0, checkpoint.snapshot_seq)?.into_iter().collect();
+    let mut now_folded = Vec::new();
     let mut replayer = target.replayer(plugin, &args.source.plugin, args.source.jobs(), &loader)?;
     let range = Range { to_seq: Some(checkpoint.snapshot_seq), ..Range::default() };
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
@@ -60,8 +64,15 @@ pub(crate) fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCod
             &range,
             &name,
             &target.verify_keys,
-            |_, batch, total| {
-                replayer.fold(batch);
+            |seqs, batch, total| {
+                for (seq, (_, outcome)) in seqs.iter().zip(replayer.fold(batch)) {
+                    if rejected.contains(seq)
+                        && outcome.error.is_none()
+                        && outcome.passed_by.is_none()
+                    {
+                        now_folded.push(*seq);
+                    }
+                }
                 progress.update(replayer.events, total);
             },
         )
@@ -97,6 +108,19 @@ pub(crate) fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCod
     }
     if checkpoint.digest != digest {
         println!("the component differs from the version that wrote the checkpoint");
+    }
+    if !now_folded.is_empty() {
+        let shown: Vec<String> = now_folded.iter().take(10).map(u64::to_string).collect();
+        println!(
+            "{} the daemon rejected fold{} with this version (sequence {}{}): the stored states have them once a replayed copy folds them (`jetfold dlq replay`) and a snapshot is written",
+            match now_folded.len() {
+                1 => "1 event".to_string(),
+                n => format!("{n} events"),
+            },
+            if now_folded.len() == 1 { "s" } else { "" },
+            shown.join(", "),
+            if now_folded.len() > 10 { ", …" } else { "" }
+        );
     }
     println!("{} of {} states differ:", differ.len(), stored.len().max(replayed.len()));
     for key in differ.iter().take(20) {
