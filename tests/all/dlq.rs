@@ -207,6 +207,20 @@ async fn a_replayed_dead_letter_is_folded_once_by_every_fold_of_the_stream() {
     assert_eq!(rejected, vec![(3, None), (6, None), (7, None)]);
 }
 
+/// `dir/jetfold.toml` for a daemon folding `faulty` from TEST into `jetfold.db`, writing states
+/// every 1,000 events only (so that a crash leaves events to fold again).
+fn snapshotting_config(dir: &Path, nats: &NatsServer) -> std::path::PathBuf {
+    let config = dir.join("jetfold.toml");
+    let text = format!(
+        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\nsnapshot-interval = 1000\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
+         [sink]\nsqlite = \"jetfold.db\"\n[plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
+        cache_dir().display(),
+        nats.url()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
 /// Killed between snapshots after folding replayed dead letters, a daemon folds the events
 /// since its last snapshot again as it folded them: the copy that folded its event folds it
 /// again (its rejection says which copy), the copy that failed fails again, and the next
@@ -215,14 +229,7 @@ async fn a_replayed_dead_letter_is_folded_once_by_every_fold_of_the_stream() {
 async fn after_a_sigkill_the_copies_since_the_snapshot_fold_as_they_did() {
     use crate::support::{DaemonProcess, checkpoint};
     let (nats, js, dir, manifest, fixed) = limited_faulty().await;
-    let config = dir.path().join("jetfold.toml");
-    let text = format!(
-        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\nsnapshot-interval = 1000\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
-         [sink]\nsqlite = \"jetfold.db\"\n[plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
-        cache_dir().display(),
-        nats.url()
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = snapshotting_config(dir.path(), &nats);
     let db = dir.path().join("jetfold.db");
     let log = dir.path().join("run.log");
     let big = serde_json::json!({ "pad": "x".repeat(2_000) }).to_string();
@@ -290,14 +297,7 @@ async fn after_a_sigkill_the_copies_since_the_snapshot_fold_as_they_did() {
 async fn a_fix_deployed_across_a_crash_folds_the_event_once_with_its_copy() {
     use crate::support::{DaemonProcess, checkpoint};
     let (nats, js, dir, manifest, fixed) = limited_faulty().await;
-    let config = dir.path().join("jetfold.toml");
-    let text = format!(
-        "plugin-dir = \"plugins\"\nfetch-wait-ms = 50\nsnapshot-interval = 1000\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
-         [sink]\nsqlite = \"jetfold.db\"\n[plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
-        cache_dir().display(),
-        nats.url()
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = snapshotting_config(dir.path(), &nats);
     let (db, log) = (dir.path().join("jetfold.db"), dir.path().join("run.log"));
     let daemon = DaemonProcess::start(&config, &log);
     js.publish("test.fault.a.Ok", "{}".into()).await.unwrap().await.unwrap();
