@@ -125,6 +125,15 @@ pub fn replayed_for_another(message: &async_nats::Message, plugin: &str) -> bool
     replayed_for(message).is_some_and(|p| p != plugin)
 }
 
+/// Whether deleting a consumer failed because there is none of that name.
+pub fn is_consumer_not_found(e: &jetstream::stream::ConsumerError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::stream::ConsumerErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+    )
+}
+
 /// The durable consumer of a plugin on a daemon: `<daemon>-<plugin>` (`jetfold-<plugin>`
 /// for a daemon of the default name).
 pub fn consumer_name(daemon: &str, plugin: &str) -> String {
@@ -173,7 +182,7 @@ pub async fn consumer(
     };
     match stream_handle.delete_consumer(&name).await {
         Ok(_) => {}
-        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) if is_consumer_not_found(&e) => {}
         Err(e) => anyhow::bail!("cannot reset consumer `{name}` on stream `{stream}`: {e}"),
     }
     let consumer = stream_handle.create_consumer(config).await.map_err(|e| {

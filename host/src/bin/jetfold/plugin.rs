@@ -280,7 +280,7 @@ pub(crate) async fn purge_consumers(
         let consumer = jetfold_host::nats::source::consumer_name(&daemon, name);
         match stream.delete_consumer(&consumer).await {
             Ok(_) => println!("purged consumer {consumer}"),
-            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) if jetfold_host::nats::source::is_consumer_not_found(&e) => {}
             Err(e) => anyhow::bail!("cannot delete consumer {consumer}: {e}"),
         }
     }
