@@ -66,6 +66,31 @@ pub(crate) struct ReplayTarget {
 }
 
 impl ReplayTarget {
+    /// [`read_batches`](jetfold_host::replay::read_batches) of this target's stream, as the
+    /// plugin `plugin`'s daemon reads it.
+    pub(crate) async fn read_batches(
+        &self,
+        js: &async_nats::jetstream::Context,
+        range: &jetfold_host::replay::Range,
+        plugin: &str,
+        each: impl FnMut(
+            &[u64],
+            &[Result<jetfold_host::event::Event, jetfold_host::fold::StepError>],
+            u64,
+        ),
+    ) -> anyhow::Result<jetfold_host::replay::Read> {
+        jetfold_host::replay::read_batches(
+            js,
+            &self.stream,
+            &self.subjects,
+            range,
+            plugin,
+            &self.verify_keys,
+            each,
+        )
+        .await
+    }
+
     /// Reads the config once and opens the plugin of `source` as its daemon would run it.
     pub(crate) fn open(
         source: &ReplaySource,
@@ -128,7 +153,7 @@ impl ReplayTarget {
 }
 
 pub(crate) fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::replay::{Range, read_batches, read_events};
+    use jetfold_host::replay::{Range, read_events};
     let loader = loader(cli)?;
     let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let mut other = match &args.diff {
@@ -173,14 +198,8 @@ pub(crate) fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCod
             })
             .await?
         } else {
-            read_batches(
-                &js,
-                &target.stream,
-                &target.subjects,
-                &range,
-                &name,
-                &target.verify_keys,
-                |seqs, batch, total| {
+            target
+                .read_batches(&js, &range, &name, |seqs, batch, total| {
                     let outcomes = replayer.fold(batch);
                     if args.effects {
                         for ((seq, event), (key, outcome)) in seqs.iter().zip(batch).zip(outcomes) {
@@ -205,9 +224,8 @@ pub(crate) fn run_replay(cli: &Cli, args: &ReplayArgs) -> anyhow::Result<ExitCod
                         }
                     }
                     progress.update(replayer.events, total);
-                },
-            )
-            .await?
+                })
+                .await?
         };
         anyhow::Ok(read)
     })?;

@@ -8,7 +8,7 @@ pub(crate) struct VerifyArgs {
 }
 
 pub(crate) fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::replay::{Range, read_batches};
+    use jetfold_host::replay::Range;
     let loader = loader(cli)?;
     let (target, plugin) = ReplayTarget::open(&args.source, &loader)?;
     let name = plugin.manifest.name.clone();
@@ -57,14 +57,8 @@ pub(crate) fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCod
     let mut progress = jetfold_host::progress::ProgressLine::new("verify");
     with_nats(&target.config, async |client| {
         let js = async_nats::jetstream::new(client);
-        read_batches(
-            &js,
-            &target.stream,
-            &target.subjects,
-            &range,
-            &name,
-            &target.verify_keys,
-            |seqs, batch, total| {
+        target
+            .read_batches(&js, &range, &name, |seqs, batch, total| {
                 for (seq, (_, outcome)) in seqs.iter().zip(replayer.fold(batch)) {
                     if rejected.contains(seq)
                         && outcome.error.is_none()
@@ -74,9 +68,8 @@ pub(crate) fn run_verify(cli: &Cli, args: &VerifyArgs) -> anyhow::Result<ExitCod
                     }
                 }
                 progress.update(replayer.events, total);
-            },
-        )
-        .await?;
+            })
+            .await?;
         anyhow::Ok(())
     })?;
     progress.finish(replayer.events, replayer.events);
