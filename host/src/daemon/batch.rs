@@ -344,17 +344,27 @@ impl Folder {
                 Ok((new_state, effects)) => {
                     // Rejected before a crash, folded now (a fixed version deployed before the
                     // restart): its effects were never committed, so they go with the next
-                    // commit, and its copies are passed by.
+                    // commit, and its copies are passed by. The later events of its key fold
+                    // from another state than they did: their rows follow it (their SQL
+                    // effects go too; what they emitted or logged was, before the crash).
                     let refold =
                         copy_of.is_none() && self.catching_up && self.rejected_before.remove(&seq);
+                    let follows = !refold && self.catching_up && self.diverged.contains(&key);
+                    if refold {
+                        self.diverged.insert(key.clone());
+                    }
+                    let carry = refold || follows;
                     let mut carried = std::mem::take(&mut self.carried);
-                    let into = if refold { &mut carried } else { &mut commit };
-                    self.catching_up &= !refold;
+                    let into = if carry { &mut carried } else { &mut commit };
+                    self.catching_up &= !carry;
                     for (index, effect) in effects.into_iter().enumerate() {
                         *self.stats.effects.entry(effect.kind().as_str()).or_default() += 1;
+                        if follows && matches!(effect, Effect::Emit { .. } | Effect::Log { .. }) {
+                            continue;
+                        }
                         self.route(into, &event, index, effect);
                     }
-                    self.catching_up |= refold;
+                    self.catching_up |= carry;
                     if refold {
                         carried.replayed.push((seq, seq));
                         self.note_copy(seq, true, u64::MAX);
@@ -423,7 +433,11 @@ impl Folder {
             self.snapshot_due = false;
         }
         commit.snapshot_seq = self.snapshot_seq;
-        if !self.catching_up && !self.carried.replayed.is_empty() {
+        let carried = &self.carried;
+        let owes = !(carried.replayed.is_empty()
+            && carried.effects.is_empty()
+            && carried.outbox.is_empty());
+        if owes && !self.catching_up {
             // What events folded again after a crash owe (see `refold` above), before this
             // batch's own.
             let carried = std::mem::take(&mut self.carried);

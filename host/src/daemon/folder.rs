@@ -105,6 +105,8 @@ pub(super) struct Folder {
     /// What such events owe the next commit: their effects, and the record that they folded
     /// themselves (where no copy folded them).
     pub(super) carried: Commit,
+    /// While catching up: the keys of such events, whose later events' rows follow.
+    pub(super) diverged: HashSet<String>,
 }
 
 impl Folder {
@@ -192,6 +194,7 @@ impl Folder {
             copies: HashMap::new(),
             rejected_before: HashSet::new(),
             carried: Commit::default(),
+            diverged: HashSet::new(),
             plugin,
         };
         // The version folding is shown from the start, before its first commit.
@@ -404,6 +407,7 @@ impl Folder {
         }
         self.catching_up = false;
         self.rejected_before.clear();
+        self.diverged.clear();
         let took_ms = started.elapsed().as_millis() as u64;
         tracing::info!(plugin = %self.name, events = self.since_snapshot, keys = self.pending.len(), took_ms, "caught up with the checkpoint");
         true
