@@ -313,6 +313,14 @@ async fn a_fix_deployed_across_a_crash_folds_the_event_once_with_its_copy() {
 
     std::fs::write(&manifest, &fixed).unwrap();
     let daemon = DaemonProcess::start(&config, &log);
+    // Folded again with the fix, the large event counts in the read model at once, with a
+    // snapshot of the states that counted it.
+    let snapshot = || {
+        let mut sink = jetfold_host::sink::sqlite::SqliteSink::open(&db).unwrap();
+        sink.checkpoint("faulty").unwrap().map(|c| c.snapshot_seq)
+    };
+    daemon.wait(60, "a snapshot after catching up", || snapshot() == Some(3)).await;
+    assert_eq!(folded(&db).0["ok"], 3);
     let arg = config.display().to_string();
     let replay = jetfold(["dlq", "replay", "faulty", "--config", &arg]);
     assert_eq!(replay.code, 0, "{}", replay.all());

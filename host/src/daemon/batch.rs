@@ -433,11 +433,7 @@ impl Folder {
             self.snapshot_due = false;
         }
         commit.snapshot_seq = self.snapshot_seq;
-        let carried = &self.carried;
-        let owes = !(carried.replayed.is_empty()
-            && carried.effects.is_empty()
-            && carried.outbox.is_empty());
-        if owes && !self.catching_up {
+        if self.owes() && !self.catching_up {
             // What events folded again after a crash owe (see `refold` above), before this
             // batch's own.
             let carried = std::mem::take(&mut self.carried);

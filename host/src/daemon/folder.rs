@@ -302,6 +302,11 @@ impl Folder {
         if !self.rewrite.is_empty() && !self.fold_and_hand_on(Vec::new(), &jobs) {
             return Ok(());
         }
+        // Events rejected before a crash that the running version folded while catching up:
+        // their rows are written now, with a snapshot, not at the next event.
+        if self.owes() && !self.snapshot_now(&jobs) {
+            return Ok(());
+        }
         self.fold_until_stopped(&jobs);
         // What changed since the last snapshot is written as the worker stops, so a clean
         // stop leaves nothing to fold again at the next start.
@@ -309,6 +314,13 @@ impl Folder {
             self.snapshot_now(&jobs);
         }
         Ok(())
+    }
+
+    /// Whether events folded again after a crash owe the next commit something (see
+    /// [`Folder::carried`]).
+    pub(super) fn owes(&self) -> bool {
+        let c = &self.carried;
+        !(c.replayed.is_empty() && c.effects.is_empty() && c.outbox.is_empty())
     }
 
     /// Hands on a commit of every state changed since the last snapshot, with no events;
