@@ -143,35 +143,26 @@ impl SqliteSink {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
-        // Databases written before checkpoints named the state version held version 1 states.
-        let has_version: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('jetfold_checkpoints') WHERE name = 'state_version'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_version {
-            conn.execute_batch(
-                "ALTER TABLE jetfold_checkpoints ADD COLUMN state_version INTEGER NOT NULL DEFAULT 1",
+        // Columns added since a table was first created, where a database lacks them:
+        // checkpoints written before they named the state version held version 1 states;
+        // before snapshots had an interval, states were stored with every commit (a missing
+        // snapshot sequence reads as the checkpoint's); before replayed dead letters were
+        // tracked, none was folded.
+        for (table, column, definition) in [
+            ("jetfold_checkpoints", "state_version", "INTEGER NOT NULL DEFAULT 1"),
+            ("jetfold_checkpoints", "snapshot_seq", "INTEGER"),
+            ("jetfold_rejected", "replayed_seq", "INTEGER"),
+        ] {
+            let has: bool = conn.query_row(
+                "SELECT COUNT(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
+                |r| r.get(0),
             )?;
-        }
-        // Databases written before snapshots had an interval stored states with every commit:
-        // a missing snapshot sequence reads as the checkpoint's.
-        let has_snapshot: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('jetfold_checkpoints') WHERE name = 'snapshot_seq'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_snapshot {
-            conn.execute_batch("ALTER TABLE jetfold_checkpoints ADD COLUMN snapshot_seq INTEGER")?;
-        }
-        // Databases written before replayed dead letters were tracked: none was folded.
-        let has_replayed: bool = conn.query_row(
-            "SELECT COUNT(*) > 0 FROM pragma_table_info('jetfold_rejected') WHERE name = 'replayed_seq'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_replayed {
-            conn.execute_batch("ALTER TABLE jetfold_rejected ADD COLUMN replayed_seq INTEGER")?;
+            if !has {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+                ))?;
+            }
         }
         Ok(SqliteSink {
             checkpointer: None,
@@ -579,6 +570,28 @@ mod tests {
         wait_for("the WAL is truncated", || len(&wal) == 0);
         assert_eq!(sink.checkpoint("p").unwrap().unwrap().last_seq, 3);
         assert_eq!(sink.rows("things").unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_database_of_an_earlier_version_gets_the_columns_added_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE jetfold_checkpoints (plugin TEXT PRIMARY KEY, digest TEXT NOT NULL, last_seq INTEGER NOT NULL);
+             INSERT INTO jetfold_checkpoints VALUES ('p', 'd', 7);
+             CREATE TABLE jetfold_rejected (plugin TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT NOT NULL,
+                 event_type TEXT NOT NULL, kind TEXT NOT NULL, code TEXT, message TEXT NOT NULL, PRIMARY KEY (plugin, seq));
+             INSERT INTO jetfold_rejected VALUES ('p', 3, 'k', 'T', 'error', NULL, 'no');",
+        )
+        .unwrap();
+        drop(conn);
+        let mut sink = SqliteSink::open(&path).unwrap();
+        let checkpoint = sink.checkpoint("p").unwrap().unwrap();
+        assert_eq!((checkpoint.state_version, checkpoint.snapshot_seq), (1, 7));
+        assert_eq!(sink.rejection("p", 3).unwrap(), Some(None));
+        drop(sink);
+        SqliteSink::open(&path).unwrap(); // and again, with nothing to add
     }
 
     #[test]
