@@ -16,10 +16,18 @@
 //! - [`guest`]: calling a guest under fuel and memory limits; traps and errors by cause.
 //! - [`wasi`]: the deny-all WASI linked into guests whose toolchain imports it.
 //! - [`integrity`]: HMAC-SHA256 signatures on events (verified in, signed out).
+//! - [`upcast`]: upcasters in a chain, rewriting events to the schema version plugins read.
+//! - [`pipeline`]: the hot path: a batch of keyed events through one plugin version, behind
+//!   its upcasters.
 //! - [`effect`]: the effects guests return, checked against the manifest.
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`query`]: read-model queries against a running daemon (NATS request/reply).
 //! - [`dlq`]: dead letters: listing them, replaying them after a fix.
+//! - [`replay`]: folding a stream again offline (`replay`, `replay --diff`, `verify`), with
+//!   the daemon's rules (signatures, upcasters, replayed dead letters).
+//! - [`transfer`]: `events export` and `import`, a stream as JSON Lines and back.
+//! - [`http`]: the daemon's HTTP endpoint: metrics, health, readiness, the status page.
+//! - [`progress`]: the progress line the tools draw on a terminal.
 //! - [`status`]: what a plugin on a daemon is doing (running, stalled, stopped, …), as a type.
 //! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
 //! - [`plugin_dir`]: the versions a plugin's directory keeps beside its manifest (shadow,
