@@ -165,6 +165,26 @@ pub struct Replayed {
     pub events: usize,
     /// Dead letters removed (copies of one event included).
     pub letters: usize,
+    /// Dead letters left, of events from other streams than the one asked for.
+    pub left: Left,
+}
+
+/// Dead letters on a plugin's subject of events from other streams: another deployment's.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    /// How many.
+    pub letters: usize,
+    /// Their streams, sorted.
+    pub streams: Vec<String>,
+}
+
+/// `letters` split into those of events from `stream` (all, when `None`) and what is left.
+pub fn of_stream(letters: Vec<DeadLetter>, stream: Option<&str>) -> (Vec<DeadLetter>, Left) {
+    let (mine, others): (Vec<_>, Vec<_>) = letters.into_iter().partition(|l| l.is_from(stream));
+    let mut streams: Vec<String> = others.iter().map(|l| l.source_stream.clone()).collect();
+    streams.sort_unstable();
+    streams.dedup();
+    (mine, Left { letters: others.len(), streams })
 }
 
 /// Publishes every dead letter of `plugin` again to the subject it came from, for `plugin`
@@ -189,10 +209,9 @@ pub async fn replay(
     plugin: &str,
     stream: Option<&str>,
 ) -> anyhow::Result<Replayed> {
-    let mut letters = list(js, config, plugin).await?;
-    letters.retain(|l| l.is_from(stream));
+    let (letters, left) = of_stream(list(js, config, plugin).await?, stream);
     let stream = js.get_stream(&config.stream).await?;
-    let mut done = Replayed::default();
+    let mut done = Replayed { left, ..Replayed::default() };
     // The copies of one event's dead letter, in the order of the first.
     let mut events: Vec<(Original, Vec<&DeadLetter>)> = Vec::new();
     for letter in &letters {

@@ -16,7 +16,7 @@ use crate::fold::{Plugin, StepError, state_document};
 use crate::manifest::Manifest;
 use crate::nats::{
     reader::StreamReader,
-    source::{self, event_from_message, replayed_for_another},
+    source::{self, Replay, event_from_message},
 };
 use crate::pipeline::{
     fold::Keyed,
@@ -143,15 +143,19 @@ impl Replayer {
         self.instances
     }
 
-    /// The original a replayed copy is of, and whether to pass the copy by (and why).
-    fn copy(&self, event: &Result<Event, StepError>) -> Option<(u64, Option<Outcome>)> {
-        let original = source::event_copy_of(event.as_ref().ok()?, &self.manifest.name)?;
-        let passed = match self.copies.get(&original) {
+    /// The sequence of the event `event` is a replayed copy of, if it is one for this plugin.
+    fn copy_of(&self, event: &Result<Event, StepError>) -> Option<u64> {
+        source::event_replay(event.as_ref().ok()?, &self.manifest.name).copy_of()
+    }
+
+    /// Why a copy of `original` is passed by, if it is: this fold did not reject the
+    /// original, or a copy before it folded it.
+    fn passed(&self, original: u64) -> Option<Outcome> {
+        match self.copies.get(&original) {
             Some(false) => None,
             Some(true) => Some(Outcome::passed_by(original, true)),
             None => Some(Outcome::passed_by(original, false)),
-        };
-        Some((original, passed))
+        }
     }
 
     /// Notes what an event's outcome means for a replayed copy of it (or, for a copy, of its
@@ -173,11 +177,10 @@ impl Replayer {
     /// Folds one event; `Err` carries why it was rejected before the plugin saw it.
     pub fn step(&mut self, event: &Result<Event, StepError>) -> (String, Outcome) {
         let key = event.as_ref().map(|e| self.manifest.state_key(e)).unwrap_or_default();
-        let copy_of = match self.copy(event) {
-            Some((_, Some(passed))) => return (key, passed),
-            Some((original, None)) => Some(original),
-            None => None,
-        };
+        let copy_of = self.copy_of(event);
+        if let Some(passed) = copy_of.and_then(|original| self.passed(original)) {
+            return (key, passed);
+        }
         self.events += 1;
         let outcome = match event {
             Err(e) => Outcome::rejected(e.clone()),
@@ -204,31 +207,32 @@ impl Replayer {
     /// their outcomes decide.
     pub fn fold(&mut self, events: &[Result<Event, StepError>]) -> Vec<(String, Outcome)> {
         let mut outcomes = Vec::with_capacity(events.len());
-        let mut rest = events;
-        while let Some(at) = rest.iter().position(|e| self.copy(e).is_some()) {
-            outcomes.extend(self.fold_plain(&rest[..at]));
-            let copy = &rest[at];
-            match self.copy(copy) {
-                Some((_, Some(passed))) => {
+        let mut start = 0;
+        for (at, copy) in events.iter().enumerate() {
+            let Some(original) = self.copy_of(copy) else { continue };
+            // The events before it first: their outcomes decide its fate.
+            outcomes.extend(self.fold_plain(&events[start..at]));
+            start = at + 1;
+            match self.passed(original) {
+                Some(passed) => {
                     let key = copy.as_ref().map(|e| self.manifest.state_key(e)).unwrap_or_default();
                     outcomes.push((key, passed));
                 }
-                Some((original, None)) => {
+                None => {
                     let folded = self.fold_plain(std::slice::from_ref(copy));
                     for (_, outcome) in &folded {
                         self.note(copy, Some(original), outcome);
                     }
                     outcomes.extend(folded);
                 }
-                None => unreachable!("found as a copy above"),
             }
-            rest = &rest[at + 1..];
         }
-        outcomes.extend(self.fold_plain(rest));
+        outcomes.extend(self.fold_plain(&events[start..]));
         outcomes
     }
 
-    /// [`Replayer::fold`] of events none of which is a replayed copy.
+    /// [`Replayer::fold`] of events none of which is a replayed copy (or of one copy alone,
+    /// whose fate is decided).
     fn fold_plain(&mut self, events: &[Result<Event, StepError>]) -> Vec<(String, Outcome)> {
         if events.is_empty() {
             return Vec::new();
@@ -263,11 +267,7 @@ impl Replayer {
             .collect();
         self.rejected += outcomes.iter().filter(|(_, o)| o.error.is_some()).count() as u64;
         for (event, (_, outcome)) in events.iter().zip(&outcomes) {
-            if outcome.error.is_some()
-                && let Ok(event) = event
-            {
-                self.copies.insert(event.sequence, false);
-            }
+            self.note(event, None, outcome);
         }
         outcomes
     }
@@ -303,7 +303,7 @@ pub async fn read_events(
     let mut read = Read::default();
     while let Some(message) = reader.next().await {
         let message = message?;
-        if replayed_for_another(&message, plugin) {
+        if source::replay(&message, plugin) == Replay::ForAnother {
             continue;
         }
         let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);

@@ -69,12 +69,6 @@ impl Folder {
         if (self.shadow.is_some() && !self.catching_up) || promotes || self.tripped.is_some() {
             return Some(None);
         }
-        // A replayed dead letter is folded or passed by as its original's fate says, which
-        // the batch's own outcomes may decide.
-        let name = &self.plugin.manifest.name;
-        if messages.iter().any(|m| source::replay_copy_of(m, name).is_some()) {
-            return Some(None);
-        }
         // The same tests as the loop's, in its order, without their side effects: what fails
         // one is left to the loop.
         let decoding = Instant::now();
@@ -87,7 +81,17 @@ impl Folder {
                 continue;
             }
             folded = seq;
-            if source::replayed_for_another(message, name) || self.verify(message).is_err() {
+            match source::replay(message, &self.plugin.manifest.name) {
+                source::Replay::Event => {}
+                source::Replay::ForAnother => continue,
+                // Folded or passed by as its original's fate says, which the batch's own
+                // outcomes may decide: the loop folds the batch one event at a time.
+                source::Replay::CopyOf(_) => {
+                    self.stats.stages.decode += decoding.elapsed();
+                    return Some(None);
+                }
+            }
+            if self.verify(message).is_err() {
                 continue;
             }
             // Decoded with the metadata just read (parsing it again costs as much).
@@ -209,11 +213,12 @@ impl Folder {
             events += 1;
             read += 1;
             // (A rebuild's name is its staging one: dead letters are replayed for the plugin's.)
-            if source::replayed_for_another(message, &self.plugin.manifest.name) {
+            let replay = source::replay(message, &self.plugin.manifest.name);
+            if replay == source::Replay::ForAnother {
                 events -= 1;
                 continue; // a dead letter replayed for another plugin
             }
-            let copy_of = source::replay_copy_of(message, &self.plugin.manifest.name);
+            let copy_of = replay.copy_of();
             if let Some(original) = copy_of {
                 match self.folds_copy(original, seq) {
                     Err(Stopping) => return None,
@@ -353,23 +358,30 @@ impl Folder {
                     if refold {
                         self.diverged.insert(key.clone());
                     }
-                    let carry = refold || follows;
-                    let mut carried = std::mem::take(&mut self.carried);
-                    let into = if carry { &mut carried } else { &mut commit };
-                    self.catching_up &= !carry;
+                    let mut carried =
+                        (refold || follows).then(|| std::mem::take(&mut self.carried));
+                    // Folding committed events again, their effects are committed already.
+                    let mut into = match (&mut carried, self.catching_up) {
+                        (Some(carried), _) => Some(carried),
+                        (None, true) => None,
+                        (None, false) => Some(&mut commit),
+                    };
                     for (index, effect) in effects.into_iter().enumerate() {
                         *self.stats.effects.entry(effect.kind().as_str()).or_default() += 1;
                         if follows && matches!(effect, Effect::Emit { .. } | Effect::Log { .. }) {
                             continue;
                         }
-                        self.route(into, &event, index, effect);
+                        if let Some(into) = into.as_deref_mut() {
+                            self.route(into, &event, index, effect);
+                        }
                     }
-                    self.catching_up |= carry;
-                    if refold {
-                        carried.replayed.push((seq, seq));
-                        self.note_copy(seq, true, u64::MAX);
+                    if let Some(mut carried) = carried {
+                        if refold {
+                            carried.replayed.push((seq, seq));
+                            self.note_copy(seq, true, u64::MAX);
+                        }
+                        self.carried = carried;
                     }
-                    self.carried = carried;
                     if let Some(new_state) = new_state {
                         self.states.insert(key.clone(), new_state);
                     }

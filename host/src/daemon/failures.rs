@@ -75,7 +75,7 @@ impl Folder {
         }
         // A copy of it may come; a copy that fails leaves its original's rejection as it is.
         if !self.catching_up
-            && source::replay_copy_of(message, &self.plugin.manifest.name).is_none()
+            && source::replay(message, &self.plugin.manifest.name).copy_of().is_none()
         {
             self.note_copy(rejected.seq, false, rejected.seq);
         }
@@ -196,15 +196,12 @@ impl Folder {
     }
 
     /// Sends one accepted effect where it goes: SQL into the commit, emits into the outbox,
-    /// logs to the log.
+    /// logs to the log. (While catching up the caller routes only what was never committed.)
     pub(super) fn route(&self, commit: &mut Commit, event: &Event, index: usize, effect: Effect) {
         if matches!(self.role, Role::Rebuild { .. })
             && matches!(effect, Effect::Emit { .. } | Effect::Log { .. })
         {
             return; // a rebuild replays the past: what it emitted and logged happened already
-        }
-        if self.catching_up {
-            return; // folding committed events again: their effects are committed already
         }
         match effect {
             Effect::Emit { kind, subject, message_type, payload, headers: extra } => {

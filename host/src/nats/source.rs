@@ -85,25 +85,50 @@ pub fn replay_of_seq(value: &str) -> Option<u64> {
     value.rsplit_once(':')?.1.trim().parse().ok()
 }
 
-/// The sequence of the event `message` is a replayed copy of, when it is a dead letter
-/// replayed for `plugin` (by this version of `jetfold dlq replay`: earlier copies do not say
-/// and are folded as new events).
-pub fn replay_copy_of(message: &async_nats::Message, plugin: &str) -> Option<u64> {
-    if header_of(message, headers::REPLAY_FOR)? != plugin {
-        return None;
-    }
-    replay_of_seq(header_of(message, headers::REPLAY_OF)?)
+/// What a message is to a plugin, as far as `jetfold dlq replay` is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// An event: not a replayed dead letter, or one replayed for this plugin before copies
+    /// named their originals (folded as a new event).
+    Event,
+    /// A dead letter replayed for another plugin: passed by.
+    ForAnother,
+    /// A dead letter replayed for this plugin, a copy of the event at this sequence.
+    CopyOf(u64),
 }
 
-/// [`replay_copy_of`] of a decoded event (its other headers hold the replay's).
-pub fn event_copy_of(event: &Event, plugin: &str) -> Option<u64> {
+impl Replay {
+    /// The sequence of the event it is a copy of, if it is one.
+    pub fn copy_of(self) -> Option<u64> {
+        match self {
+            Replay::CopyOf(seq) => Some(seq),
+            _ => None,
+        }
+    }
+
+    /// What headers (looked up by `find`) make a message to `plugin`.
+    fn of<'a>(find: impl Fn(&str) -> Option<&'a str>, plugin: &str) -> Replay {
+        match find(headers::REPLAY_FOR) {
+            None => Replay::Event,
+            Some(p) if p != plugin => Replay::ForAnother,
+            Some(_) => find(headers::REPLAY_OF)
+                .and_then(replay_of_seq)
+                .map_or(Replay::Event, Replay::CopyOf),
+        }
+    }
+}
+
+/// What `message` is to `plugin`.
+pub fn replay(message: &async_nats::Message, plugin: &str) -> Replay {
+    Replay::of(|name| header_of(message, name), plugin)
+}
+
+/// What a decoded event is to `plugin` (its other headers hold the replay's).
+pub fn event_replay(event: &Event, plugin: &str) -> Replay {
     let find = |name: &str| {
         event.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     };
-    if find(headers::REPLAY_FOR)? != plugin {
-        return None;
-    }
-    replay_of_seq(find(headers::REPLAY_OF)?)
+    Replay::of(find, plugin)
 }
 
 /// The `Nats-Msg-Id` the event had (and its signature covers): a replayed copy's is its
@@ -113,16 +138,6 @@ pub fn signed_msg_id(message: &async_nats::Message) -> &str {
         Some(_) => header_of(message, headers::REPLAY_MSG_ID).unwrap_or(""),
         None => header_of(message, headers::MSG_ID).unwrap_or(""),
     }
-}
-
-/// The plugin a replayed dead letter is for, if the message is one.
-pub fn replayed_for(message: &async_nats::Message) -> Option<&str> {
-    header_of(message, headers::REPLAY_FOR)
-}
-
-/// Whether `plugin` passes `message` by: a dead letter replayed for another plugin.
-pub fn replayed_for_another(message: &async_nats::Message, plugin: &str) -> bool {
-    replayed_for(message).is_some_and(|p| p != plugin)
 }
 
 /// Whether deleting a consumer failed because there is none of that name.

@@ -41,23 +41,12 @@ pub(crate) fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
             .ok()
             .and_then(|m| m.source.stream)
     });
-    let others = |letters: &[jetfold_host::dlq::DeadLetter]| {
-        let mut streams: Vec<&str> = letters
-            .iter()
-            .filter(|l| !l.is_from(stream.as_deref()))
-            .map(|l| l.source_stream.as_str())
-            .collect();
-        streams.sort_unstable();
-        streams.dedup();
-        streams.join(", ")
-    };
     with_nats(&config, async |client| {
         let js = async_nats::jetstream::new(client);
         match command {
             DlqCommand::List { .. } => {
                 let all = jetfold_host::dlq::list(&js, &config.dead_letter, plugin).await?;
-                let (letters, elsewhere): (Vec<_>, Vec<_>) =
-                    all.iter().partition(|l| l.is_from(stream.as_deref()));
+                let (letters, left) = jetfold_host::dlq::of_stream(all, stream.as_deref());
                 let mut out = std::io::stdout().lock();
                 for l in &letters {
                     let kind = match &l.code {
@@ -80,26 +69,25 @@ pub(crate) fn run_dlq(command: &DlqCommand) -> anyhow::Result<ExitCode> {
                     )?;
                 }
                 writeln!(out, "{} dead letters of {plugin}", letters.len())?;
-                if !elsewhere.is_empty() {
+                if left.letters > 0 {
                     writeln!(
                         out,
                         "({} more on {}, of events from {}: another deployment's, not shown; give each deployment its own [dead-letter] subject-prefix)",
-                        elsewhere.len(),
+                        left.letters,
                         config.dead_letter.subject(plugin),
-                        others(&all)
+                        left.streams.join(", ")
                     )?;
                 }
             }
             DlqCommand::Replay { .. } => {
-                let all = jetfold_host::dlq::list(&js, &config.dead_letter, plugin).await?;
-                let elsewhere = all.iter().filter(|l| !l.is_from(stream.as_deref())).count();
                 let done =
                     jetfold_host::dlq::replay(&js, &config.dead_letter, plugin, stream.as_deref())
                         .await?;
-                if elsewhere > 0 {
+                if done.left.letters > 0 {
                     println!(
-                        "left {elsewhere} dead letters of events from {}: another deployment's",
-                        others(&all)
+                        "left {} dead letters of events from {}: another deployment's",
+                        done.left.letters,
+                        done.left.streams.join(", ")
                     );
                 }
                 let copies = done.letters - done.events;
