@@ -6,13 +6,14 @@ use std::path::Path;
 
 use crate::support::{NatsServer, cache_dir, create_stream, daemon_dir, jetfold, plugin};
 
-/// A daemon config folding `faulty` from TEST into `db`, verifying and signing events.
+/// A daemon config folding `faulty` from TEST into `db`, verifying and signing events; every
+/// other setting as a user gets it.
 fn signed_config(dir: &Path, nats: &NatsServer, name: &str, db: &str) -> std::path::PathBuf {
     use base64::Engine as _;
     let key = base64::engine::general_purpose::STANDARD.encode(b"a shared secret of 32 bytes.....");
     let path = dir.join(format!("{name}.toml"));
     let text = format!(
-        "name = \"{name}\"\nplugin-dir = \"plugins\"\nfetch-wait-ms = 50\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
+        "name = \"{name}\"\nplugin-dir = \"plugins\"\ncache-dir = \"{}\"\n[nats]\nurl = \"{}\"\n\
          [sink]\nsqlite = \"{db}\"\n[event-signing]\nverify = true\nsign-key = \"k1\"\n[event-signing.keys]\nk1 = \"{key}\"\n\
          [plugins.faulty]\nstream = \"TEST\"\nsubjects = [\"test.>\"]\n",
         cache_dir().display(),
