@@ -2,24 +2,26 @@
 //!
 //! # Layout
 //!
-//! The modules follow the path of an event, and none calls back up the line:
+//! The modules follow the path of an event, and none calls back up the line. What crosses
+//! the edges as plain data (the event, headers, signatures, manifest, config, effects, the
+//! commit plan) is the `jetfold-contract` crate, re-exported here under the same names:
 //!
-//! - [`config`]: `jetfold.toml`, the daemon's configuration.
+//! - [`config`]: `jetfold.toml`, the daemon's configuration (from the contract).
 //! - [`daemon`]: `jetfold run`, one worker per plugin along the path below.
 //! - [`demo`]: `jetfold demo`, a local nats-server, a burst of events, the read model.
-//! - [`manifest`]: `plugin.toml`, what a plugin is and what it may do.
+//! - [`manifest`]: `plugin.toml`, what a plugin is and what it may do (from the contract).
 //! - [`nats`]: connecting, the JetStream source (consumer, event from message), the streams
 //!   that keep what plugins emit.
-//! - [`event`]: the event record and its JSON form (fixtures, exports).
+//! - [`event`]: the event record and its JSON form (the contract's), and its WIT form.
 //! - [`component`]: loading a component: digest, precompiled cache, sandbox and world checks.
 //! - [`bindings`]: the generated WIT bindings (the only `bindgen!`).
 //! - [`guest`]: calling a guest under fuel and memory limits; traps and errors by cause.
 //! - [`wasi`]: the deny-all WASI linked into guests whose toolchain imports it.
-//! - [`integrity`]: HMAC-SHA256 signatures on events (verified in, signed out).
+//! - [`integrity`]: HMAC-SHA256 signatures on events (the contract's), checked on messages.
 //! - [`upcast`]: upcasters in a chain, rewriting events to the schema version plugins read.
 //! - [`pipeline`]: the hot path: a batch of keyed events through one plugin version, behind
 //!   its upcasters.
-//! - [`effect`]: the effects guests return, checked against the manifest.
+//! - [`effect`]: the effects guests return (the contract's), converted from their WIT form.
 //! - [`sink`]: SQL effect executors with the checkpoint, states and outbox in one transaction.
 //! - [`query`]: read-model queries against a running daemon (NATS request/reply).
 //! - [`dlq`]: dead letters: listing them, replaying them after a fix.
@@ -42,7 +44,7 @@
 pub mod bindings;
 pub mod builder;
 pub mod component;
-pub mod config;
+pub use jetfold_contract::config;
 pub mod daemon;
 pub mod demo;
 pub mod dlq;
@@ -53,7 +55,7 @@ pub mod golden;
 pub mod guest;
 pub mod http;
 pub mod integrity;
-pub mod manifest;
+pub use jetfold_contract::manifest;
 pub mod nats;
 pub mod pipeline;
 pub mod plugin_dir;

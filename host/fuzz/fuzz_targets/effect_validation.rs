@@ -7,11 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use jetfold_host::{
-    bindings::types,
-    effect::{self, Effect},
+use jetfold_contract::{
+    commit::{Commit, merge_patch},
+    effect::{self, Effect, EffectRejection, LogLevel, MessageKind},
+    headers,
     manifest::{Allow, EffectKind},
-    sink::{Commit, merge_patch},
 };
 use libfuzzer_sys::{
     arbitrary::{Result, Unstructured},
@@ -63,12 +63,38 @@ fn document(u: &mut Unstructured<'_>) -> Result<String> {
     Ok(format!("{{{}}}", fields.join(",")))
 }
 
-fn message(u: &mut Unstructured<'_>) -> Result<types::Message> {
+/// A message as a guest returns it (the WIT `message` record).
+#[derive(Clone)]
+struct Message {
+    kind: MessageKind,
+    subject: String,
+    message_type: String,
+    payload: String,
+    headers: Vec<(String, String)>,
+}
+
+/// An effect as a guest returns it (the WIT `effect` variant): strings, unchecked.
+#[derive(Clone)]
+enum Guest {
+    Upsert { table: String, key: String, row: String },
+    Update { table: String, key: String, patch: String },
+    Delete { table: String, key: String },
+    Emit(Message),
+    Log(String),
+}
+
+/// A policy's decision (the WIT `decision` variant).
+enum Decision {
+    Command(Message),
+    Effect(Guest),
+}
+
+fn message(u: &mut Unstructured<'_>) -> Result<Message> {
     let headers = (0..u.int_in_range(0..=2)?)
         .map(|_| Ok((text(u, &["X-Trace", "Nats-Msg-Id"])?, u.arbitrary()?)))
         .collect::<Result<_>>()?;
-    Ok(types::Message {
-        kind: if u.arbitrary()? { types::MessageKind::Event } else { types::MessageKind::Command },
+    Ok(Message {
+        kind: if u.arbitrary()? { MessageKind::Event } else { MessageKind::Command },
         subject: subject(u)?,
         message_type: text(u, &["ArchivePerson", "Maintenance"])?,
         payload: document(u)?,
@@ -76,26 +102,30 @@ fn message(u: &mut Unstructured<'_>) -> Result<types::Message> {
     })
 }
 
-fn guest_effect(u: &mut Unstructured<'_>) -> Result<types::Effect> {
+fn guest_effect(u: &mut Unstructured<'_>) -> Result<Guest> {
     let key = |u: &mut Unstructured<'_>| text(u, &["r-1", "r-2", "r-3"]);
     Ok(match u.int_in_range(0..=4)? {
-        0 => types::Effect::Upsert(types::UpsertRow {
-            table: text(u, &TABLES)?,
-            key: key(u)?,
-            row: document(u)?,
-        }),
-        1 => types::Effect::Update(types::UpdateRow {
-            table: text(u, &TABLES)?,
-            key: key(u)?,
-            patch: document(u)?,
-        }),
-        2 => types::Effect::Delete(types::DeleteRow { table: text(u, &TABLES)?, key: key(u)? }),
-        3 => types::Effect::Emit(message(u)?),
-        _ => types::Effect::Log(types::LogRecord {
-            level: types::LogLevel::Info,
-            message: u.arbitrary()?,
-        }),
+        0 => Guest::Upsert { table: text(u, &TABLES)?, key: key(u)?, row: document(u)? },
+        1 => Guest::Update { table: text(u, &TABLES)?, key: key(u)?, patch: document(u)? },
+        2 => Guest::Delete { table: text(u, &TABLES)?, key: key(u)? },
+        3 => Guest::Emit(message(u)?),
+        _ => Guest::Log(u.arbitrary()?),
     })
+}
+
+/// What the host does with each WIT case (`jetfold_host::effect::from_guest`).
+fn convert(i: usize, e: Guest) -> std::result::Result<Effect, EffectRejection> {
+    match e {
+        Guest::Upsert { table, key, row } => Effect::upsert(i, table, key, row),
+        Guest::Update { table, key, patch } => Effect::update(i, table, key, patch),
+        Guest::Delete { table, key } => Ok(Effect::Delete { table, key }),
+        Guest::Emit(m) => convert_message(i, m),
+        Guest::Log(message) => Ok(Effect::Log { level: LogLevel::Info, message }),
+    }
+}
+
+fn convert_message(i: usize, m: Message) -> std::result::Result<Effect, EffectRejection> {
+    Effect::message(i, m.kind, m.subject, m.message_type, m.payload, m.headers)
 }
 
 fn allow(u: &mut Unstructured<'_>) -> Result<Allow> {
@@ -143,10 +173,12 @@ fn check_accepted(effects: &[Effect], allow: &Allow) {
                     "wildcard subject {subject:?} accepted"
                 );
                 assert!(!subject.contains(char::is_control), "subject {subject:?} accepted");
+                // What NATS takes (the host's tests hold this grammar to async-nats's).
                 let mut all = headers.clone();
                 all.push(("Event-Type".into(), message_type.clone()));
-                jetfold_host::nats::header_map(all.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-                    .expect("accepted headers can be published");
+                for (name, value) in &all {
+                    headers::check(name, value).expect("accepted headers can be published");
+                }
             }
             Effect::Log { .. } => {}
         }
@@ -218,17 +250,22 @@ fuzz_target!(|data: &[u8]| {
         let Ok(e) = guest_effect(&mut u) else { break };
         decisions.push(match u.arbitrary::<bool>() {
             Ok(true) => match message(&mut u) {
-                Ok(m) => types::Decision::Command(m),
+                Ok(m) => Decision::Command(m),
                 Err(_) => break,
             },
-            _ => types::Decision::Effect(e.clone()),
+            _ => Decision::Effect(e.clone()),
         });
         effects.push(e);
     }
-    if let Ok(accepted) = effect::accept_decisions(decisions, &allow) {
+    // As `jetfold_host::effect::accept_decisions`: a command decision is a command message.
+    let decided = effect::accept_all(decisions, &allow, |i, d| match d {
+        Decision::Command(m) => convert_message(i, Message { kind: MessageKind::Command, ..m }),
+        Decision::Effect(e) => convert(i, e),
+    });
+    if let Ok(accepted) = decided {
         check_accepted(&accepted, &allow);
     }
-    let Ok(accepted) = effect::accept(effects, &allow) else { return };
+    let Ok(accepted) = effect::accept_all(effects, &allow, convert) else { return };
     check_accepted(&accepted, &allow);
 
     let commit = Commit {

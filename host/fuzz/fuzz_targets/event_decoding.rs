@@ -4,12 +4,12 @@
 //! event; a signature made over it verifies, and not after the payload changes.
 #![no_main]
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use jetfold_host::{
+use jetfold_contract::{
+    decode::{Position, decode},
     event::{Event, EventRecord},
+    headers,
     integrity::Signed,
-    nats::source::{Position, decode_event, headers},
 };
 use libfuzzer_sys::{arbitrary::Unstructured, fuzz_target};
 
@@ -26,9 +26,14 @@ const KNOWN: [&str; 9] = [
     "X-Custom",
 ];
 
-fn input(
-    u: &mut Unstructured<'_>,
-) -> libfuzzer_sys::arbitrary::Result<(async_nats::Message, u64, i64)> {
+/// A message as NATS delivers it: subject, headers in order, payload.
+struct Message {
+    subject: String,
+    headers: Vec<(String, String)>,
+    payload: Vec<u8>,
+}
+
+fn input(u: &mut Unstructured<'_>) -> libfuzzer_sys::arbitrary::Result<(Message, u64, i64)> {
     let subject: String = if u.arbitrary()? {
         let id: u8 = u.arbitrary()?;
         let ty = *u.choose(&["Registered", "StatusChanged", "", "a b"])?;
@@ -36,7 +41,7 @@ fn input(
     } else {
         u.arbitrary()?
     };
-    let mut map = async_nats::HeaderMap::new();
+    let mut headers = Vec::new();
     let n: u8 = u.int_in_range(0..=6)?;
     for _ in 0..n {
         let name: String =
@@ -47,27 +52,14 @@ fn input(
             _ => u.arbitrary()?,
         };
         // NATS delivers only valid header names and values; others never reach the decoder.
-        let (Ok(name), Ok(value)) =
-            (name.parse::<async_nats::HeaderName>(), value.parse::<async_nats::HeaderValue>())
-        else {
-            continue;
-        };
-        map.append(name, value);
+        if headers::check(&name, &value).is_ok() {
+            headers.push((name, value));
+        }
     }
     let sequence: u64 = u.arbitrary()?;
     let published: i64 = u.int_in_range(0..=4_102_444_800)?;
-    let payload = Bytes::from(u.bytes(u.len())?.to_vec());
-    let length = payload.len();
-    let message = async_nats::Message {
-        subject: subject.into(),
-        reply: None,
-        payload,
-        headers: Some(map),
-        status: None,
-        description: None,
-        length,
-    };
-    Ok((message, sequence, published))
+    let payload = u.bytes(u.len())?.to_vec();
+    Ok((Message { subject, headers, payload }, sequence, published))
 }
 
 fn valid_subject(s: &str) -> bool {
@@ -79,10 +71,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok((message, sequence, published)) = input(&mut u) else { return };
     let published: DateTime<Utc> = DateTime::from_timestamp(published, 0).unwrap();
     let at = Position { stream: "EVENTS", sequence, published };
-    let Ok(event) = decode_event(&message, at) else { return };
+    let pairs = message.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let Ok(event) = decode(&message.subject, pairs, &message.payload, at) else { return };
     assert_eq!(event.sequence, sequence);
-    assert_eq!(event.subject, message.subject.as_str());
-    assert_eq!(event.payload, message.payload.as_ref());
+    assert_eq!(event.subject, message.subject);
+    assert_eq!(event.payload, message.payload);
 
     if valid_subject(&event.subject) {
         let record = EventRecord::from_event(&event);

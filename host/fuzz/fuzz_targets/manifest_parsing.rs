@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use jetfold_host::{
+use jetfold_contract::{
     config::Config,
     manifest::{Limits, Manifest, is_identifier, is_name},
 };

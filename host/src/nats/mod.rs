@@ -107,17 +107,15 @@ async fn options(config: &Config, nats: &NatsConfig) -> anyhow::Result<async_nat
     Ok(options)
 }
 
-/// Why [`header`] refuses a name.
-const BAD_NAME: &str = "not a valid header name";
-
-/// A header NATS can carry: a non-empty name without `:`, control or non-ASCII characters, a
-/// value without CR or LF; else which of the two is not.
+/// A header NATS can carry ([`jetfold_contract::headers::check`]), as async-nats holds it;
+/// else why not.
 pub fn header(
     name: &str,
     value: &str,
 ) -> Result<(async_nats::HeaderName, async_nats::HeaderValue), &'static str> {
-    let name = name.parse().ok().filter(|_| !name.is_empty()).ok_or(BAD_NAME)?;
-    let value = value.parse().map_err(|_| "the value is not a valid header value")?;
+    jetfold_contract::headers::check(name, value)?;
+    let name = name.parse().map_err(|_| jetfold_contract::headers::BAD_NAME)?;
+    let value = value.parse().map_err(|_| jetfold_contract::headers::BAD_VALUE)?;
     Ok((name, value))
 }
 
@@ -129,7 +127,9 @@ pub fn header_map<'a>(
     let mut h = async_nats::HeaderMap::new();
     for (k, v) in pairs {
         let (name, value) = header(k, v).map_err(|why| match why {
-            BAD_NAME => anyhow::anyhow!("{k:?} is not a valid header name"),
+            jetfold_contract::headers::BAD_NAME => {
+                anyhow::anyhow!("{k:?} is not a valid header name")
+            }
             _ => anyhow::anyhow!("header {k}: {v:?} is not a valid header value"),
         })?;
         h.append(name, value);
@@ -169,4 +169,52 @@ pub async fn publish_event(
         .publish_with_headers(event.subject.clone(), headers, event.payload.clone().into())
         .await?;
     Ok(ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    /// The contract's header grammar (what fuzzing and effect checks use) is exactly what
+    /// async-nats accepts, so an effect the check lets through can always be published.
+    fn agree(name: &str, value: &str) {
+        let contract = jetfold_contract::headers::check(name, value);
+        let nats = name
+            .parse::<async_nats::HeaderName>()
+            .ok()
+            .filter(|_| !name.is_empty())
+            .map(|_| ())
+            .ok_or(jetfold_contract::headers::BAD_NAME)
+            .and_then(|()| {
+                value
+                    .parse::<async_nats::HeaderValue>()
+                    .map(|_| ())
+                    .map_err(|_| jetfold_contract::headers::BAD_VALUE)
+            });
+        assert_eq!(contract, nats, "{name:?}: {value:?}");
+    }
+
+    #[test]
+    fn the_header_grammar_is_async_nats_own() {
+        for (name, value) in [
+            ("X-Trace", "abc"),
+            ("", "v"),
+            ("bad:name", "v"),
+            ("naïve", "v"),
+            ("has space", "v"),
+            ("X", "a\r\nPUB x 1"),
+            ("X", "tab\tok"),
+            ("$dollar", ""),
+            ("X\u{7f}", "v"),
+        ] {
+            agree(name, value);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_header_is_judged_as_async_nats_judges_it(name in "\\PC{0,12}|[ -~]{0,12}", value in "\\PC{0,12}|[\r\n\t a-z]{0,6}") {
+            agree(&name, &value);
+        }
+    }
 }

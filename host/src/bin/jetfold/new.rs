@@ -6,7 +6,7 @@ pub(crate) struct NewArgs {
     pub(crate) name: String,
     /// The source language.
     #[arg(long, value_enum)]
-    pub(crate) lang: jetfold_host::manifest::BuildLang,
+    pub(crate) lang: NewLang,
     /// What it is.
     #[arg(long, value_enum)]
     pub(crate) kind: NewKind,
@@ -19,6 +19,18 @@ pub(crate) struct NewArgs {
     pub(crate) sdk: Option<PathBuf>,
 }
 
+/// The languages of [`BuildLang`](jetfold_host::manifest::BuildLang), as the command line
+/// names them.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum NewLang {
+    /// A Rust crate using `jetfold-guest`, built for `wasm32-unknown-unknown`.
+    Rust,
+    /// A Python module, built with componentize-py.
+    Python,
+    /// A JavaScript module, built with componentize-js.
+    Js,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum NewKind {
     /// Folds events into state and a read model.
@@ -28,15 +40,19 @@ pub(crate) enum NewKind {
 }
 
 pub(crate) fn run_new(args: &NewArgs) -> anyhow::Result<ExitCode> {
-    use jetfold_host::manifest::PluginKind;
+    use jetfold_host::manifest::{BuildLang, PluginKind};
     use jetfold_host::scaffold::{NewPlugin, scaffold};
     let dir = args.dir.clone().unwrap_or_else(|| PathBuf::from(&args.name));
     let kind = match args.kind {
         NewKind::Projection => PluginKind::Projection,
         NewKind::Policy => PluginKind::Policy,
     };
-    let plugin =
-        NewPlugin { name: args.name.clone(), lang: args.lang, kind, sdk: args.sdk.clone() };
+    let lang = match args.lang {
+        NewLang::Rust => BuildLang::Rust,
+        NewLang::Python => BuildLang::Python,
+        NewLang::Js => BuildLang::Js,
+    };
+    let plugin = NewPlugin { name: args.name.clone(), lang, kind, sdk: args.sdk.clone() };
     let files = scaffold(&dir, &plugin)?;
     for file in files {
         println!("{}", file.display());

@@ -346,7 +346,7 @@ pub struct Build {
 }
 
 /// Source languages `jetfold build` knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BuildLang {
     /// A Rust crate using `jetfold-guest`, built for `wasm32-unknown-unknown`.

@@ -505,13 +505,13 @@ impl Config {
     }
 
     /// The database to write to.
-    pub fn sink_target(&self) -> crate::sink::SinkTarget {
+    pub fn sink_target(&self) -> SinkTarget {
         match &self.sink.postgres {
-            Some(url) => crate::sink::SinkTarget::Postgres {
+            Some(url) => SinkTarget::Postgres {
                 url: url.clone(),
                 schema: self.sink.schema.clone().unwrap_or_else(|| "jetfold".into()),
             },
-            None => crate::sink::SinkTarget::Sqlite(
+            None => SinkTarget::Sqlite(
                 self.resolve(self.sink.sqlite.as_deref().unwrap_or(Path::new("jetfold.db"))),
             ),
         }
@@ -531,6 +531,20 @@ impl Config {
     pub fn fetch_wait(&self) -> Duration {
         Duration::from_millis(self.fetch_wait_ms.max(10))
     }
+}
+
+/// Which database a daemon writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkTarget {
+    /// An SQLite file (the embedded default).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database and the schema to use in it.
+    Postgres {
+        /// Connection URL.
+        url: String,
+        /// Schema holding jetfold's and the plugins' tables.
+        schema: String,
+    },
 }
 
 #[cfg(test)]
@@ -588,7 +602,7 @@ mod tests {
 
     #[test]
     fn the_readme_example_config_is_accepted_as_written() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let start = readme.find("A complete `jetfold.toml`").expect("the README shows a config");
         let block = &readme[start..];
         let body = &block[block.find("```toml\n").unwrap() + 8..];
@@ -607,10 +621,7 @@ mod tests {
         assert_eq!(c.nats.url, "nats://elsewhere:4333");
         assert_eq!(c.batch_size, 500);
         assert_eq!(c.resolve(&c.plugin_dir), PathBuf::from("/etc/jetfold/plugins"));
-        assert_eq!(
-            c.sink_target(),
-            crate::sink::SinkTarget::Sqlite(PathBuf::from("/etc/jetfold/jetfold.db"))
-        );
+        assert_eq!(c.sink_target(), SinkTarget::Sqlite(PathBuf::from("/etc/jetfold/jetfold.db")));
     }
 
     #[test]
