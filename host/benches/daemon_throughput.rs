@@ -21,7 +21,7 @@ use jetfold_host::{
     daemon::{Daemon, DaemonPlugin, Implementation, Step},
     effect::{self, Effect},
     event::Event,
-    fold::StepError,
+    guest::StepError,
     manifest::Manifest,
 };
 use std::sync::Arc;

@@ -22,8 +22,8 @@ use crate::bindings::{
     migration::MigrationIndices, policy::PolicyPre, projection::ProjectionPre,
     upcaster::UpcasterPre, v2,
 };
-use crate::guest::HostState;
 use crate::manifest::PluginKind;
+use crate::wasi::HostState;
 
 /// The contract's type-only interfaces, which components may import: `types`, and in 0.2.0
 /// the batch framing `batching`.

@@ -15,7 +15,7 @@ use crate::bindings::types;
 use crate::component::{ComponentLoader, LoadedComponent};
 use crate::effect::{self, Effect};
 use crate::event::{Event, EventRecord};
-use crate::guest::{GuestError, GuestInstance};
+use crate::guest::{GuestInstance, StepError};
 use crate::manifest::{Manifest, PluginKind};
 
 /// A loaded plugin: its manifest, its checked component and a live instance.
@@ -177,37 +177,6 @@ pub fn parse_fixture_line(raw: &str, position: &mut u64) -> Result<Option<Fixtur
             Some(FixtureLine::Event(event))
         }
     })
-}
-
-/// A step's failure, as recorded in the report.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepError {
-    /// `error` (returned by the guest), `trap`, `fuel`, `memory`, `invalid-output` or
-    /// `rejected-effect`.
-    pub kind: String,
-    /// The guest's error code, for `error`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    /// What happened.
-    pub message: String,
-    /// The guest's stack for traps (not part of golden comparisons).
-    #[serde(skip)]
-    pub backtrace: Option<String>,
-}
-
-impl From<GuestError> for StepError {
-    fn from(e: GuestError) -> Self {
-        let kind = e.kind().to_string();
-        match e {
-            GuestError::Returned { code, message, .. } => {
-                StepError { kind, code: Some(code), message, backtrace: None }
-            }
-            GuestError::Trap { ref backtrace, .. } => {
-                StepError { kind, code: None, backtrace: backtrace.clone(), message: e.to_string() }
-            }
-            other => StepError { kind, code: None, message: other.to_string(), backtrace: None },
-        }
-    }
 }
 
 /// One step of a fold.

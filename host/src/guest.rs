@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 
 use crate::bindings::{
@@ -14,25 +16,7 @@ use crate::bindings::{
 use crate::component::{LoadedComponent, MigrationExport, PluginPre};
 use crate::event::Event;
 use crate::manifest::{Limits, PluginKind};
-
-/// What a store carries: its resource limits and, for a component that imports WASI, the
-/// deny-all WASI context ([`crate::wasi`]).
-pub struct HostState {
-    limits: StoreLimits,
-    wasi: Option<wasmtime_wasi::WasiCtx>,
-    /// What the guest writes to stdout and stderr during a call (WASI guests only).
-    captured: Option<crate::wasi::Captured>,
-    table: wasmtime::component::ResourceTable,
-}
-
-impl wasmtime_wasi::WasiView for HostState {
-    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
-        wasmtime_wasi::WasiCtxView {
-            ctx: self.wasi.as_mut().expect("WASI is linked only into components that import it"),
-            table: &mut self.table,
-        }
-    }
-}
+use crate::wasi::HostState;
 
 /// Which export was called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -714,6 +698,38 @@ fn classify(
             } else {
                 trap(cause)
             }
+        }
+    }
+}
+
+/// A guest call's failure as reports and dead letters record it (`jetfold test`'s golden
+/// files, replays, queries, the daemon's rejections).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    /// `error` (returned by the guest), `trap`, `fuel`, `memory`, `invalid-output` or
+    /// `rejected-effect`.
+    pub kind: String,
+    /// The guest's error code, for `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// What happened.
+    pub message: String,
+    /// The guest's stack for traps (not part of golden comparisons).
+    #[serde(skip)]
+    pub backtrace: Option<String>,
+}
+
+impl From<GuestError> for StepError {
+    fn from(e: GuestError) -> Self {
+        let kind = e.kind().to_string();
+        match e {
+            GuestError::Returned { code, message, .. } => {
+                StepError { kind, code: Some(code), message, backtrace: None }
+            }
+            GuestError::Trap { ref backtrace, .. } => {
+                StepError { kind, code: None, backtrace: backtrace.clone(), message: e.to_string() }
+            }
+            other => StepError { kind, code: None, message: other.to_string(), backtrace: None },
         }
     }
 }

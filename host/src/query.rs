@@ -12,8 +12,8 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::types;
-use crate::fold::StepError;
 use crate::guest::GuestInstance;
+use crate::guest::StepError;
 use crate::sink::{Sink, SinkTarget};
 
 /// The subject on which any daemon running `plugin` answers its queries.

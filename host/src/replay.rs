@@ -12,7 +12,8 @@ use serde::Serialize;
 
 use crate::effect::Effect;
 use crate::event::Event;
-use crate::fold::{Plugin, StepError, state_document};
+use crate::fold::{Plugin, state_document};
+use crate::guest::StepError;
 use crate::manifest::Manifest;
 use crate::nats::{
     reader::StreamReader,

@@ -9,8 +9,8 @@ use std::borrow::Cow;
 use crate::component::{ComponentLoader, LoadedComponent};
 use crate::effect::subject_matches;
 use crate::event::Event;
-use crate::fold::StepError;
 use crate::guest::GuestInstance;
+use crate::guest::StepError;
 use crate::manifest::Manifest;
 
 /// An upcaster as loaded: manifest and component, ready to instantiate.

@@ -231,6 +231,25 @@ impl tokio::io::AsyncWrite for GuestOutput {
     }
 }
 
+/// What a store carries: its resource limits and, for a component that imports WASI, the
+/// deny-all WASI context of this module.
+pub struct HostState {
+    pub(crate) limits: wasmtime::StoreLimits,
+    pub(crate) wasi: Option<wasmtime_wasi::WasiCtx>,
+    /// What the guest writes to stdout and stderr during a call (WASI guests only).
+    pub(crate) captured: Option<Captured>,
+    pub(crate) table: wasmtime::component::ResourceTable,
+}
+
+impl wasmtime_wasi::WasiView for HostState {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: self.wasi.as_mut().expect("WASI is linked only into components that import it"),
+            table: &mut self.table,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use jetfold_host::{
     component::ComponentLoader,
     event::Event,
-    fold::{Plugin, StepError, checked_step},
+    fold::{Plugin, checked_step},
+    guest::StepError,
     pipeline::fold::{Keyed, ResidentGuest},
     replay::Replayer,
 };

@@ -14,6 +14,7 @@ mod faults;
 mod fleet;
 mod http;
 mod languages;
+mod layout;
 mod loading;
 mod migrate;
 mod query;

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use crate::bindings::{types, v2::batching};
 use crate::effect::{self, Effect};
 use crate::event::Event;
-use crate::fold::{StepError, checked_step, output_check, payload_check};
+use crate::fold::{checked_step, output_check, payload_check};
+use crate::guest::StepError;
 use crate::guest::{BatchFold, BatchOutcomes, GuestCall, GuestError, GuestInstance};
 use crate::manifest::{Manifest, PluginKind};
 

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 
 use crate::effect::Effect;
 use crate::event::Event;
-use crate::fold::{StepError, checked_step};
+use crate::fold::checked_step;
 use crate::guest::GuestInstance;
+use crate::guest::StepError;
 use crate::manifest::Manifest;
 use crate::pipeline::fold::{Folded, Keyed, ResidentGuest, fold_each};
 use crate::upcast::UpcastChain;

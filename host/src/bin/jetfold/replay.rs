@@ -75,7 +75,7 @@ impl ReplayTarget {
         plugin: &str,
         each: impl FnMut(
             &[u64],
-            &[Result<jetfold_host::event::Event, jetfold_host::fold::StepError>],
+            &[Result<jetfold_host::event::Event, jetfold_host::guest::StepError>],
             u64,
         ),
     ) -> anyhow::Result<jetfold_host::replay::Read> {
