@@ -492,6 +492,88 @@ async fn idle_registry_daemons_keep_no_consumers_and_a_stopped_one_is_shown_stop
     assert!(out.contains("no consumers to purge: stream `NOSUCH` does not exist"), "{out}");
 }
 
+/// `plugin remove --purge` while a daemon rebuilds the plugin: a rebuilding plugin runs (it
+/// commits), so its consumers stay until the daemon reports it stopped. (It was once told by
+/// its status text, `running; rebuilding …` was not `running`, and the consumers went at once.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remove_purge_waits_for_a_daemon_that_is_rebuilding_the_plugin() {
+    use jetfold_host::registry::{Buckets, DaemonStatus, PluginStatus, Registry};
+    use jetfold_host::status::PluginState;
+    use std::io::BufRead as _;
+
+    let Fleet { built, nats: _nats, js, root, cli } = Fleet::start().await;
+    let out = plugin_cli(&cli, &["push", built.to_str().unwrap()]);
+    let digest = out.split_whitespace().nth(2).unwrap().to_string();
+    // A daemon `busy` with its consumer, in the middle of a rebuild, as its report says.
+    let stream = js.get_stream("INFRA").await.unwrap();
+    let consumer = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("busy-compute-resource".into()),
+        ..Default::default()
+    };
+    stream.create_consumer(consumer).await.unwrap();
+    let config =
+        Config::parse(&std::fs::read_to_string(&cli).unwrap(), root.path().into(), |_| None)
+            .unwrap();
+    let registry =
+        Registry::open(&js, &Buckets::named(&config.registry.bucket_prefix)).await.unwrap();
+    let report = |plugins: Vec<PluginStatus>| DaemonStatus {
+        daemon: "busy".into(),
+        plugins,
+        reported_at: Some(chrono::Utc::now()),
+        report_interval_ms: 60_000,
+        stopped: false,
+    };
+    let rebuilding = PluginStatus {
+        name: "compute-resource".into(),
+        kind: "projection".into(),
+        digest: digest.clone(),
+        status: PluginState::Rebuilding,
+        pending: None,
+        committed_seq: 100,
+        lag: Some(0),
+        last_error: None,
+        rebuild: Some((digest, 40)),
+        shadow: None,
+    };
+    registry.report(&report(vec![rebuilding])).await.unwrap();
+
+    let mut remove = std::process::Command::new(env!("CARGO_BIN_EXE_jetfold"))
+        .args(["plugin", "remove", "compute-resource", "--purge", "--config"])
+        .arg(&cli)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let stdout = remove.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines_tx.send(line.unwrap());
+        }
+    });
+    let mut seen = Vec::new();
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(line) = lines.recv().await {
+            seen.push(line.clone());
+            if line.starts_with("waiting for `compute-resource` to stop on busy (rebuilding)") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(waiting.is_ok(), "remove --purge did not wait for the rebuilding daemon: {seen:?}");
+    assert!(stream.consumer_info("busy-compute-resource").await.is_ok(), "not purged yet");
+
+    // The daemon stops the removed plugin: now the consumer goes.
+    registry.report(&report(vec![])).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || remove.wait()).await.unwrap().unwrap();
+    assert!(status.success());
+    while let Some(line) = lines.recv().await {
+        seen.push(line);
+    }
+    assert!(seen.iter().any(|l| l == "purged consumer busy-compute-resource"), "{seen:?}");
+    assert!(stream.consumer_info("busy-compute-resource").await.is_err(), "consumer purged");
+}
+
 /// A `jetfold run` process following the registry with default settings (only the HTTP
 /// endpoint on a port of its own), in `dir`, its log in `dir/<name>-<n>.log`.
 fn registry_daemon(dir: &Path, name: &str, nats: &NatsServer) -> DaemonProcess {

@@ -242,22 +242,30 @@ pub(crate) async fn purge_consumers(
         .with_context(|| format!("the manifest of `{name}` names no [source] stream"))?;
     let daemons: Vec<String> = registry.statuses().await?.into_iter().map(|s| s.daemon).collect();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut told = Vec::new();
     loop {
         // A plugin rebuilding or retrying runs too; a daemon that stopped or went silent does
         // not.
         let now = chrono::Utc::now();
-        let running: Vec<String> = registry
+        let running: Vec<(String, jetfold_host::status::PluginState)> = registry
             .statuses()
             .await?
             .into_iter()
-            .filter(|s| s.plugins_at(now).iter().any(|p| &p.name == name && p.status.is_started()))
-            .map(|s| s.daemon)
+            .filter_map(|s| {
+                let p = s.plugins_at(now).into_iter().find(|p| &p.name == name)?;
+                p.status.is_started().then_some((s.daemon, p.status))
+            })
             .collect();
         if running.is_empty() {
             break;
         }
+        let on: Vec<String> = running.iter().map(|(d, state)| format!("{d} ({state})")).collect();
         if tokio::time::Instant::now() > deadline {
-            anyhow::bail!("`{name}` still runs on {}: consumers not purged", running.join(", "));
+            anyhow::bail!("`{name}` still runs on {}: consumers not purged", on.join(", "));
+        }
+        if on != told {
+            println!("waiting for `{name}` to stop on {}", on.join(", "));
+            told = on;
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
