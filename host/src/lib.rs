@@ -30,6 +30,7 @@
 //! - [`transfer`]: `events export` and `import`, a stream as JSON Lines and back.
 //! - [`http`]: the daemon's HTTP endpoint: metrics, health, readiness, the status page.
 //! - [`progress`]: the progress line the tools draw on a terminal.
+//! - [`retry`]: the one retry policy (exponential, capped, with jitter) for the database and NATS.
 //! - [`status`]: what a plugin on a daemon is doing (running, stalled, stopped, …), as a type.
 //! - [`registry`]: the fleet registry on JetStream (Object Store + KV): push, roll back, pause.
 //! - [`plugin_dir`]: the versions a plugin's directory keeps beside its manifest (shadow,
@@ -63,6 +64,7 @@ pub mod progress;
 pub mod query;
 pub mod registry;
 pub mod replay;
+pub mod retry;
 pub mod scaffold;
 pub mod sink;
 pub mod status;

@@ -97,26 +97,27 @@ pub(super) fn stopping(stop: &watch::Receiver<bool>) -> bool {
     *stop.borrow() || stop.has_changed().is_err()
 }
 
-/// Exponential backoff between retries of a transient failure.
-pub(super) struct Backoff(Duration);
+/// The pauses between retries of a transient failure ([`crate::retry`], up to 10 s).
+pub(super) struct Backoff(backon::ExponentialBackoff);
+
+/// The longest pause between two attempts (before jitter).
+const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 impl Backoff {
     pub(super) fn new() -> Self {
-        Backoff(Duration::from_millis(100))
+        Backoff(crate::retry::pauses(MAX_PAUSE))
     }
-    /// Waits out the pause (cut short by a stop); the next pause is twice as long.
+    /// Waits out the next pause (cut short by a stop).
     pub(super) fn wait(&mut self, stop: &watch::Receiver<bool>) {
-        let deadline = Instant::now() + self.0;
+        let pause = self.next();
+        let deadline = Instant::now() + pause;
         while Instant::now() < deadline && !stopping(stop) {
-            std::thread::sleep(Duration::from_millis(20).min(self.0));
+            std::thread::sleep(Duration::from_millis(20).min(pause));
         }
-        self.next();
     }
-    /// The pause, doubled for next time.
+    /// The next pause.
     pub(super) fn next(&mut self) -> Duration {
-        let pause = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(10));
-        pause
+        self.0.next().unwrap_or(MAX_PAUSE)
     }
 }
 

@@ -17,7 +17,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     let nats = &config.nats;
     let give_up = (nats.connect_timeout_secs > 0)
         .then(|| tokio::time::Instant::now() + Duration::from_secs(nats.connect_timeout_secs));
-    let mut delay = Duration::from_millis(100);
+    let mut pauses = crate::retry::pauses(Duration::from_secs(5));
     let mut last_error = None;
     loop {
         let attempt = options(config, nats).await?.connect(nats.url.as_str());
@@ -45,6 +45,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
             }
             None => {}
         }
+        let delay = pauses.next().unwrap_or(Duration::from_secs(5));
         if give_up.is_some_and(|t| tokio::time::Instant::now() + delay >= t) {
             let why = last_error.map(|e| format!(": {e}")).unwrap_or_default();
             anyhow::bail!(
@@ -54,7 +55,6 @@ pub async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
             );
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -63,10 +63,9 @@ async fn options(config: &Config, nats: &NatsConfig) -> anyhow::Result<async_nat
         .name("jetfold")
         .connection_timeout(Duration::from_secs(5))
         .max_reconnects(None)
-        // Exponential backoff, capped: reconnecting after a server restart is routine.
+        // The retry policy, capped at 5 s: reconnecting after a server restart is routine.
         .reconnect_delay_callback(|attempts| {
-            let exp = 50u64.saturating_mul(1u64 << attempts.min(8) as u32);
-            Duration::from_millis(exp.min(5_000))
+            crate::retry::pause_before(attempts, Duration::from_secs(5))
         })
         .event_callback(|event| async move {
             match event {
