@@ -9,13 +9,13 @@ impl Folder {
         &mut self,
         stream: &mut pull::Stream,
     ) -> (Vec<Message>, Option<anyhow::Error>) {
-        let mut stop = self.env.stop.clone();
+        let stop = self.env.stop.clone();
         let limit = self.batch_size;
         self.env.rt.block_on(async move {
             let mut messages = Vec::new();
             let first = tokio::select! {
                 next = stream.next() => next,
-                _ = stop.wait_for(|stopping| *stopping) => return (messages, None),
+                _ = stop.cancelled() => return (messages, None),
                 // An idle plugin looks for new versions now and then.
                 _ = tokio::time::sleep(IDLE_CHECK) => return (messages, None),
             };

@@ -228,7 +228,7 @@ impl Committer {
             // and not published again until one does: its core subscribers would get a copy
             // per attempt.
             let check_first = !std::mem::replace(&mut first, false);
-            let mut stop = self.env.stop.clone();
+            let stop = self.env.stop.clone();
             // A stop that comes during the attempt puts it off; once stopping, one attempt.
             let put_off = on_stop == OnStop::GiveUp && !stopping(&stop);
             // A drain's attempt ends with the drain.
@@ -255,7 +255,7 @@ impl Committer {
                     outcome = tokio::time::timeout(bound, attempt) => outcome
                         .unwrap_or_else(|_| Err(anyhow::anyhow!("JetStream confirmed nothing within {bound:?}"))),
                     // A stop puts off the publish, so that the drain commits what is queued first.
-                    _ = stop.wait_for(|stopping| *stopping), if put_off => {
+                    _ = stop.cancelled(), if put_off => {
                         Err(anyhow::anyhow!("put off to the end of the drain: the daemon is stopping"))
                     }
                 }

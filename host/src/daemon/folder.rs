@@ -609,11 +609,11 @@ impl Folder {
     /// Waits until the live version has committed `seq` (false if the daemon stops first).
     pub(super) fn wait_for_ceiling(&mut self, seq: u64) -> bool {
         let Role::Rebuild { ceiling, .. } = &mut self.role else { return true };
-        let mut stop = self.env.stop.clone();
+        let stop = self.env.stop.clone();
         self.env.rt.block_on(async {
             tokio::select! {
                 reached = ceiling.wait_for(|p| p.committed_seq >= seq) => reached.is_ok(),
-                _ = stop.wait_for(|stopping| *stopping) => false,
+                _ = stop.cancelled() => false,
             }
         })
     }

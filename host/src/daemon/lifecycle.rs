@@ -219,7 +219,7 @@ impl Daemon {
         role: Role,
     ) -> anyhow::Result<Worker> {
         let name = plugin.manifest.name.clone();
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = worker::StopSignal::new();
         let progress_rx = progress.subscribe();
         let env = WorkerEnv {
             rt: Handle::current(),
@@ -320,7 +320,7 @@ impl Daemon {
             "stopping: draining in-flight batches"
         );
         for running in self.running.values() {
-            let _ = running.stop.send(true);
+            running.stop.stop();
         }
         let mut failed = Vec::new();
         let mut left = Vec::new();

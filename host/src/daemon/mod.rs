@@ -54,6 +54,7 @@ use anyhow::{Context as _, bail};
 use async_nats::jetstream::{self, consumer::pull, message::Message};
 use futures::{FutureExt as _, StreamExt as _};
 use tokio::{runtime::Handle, sync::watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::component::{ComponentLoader, LoadedComponent};
 use crate::config::{Config, StartPosition};
@@ -406,7 +407,7 @@ struct Running {
     /// What the version last handed over is (digest, manifest, source): the running one, or
     /// the one rebuilding to replace it.
     fingerprint: String,
-    stop: watch::Sender<bool>,
+    stop: worker::StopSignal,
     swaps: mpsc::Sender<Swap>,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
     service: Option<tokio::task::JoinHandle<()>>,
@@ -424,7 +425,7 @@ struct Running {
 struct Worker {
     /// The version it runs.
     plugin: DaemonPlugin,
-    stop: watch::Sender<bool>,
+    stop: worker::StopSignal,
     thread: std::thread::JoinHandle<anyhow::Result<()>>,
     progress: watch::Receiver<Progress>,
 }
@@ -432,7 +433,7 @@ struct Worker {
 impl Worker {
     /// Stops it after it drains; its result.
     async fn stop(self, name: &str) -> Result<(), String> {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         let thread = self.thread;
         match tokio::task::spawn_blocking(move || thread.join()).await {
             Ok(Ok(Ok(()))) => Ok(()),
@@ -449,7 +450,7 @@ impl Running {
 
     /// Stops the plugin's workers (and its rebuild's) after they drain; their result.
     async fn stop(self, name: &str) -> Result<(), String> {
-        let _ = self.stop.send(true);
+        self.stop.stop();
         if let Some(service) = self.service {
             service.abort();
         }

@@ -1,4 +1,4 @@
-//! A worker's threads, their stop signal and the retry policy for transient failures.
+//! A worker's threads, their stop signal and the retry loop for transient failures.
 
 use super::*;
 
@@ -6,7 +6,7 @@ use super::*;
 #[derive(Clone)]
 pub(super) struct WorkerEnv {
     pub(super) rt: Handle,
-    pub(super) stop: watch::Receiver<bool>,
+    pub(super) stop: CancellationToken,
     pub(super) js: jetstream::Context,
     pub(super) target: SinkTarget,
     pub(super) progress: watch::Sender<Progress>,
@@ -91,10 +91,30 @@ pub(super) struct Job {
     pub(super) stats: BatchStats,
 }
 
-/// Whether the daemon is stopping: told to, or gone without saying (its stop sender dropped,
-/// as when a `Daemon` is dropped without [`Daemon::stop`]).
-pub(super) fn stopping(stop: &watch::Receiver<bool>) -> bool {
-    *stop.borrow() || stop.has_changed().is_err()
+/// The daemon's end of a worker's stop signal: [`StopSignal::stop`] tells the worker, and so
+/// does dropping it (as when a `Daemon` is dropped without [`Daemon::stop`]).
+pub(super) struct StopSignal {
+    token: CancellationToken,
+    _on_drop: tokio_util::sync::DropGuard,
+}
+
+impl StopSignal {
+    /// A signal, and the token the worker watches.
+    pub(super) fn new() -> (StopSignal, CancellationToken) {
+        let token = CancellationToken::new();
+        let signal = StopSignal { token: token.clone(), _on_drop: token.clone().drop_guard() };
+        (signal, token)
+    }
+
+    /// Tells the worker to stop (it drains first).
+    pub(super) fn stop(&self) {
+        self.token.cancel();
+    }
+}
+
+/// Whether the daemon is stopping: told to, or gone without saying.
+pub(super) fn stopping(stop: &CancellationToken) -> bool {
+    stop.is_cancelled()
 }
 
 /// The pauses between retries of a transient failure ([`crate::retry`], up to 10 s).
@@ -108,7 +128,7 @@ impl Backoff {
         Backoff(crate::retry::pauses(MAX_PAUSE))
     }
     /// Waits out the next pause (cut short by a stop).
-    pub(super) fn wait(&mut self, stop: &watch::Receiver<bool>) {
+    pub(super) fn wait(&mut self, stop: &CancellationToken) {
         let pause = self.next();
         let deadline = Instant::now() + pause;
         while Instant::now() < deadline && !stopping(stop) {
