@@ -266,19 +266,17 @@ struct Original {
 
 impl Original {
     fn of(letter: &DeadLetter) -> Original {
-        let find = |name: &str| {
-            letter.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
-        };
+        let find = |name: &str| headers::find(&letter.headers, name);
         match find(headers::REPLAY_OF) {
             Some(of) => Original {
-                stream: of.rsplit_once(':').map_or(of.as_str(), |(s, _)| s).to_string(),
+                stream: of.rsplit_once(':').map_or(of, |(s, _)| s).to_string(),
                 seq: source::replay_of_seq(of).unwrap_or(0),
-                msg_id: find(headers::REPLAY_MSG_ID).cloned(),
+                msg_id: find(headers::REPLAY_MSG_ID).map(str::to_string),
             },
             None => Original {
                 stream: letter.source_stream.clone(),
                 seq: letter.source_seq,
-                msg_id: find(headers::DLQ_SOURCE_MSG_ID).cloned(),
+                msg_id: find(headers::DLQ_SOURCE_MSG_ID).map(str::to_string),
             },
         }
     }

@@ -16,8 +16,7 @@ pub fn verify_message(
             }
         }
     }
-    let signature =
-        h.iter().find(|(k, _)| k.eq_ignore_ascii_case(SIGNATURE)).map(|(_, v)| v.as_str());
+    let signature = jetfold_contract::headers::find(&h, SIGNATURE);
     let mut signed = Signed::from_headers(message.subject.as_str(), &h, &message.payload);
     // A replayed dead letter has an id of its own; the signature covers its original's.
     signed.msg_id = crate::nats::source::signed_msg_id(message);

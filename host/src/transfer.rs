@@ -125,9 +125,8 @@ enum Identity {
 
 impl Identity {
     fn of(subject: &str, headers: &[(String, String)], payload: &[u8]) -> Identity {
-        if let Some((_, id)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(headers::MSG_ID))
-        {
-            return Identity::MessageId(id.clone());
+        if let Some(id) = headers::find(headers, headers::MSG_ID) {
+            return Identity::MessageId(id.to_string());
         }
         let mut sorted: Vec<&(String, String)> = headers.iter().collect();
         sorted.sort();

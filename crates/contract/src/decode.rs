@@ -50,9 +50,9 @@ pub struct Position<'a> {
     pub published: DateTime<Utc>,
 }
 
-/// The event of a message (its subject, its headers in order, its payload) stored at `at`: the headers jetfold reads (ids,
-/// type, time, schema version, content type), then the payload's documented JSON fields where
-/// a header is missing, then the subject's tokens.
+/// The event of a message (its subject, its headers in order, its payload) stored at `at`: the
+/// headers jetfold reads (ids, type, time, schema version, content type), then the payload's
+/// documented JSON fields where a header is missing, then the subject's tokens.
 pub fn decode<'h>(
     subject: &str,
     headers: impl IntoIterator<Item = (&'h str, &'h str)>,
@@ -95,15 +95,8 @@ pub fn decode<'h>(
         None => fields.time.unwrap_or(at.published),
     };
     // A replayed dead letter is the event it is a copy of, with the id that event had.
-    let copy_of = other_headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(headers::REPLAY_OF))
-        .map(|(_, of)| of.clone());
-    let message_id = match copy_of {
-        Some(of) => other_headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(headers::REPLAY_MSG_ID))
-            .map_or(of, |(_, id)| id.clone()),
+    let message_id = match headers::find(&other_headers, headers::REPLAY_OF) {
+        Some(of) => headers::find(&other_headers, headers::REPLAY_MSG_ID).unwrap_or(of).to_string(),
         None => known.msg_id.unwrap_or_else(|| format!("{}:{}", at.stream, at.sequence)),
     };
     Ok(Event {

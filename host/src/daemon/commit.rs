@@ -230,10 +230,10 @@ impl Committer {
             let check_first = !std::mem::replace(&mut first, false);
             let stop = self.env.stop.clone();
             // A stop that comes during the attempt puts it off; once stopping, one attempt.
-            let put_off = on_stop == OnStop::GiveUp && !stopping(&stop);
+            let put_off = on_stop == OnStop::GiveUp && !stop.is_cancelled();
             // A drain's attempt ends with the drain.
             let now = Instant::now();
-            let bound = match on_stop == OnStop::Drain && stopping(&stop) {
+            let bound = match on_stop == OnStop::Drain && stop.is_cancelled() {
                 true => PUBLISH_ATTEMPT.min(drain.until(now).saturating_duration_since(now)),
                 false => PUBLISH_ATTEMPT,
             };

@@ -367,7 +367,7 @@ impl Folder {
         self.catching_up = true;
         let mut backoff = Backoff::new();
         while self.folded < to {
-            if stopping(&self.env.stop) {
+            if self.env.stop.is_cancelled() {
                 return false;
             }
             let (p, env) = (&self.plugin, &self.env);
@@ -430,7 +430,7 @@ impl Folder {
     pub(super) fn fold_until_stopped(&mut self, jobs: &mpsc::SyncSender<Job>) {
         let mut source = None;
         let mut backoff = Backoff::new();
-        while !stopping(&self.env.stop) {
+        while !self.env.stop.is_cancelled() {
             if !self.held.is_empty() {
                 // A rebuild waits for the live version to pass what it holds.
                 let first = message_seq(&self.held[0]);

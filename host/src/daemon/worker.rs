@@ -93,34 +93,31 @@ pub(super) struct Job {
 
 /// The daemon's end of a worker's stop signal: [`StopSignal::stop`] tells the worker, and so
 /// does dropping it (as when a `Daemon` is dropped without [`Daemon::stop`]).
-pub(super) struct StopSignal {
-    token: CancellationToken,
-    _on_drop: tokio_util::sync::DropGuard,
-}
+pub(super) struct StopSignal(CancellationToken);
 
 impl StopSignal {
     /// A signal, and the token the worker watches.
     pub(super) fn new() -> (StopSignal, CancellationToken) {
         let token = CancellationToken::new();
-        let signal = StopSignal { token: token.clone(), _on_drop: token.clone().drop_guard() };
-        (signal, token)
+        (StopSignal(token.clone()), token)
     }
 
     /// Tells the worker to stop (it drains first).
     pub(super) fn stop(&self) {
-        self.token.cancel();
+        self.0.cancel();
     }
 }
 
-/// Whether the daemon is stopping: told to, or gone without saying.
-pub(super) fn stopping(stop: &CancellationToken) -> bool {
-    stop.is_cancelled()
+impl Drop for StopSignal {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 /// The pauses between retries of a transient failure ([`crate::retry`], up to 10 s).
 pub(super) struct Backoff(backon::ExponentialBackoff);
 
-/// The longest pause between two attempts (before jitter).
+/// The longest pause between two attempts.
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 impl Backoff {
@@ -131,7 +128,7 @@ impl Backoff {
     pub(super) fn wait(&mut self, stop: &CancellationToken) {
         let pause = self.next();
         let deadline = Instant::now() + pause;
-        while Instant::now() < deadline && !stopping(stop) {
+        while Instant::now() < deadline && !stop.is_cancelled() {
             std::thread::sleep(Duration::from_millis(20).min(pause));
         }
     }
@@ -182,10 +179,10 @@ pub(super) fn retry<T>(
             p.retries += 1;
             p.stalled = Some(format!("{what}: {error}; retrying"));
         });
-        if !stopping(&env.stop) {
+        if !env.stop.is_cancelled() {
             // A stop cuts the pause short: the next attempt is the drain's first.
             backoff.wait(&env.stop);
-            if !stopping(&env.stop) || on_stop == OnStop::Drain {
+            if !env.stop.is_cancelled() || on_stop == OnStop::Drain {
                 continue;
             }
         }
